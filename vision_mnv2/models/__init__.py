@@ -1,0 +1,17 @@
+"""Models: the MobileNetV2 backbone and the networks built on it."""
+
+from .classification import mobilenet_v2
+from .mobilenetv2 import FeatureInfo, InvertedResidual, MobileNetV2, MobileNetV2Backbone, make_divisible
+from .weights import WeightsError, load_state_dict_file, load_weights
+
+__all__ = [
+    "FeatureInfo",
+    "InvertedResidual",
+    "MobileNetV2",
+    "MobileNetV2Backbone",
+    "WeightsError",
+    "load_state_dict_file",
+    "load_weights",
+    "make_divisible",
+    "mobilenet_v2",
+]

@@ -1,0 +1,36 @@
+"""Public builder of the MobileNetV2 classifier."""
+
+from __future__ import annotations
+
+import os
+
+from .mobilenetv2 import MobileNetV2
+from .weights import load_weights
+
+__all__ = ["mobilenet_v2"]
+
+
+def mobilenet_v2(
+    width_mult: float = 1.0,
+    num_classes: int = 1000,
+    weights: str | os.PathLike | None = None,
+    output_stride: int = 32,
+    dropout: float = 0.2,
+) -> MobileNetV2:
+    """MobileNetV2 classifier (paper Table 2), optionally loaded from a weight file.
+
+    Args:
+        width_mult: channel multiplier, 0.35 to 1.4 in the paper.
+        num_classes: number of output logits.
+        weights: ``None``; a torchvision ``mobilenet_v2`` state-dict file (e.g. the
+            ``mobilenet_v2-7ebf99e0.pth`` torchvision caches); or a checkpoint / state dict of this
+            project. Every key must fit: missing or unexpected keys raise ``WeightsError`` naming them.
+        output_stride: 32, or 16 / 8 by dilation (same weights).
+        dropout: dropout before the linear layer (0.2 in the paper).
+    """
+    model = MobileNetV2(
+        num_classes=num_classes, width_mult=width_mult, output_stride=output_stride, dropout=dropout
+    )
+    if weights is not None:
+        load_weights(model, weights)
+    return model

@@ -1,0 +1,273 @@
+"""MobileNetV2 (Sandler et al., 2018, arXiv:1801.04381) as paper Table 2 defines it.
+
+The network is split the way every head in this project needs it:
+
+* :class:`InvertedResidual` - one bottleneck: 1x1 expansion + BN + ReLU6, 3x3 depthwise + BN + ReLU6,
+  1x1 linear projection + BN (no activation), residual add when stride 1 and c_in == c_out.
+* :class:`MobileNetV2Backbone` - the 19 layers of Table 2 up to the 1280-channel 1x1 conv, with a width
+  multiplier, any input size, output stride 32/16/8 by dilation, and named feature taps
+  (``"layer15/expansion"``, ``"layer18"``, ``"layer19"``, ...) that heads ask for by name.
+* :class:`MobileNetV2` - the ImageNet classifier: backbone, global average pool, dropout, linear.
+
+Layer names follow TF-slim's ``layer_1`` .. ``layer_19`` numbering (the paper's 19 layers): layer 1 is
+the stem conv, layers 2-18 the 17 bottlenecks, layer 19 the final 1x1 conv. ``backbone.features[k-1]``
+is layer k, so the module indices are exactly torchvision's ``features[i]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops.misc import Conv2dNormActivation
+
+__all__ = [
+    "BOTTLENECK_SETTINGS",
+    "FeatureInfo",
+    "InvertedResidual",
+    "MobileNetV2",
+    "MobileNetV2Backbone",
+    "make_divisible",
+]
+
+# Paper Table 2: (expansion t, output channels c, repeats n, first stride s) of the bottleneck groups.
+BOTTLENECK_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+STEM_CHANNELS = 32
+LAST_CHANNELS = 1280
+VALID_OUTPUT_STRIDES = (8, 16, 32)
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor``, never below 90% of ``value``.
+
+    The rule of TF-slim and torchvision, so that width multipliers give the published channel counts.
+    """
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels)
+
+
+class InvertedResidual(nn.Module):
+    """Inverted residual with linear bottleneck (paper Figure 3b, Table 1).
+
+    ``expand`` is absent when the expansion factor is 1, as in the paper and torchvision.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        expand_ratio: int,
+        dilation: int = 1,
+    ) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.stride = stride
+        self.dilation = dilation
+        self.expand_ratio = expand_ratio
+        hidden = int(round(in_channels * expand_ratio))
+        self.hidden_channels = hidden
+        self.use_residual = stride == 1 and in_channels == out_channels
+
+        self.expand: nn.Module | None = None
+        if expand_ratio != 1:
+            self.expand = Conv2dNormActivation(
+                in_channels, hidden, kernel_size=1, norm_layer=_bn, activation_layer=nn.ReLU6
+            )
+        self.depthwise = Conv2dNormActivation(
+            hidden,
+            hidden,
+            kernel_size=3,
+            stride=stride,
+            dilation=dilation,
+            groups=hidden,
+            norm_layer=_bn,
+            activation_layer=nn.ReLU6,
+        )
+        # Linear bottleneck: no activation after the projection (paper section 3.2).
+        self.project = Conv2dNormActivation(
+            hidden, out_channels, kernel_size=1, norm_layer=_bn, activation_layer=None
+        )
+
+    def forward_with_expansion(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return the block output and the expansion output (the input of the depthwise conv)."""
+        expanded = self.expand(x) if self.expand is not None else x
+        out = self.project(self.depthwise(expanded))
+        if self.use_residual:
+            out = out + x
+        return out, expanded
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_with_expansion(x)[0]
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One named feature tap: what a head needs to size itself."""
+
+    name: str
+    channels: int
+    reduction: int  # input size / feature size (the stride, before any dilation trick)
+    module_index: int  # index into ``backbone.features``
+
+
+class MobileNetV2Backbone(nn.Module):
+    """The 19 layers of paper Table 2 (no pooling, no classifier) with named feature taps.
+
+    Args:
+        width_mult: channel multiplier (paper: 0.35 to 1.4). Channels are rounded to multiples of 8;
+            the last 1x1 conv keeps 1280 channels below 1.0 and scales above it.
+        output_stride: 32 (classification), 16 or 8 (dense prediction). Strides past the requested
+            output stride become dilation of the following depthwise convs (DeepLab convention), so
+            the weights are the same for every output stride.
+        out_features: tap names that :meth:`forward` returns. ``None`` returns only the last layer.
+    """
+
+    def __init__(
+        self,
+        width_mult: float = 1.0,
+        output_stride: int = 32,
+        out_features: Sequence[str] | None = None,
+        round_nearest: int = 8,
+    ) -> None:
+        super().__init__()
+        if not isinstance(width_mult, (int, float)) or width_mult <= 0:
+            raise ValueError(f"width_mult must be a positive number, got {width_mult!r}")
+        if output_stride not in VALID_OUTPUT_STRIDES:
+            raise ValueError(
+                f"output_stride must be one of {VALID_OUTPUT_STRIDES}, got {output_stride!r}"
+            )
+        self.width_mult = float(width_mult)
+        self.output_stride = output_stride
+
+        in_channels = make_divisible(STEM_CHANNELS * width_mult, round_nearest)
+        self.last_channels = make_divisible(LAST_CHANNELS * max(1.0, width_mult), round_nearest)
+
+        layers: list[nn.Module] = [
+            Conv2dNormActivation(
+                3, in_channels, kernel_size=3, stride=2, norm_layer=_bn, activation_layer=nn.ReLU6
+            )
+        ]
+        infos: list[FeatureInfo] = [FeatureInfo("layer1", in_channels, 2, 0)]
+        current_stride, dilation = 2, 1
+        for t, c, n, s in BOTTLENECK_SETTINGS:
+            out_channels = make_divisible(c * width_mult, round_nearest)
+            for i in range(n):
+                stride = s if i == 0 else 1
+                block_dilation = dilation
+                if stride == 2 and current_stride >= output_stride:
+                    # The block keeps the dilation it had; every later block dilates twice as much.
+                    stride, dilation = 1, dilation * 2
+                else:
+                    current_stride *= stride
+                block = InvertedResidual(in_channels, out_channels, stride, t, block_dilation)
+                index = len(layers)
+                layers.append(block)
+                reduction_in = current_stride // stride  # stride at the block's input
+                if block.expand is not None:
+                    infos.append(
+                        FeatureInfo(f"layer{index + 1}/expansion", block.hidden_channels, reduction_in, index)
+                    )
+                infos.append(FeatureInfo(f"layer{index + 1}", out_channels, current_stride, index))
+                in_channels = out_channels
+        layers.append(
+            Conv2dNormActivation(
+                in_channels, self.last_channels, kernel_size=1, norm_layer=_bn, activation_layer=nn.ReLU6
+            )
+        )
+        infos.append(FeatureInfo(f"layer{len(layers)}", self.last_channels, current_stride, len(layers) - 1))
+        self.features = nn.Sequential(*layers)
+        self.feature_info: dict[str, FeatureInfo] = {info.name: info for info in infos}
+
+        last = f"layer{len(layers)}"
+        self.out_features: tuple[str, ...] = tuple(out_features) if out_features else (last,)
+        unknown = [name for name in self.out_features if name not in self.feature_info]
+        if unknown:
+            raise ValueError(
+                f"unknown feature tap(s) {unknown}; available: {list(self.feature_info)}"
+            )
+        self._init_weights()
+
+    @property
+    def out_channels(self) -> dict[str, int]:
+        return {name: self.feature_info[name].channels for name in self.out_features}
+
+    def _init_weights(self) -> None:
+        # torchvision's initialisation, so a model built here trains like torchvision's.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """Return the requested taps by name, running only as many layers as they need."""
+        wanted = {self.feature_info[name].module_index for name in self.out_features}
+        expansion_taps = {
+            self.feature_info[name].module_index: name
+            for name in self.out_features
+            if name.endswith("/expansion")
+        }
+        taps: dict[str, Tensor] = {}
+        for index, layer in enumerate(self.features):
+            if index > max(wanted):
+                break
+            if index in expansion_taps:
+                x, taps[expansion_taps[index]] = layer.forward_with_expansion(x)
+            else:
+                x = layer(x)
+            name = f"layer{index + 1}"
+            if name in self.out_features:
+                taps[name] = x
+        return {name: taps[name] for name in self.out_features}
+
+
+class MobileNetV2(nn.Module):
+    """The MobileNetV2 ImageNet classifier: backbone, global average pool, dropout, linear."""
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        width_mult: float = 1.0,
+        output_stride: int = 32,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        self.backbone = MobileNetV2Backbone(width_mult=width_mult, output_stride=output_stride)
+        self.num_classes = num_classes
+        # Same layout as torchvision's classifier (Dropout at index 0, Linear at 1).
+        self.classifier = nn.Sequential(
+            nn.Dropout(p=dropout), nn.Linear(self.backbone.last_channels, num_classes)
+        )
+        nn.init.normal_(self.classifier[1].weight, 0, 0.01)
+        nn.init.zeros_(self.classifier[1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        (features,) = self.backbone(x).values()
+        pooled = torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1)
+        return self.classifier(pooled)

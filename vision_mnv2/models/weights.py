@@ -1,0 +1,154 @@
+"""Reading weight files: torchvision's MobileNetV2 state dicts and this project's own checkpoints.
+
+Files are read with ``torch.load(weights_only=True)``: a weight file is data, never code.
+
+Key layouts understood here:
+
+* torchvision ``mobilenet_v2`` (``features.{i}.conv.{j}...``, ``classifier.1.*``): the file torchvision
+  caches as ``mobilenet_v2-7ebf99e0.pth``. Renamed to this project's ``backbone.features.{i}.{expand,
+  depthwise,project}...`` layout.
+* A Lightning checkpoint of this project (``{"state_dict": {"model.<key>": ...}}``).
+* A plain state dict of one of this project's models (``torch.save(model.state_dict(), path)``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "WeightsError",
+    "load_state_dict_file",
+    "from_torchvision_mobilenet_v2",
+    "load_weights",
+]
+
+# Prefix under which the Lightning task modules of this project hold their network.
+TASK_MODEL_PREFIX = "model."
+
+
+class WeightsError(RuntimeError):
+    """A weight file that cannot be read or does not fit the model; the message says why."""
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read a weight file safely and return a flat state dict of tensors.
+
+    Lightning checkpoints are unwrapped (``state_dict``) and their ``model.`` prefix is removed.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"weights file {str(path)!r} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt zip, pickle with code, truncated download, ...
+        raise WeightsError(
+            f"cannot read weights file {str(path)!r}: {type(exc).__name__}: {exc}".strip()
+        ) from exc
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+        if any(k.startswith(TASK_MODEL_PREFIX) for k in obj):
+            obj = {
+                k[len(TASK_MODEL_PREFIX) :]: v for k, v in obj.items() if k.startswith(TASK_MODEL_PREFIX)
+            }
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise WeightsError(f"weights file {str(path)!r} does not hold a state dict of tensors")
+    return dict(obj)
+
+
+_TV_BLOCK = re.compile(r"^features\.(\d+)\.conv\.(\d+)\.(.+)$")
+_TV_CONV = re.compile(r"^features\.(\d+)\.(\d+\..+)$")
+
+
+def is_torchvision_mobilenet_v2(state_dict: Mapping[str, Tensor]) -> bool:
+    return any(_TV_BLOCK.match(k) for k in state_dict) and not any(
+        k.startswith("backbone.") for k in state_dict
+    )
+
+
+def from_torchvision_mobilenet_v2(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename torchvision ``mobilenet_v2`` keys to this project's ``MobileNetV2`` keys.
+
+    torchvision's bottleneck is one Sequential ``conv``: ``[expand?, depthwise, project conv, project BN]``;
+    ours names the parts. Blocks with expansion factor 1 have no ``expand`` (recognised by the
+    depthwise conv sitting at ``conv.0``, whose weight has one input channel per group).
+    """
+    has_expand: dict[int, bool] = {}
+    for key, value in state_dict.items():
+        m = _TV_BLOCK.match(key)
+        if m and m.group(2) == "0" and m.group(3) == "0.weight":
+            # conv.0 is the 1x1 expansion unless it is the 3x3 depthwise (t == 1).
+            has_expand[int(m.group(1))] = value.shape[-1] == 1
+    out: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        m = _TV_BLOCK.match(key)
+        if m:
+            block, part, rest = int(m.group(1)), int(m.group(2)), m.group(3)
+            names = ["expand", "depthwise", "project.0", "project.1"]
+            if not has_expand.get(block, True):
+                names = names[1:]
+            if part >= len(names):
+                out[key] = value  # leave unknown keys for the strict check to report
+                continue
+            out[f"backbone.features.{block}.{names[part]}.{rest}"] = value
+            continue
+        m = _TV_CONV.match(key)
+        if m:
+            out[f"backbone.features.{m.group(1)}.{m.group(2)}"] = value
+            continue
+        out[key] = value
+    return out
+
+
+def _describe(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def load_weights(
+    model: nn.Module,
+    path: str | os.PathLike,
+    prefix: str = "",
+    strict: bool = True,
+) -> tuple[list[str], list[str]]:
+    """Load a weight file into ``model`` (or into the part of it under ``prefix``).
+
+    ``prefix`` selects keys of the file, e.g. ``"backbone."`` to take only a backbone from a
+    classifier or detector checkpoint. With ``strict`` any missing or unexpected key, or a shape that
+    does not fit, raises :class:`WeightsError` naming them. Returns (missing, unexpected) otherwise.
+    """
+    state_dict = load_state_dict_file(path)
+    if is_torchvision_mobilenet_v2(state_dict):
+        state_dict = from_torchvision_mobilenet_v2(state_dict)
+    if prefix:
+        state_dict = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if not state_dict:
+            raise WeightsError(f"weights file {str(path)!r} has no keys under {prefix!r}")
+
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in state_dict)
+    unexpected = sorted(k for k in state_dict if k not in own)
+    mismatched = sorted(
+        f"{k} (file {tuple(state_dict[k].shape)}, model {tuple(own[k].shape)})"
+        for k in own
+        if k in state_dict and state_dict[k].shape != own[k].shape
+    )
+    if strict and (missing or unexpected or mismatched):
+        problems = []
+        if missing:
+            problems.append(f"missing keys: {_describe(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys: {_describe(unexpected)}")
+        if mismatched:
+            problems.append(f"shape mismatch: {_describe(mismatched)}")
+        raise WeightsError(
+            f"weights file {str(path)!r} does not fit {type(model).__name__}: " + "; ".join(problems)
+        )
+    compatible = {k: v for k, v in state_dict.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(compatible, strict=False)
+    return missing, unexpected
