@@ -1,0 +1,62 @@
+"""Classification data in the ImageNet folder layout: ``<root>/<split>/<class>/<image>``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch import Tensor
+from torchvision.datasets import ImageFolder
+
+__all__ = ["ImageFolderClassification", "DatasetError"]
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used as given; the message names the path and the problem."""
+
+
+def _load_rgb(path: str) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+class ImageFolderClassification(ImageFolder):
+    """torchvision's ``ImageFolder`` returning numpy RGB images through an albumentations pipeline.
+
+    Args:
+        root: the dataset root (holding ``train/``, ``val/``, ...).
+        split: sub-folder to read.
+        transform: albumentations ``Compose`` (called as ``transform(image=array)``).
+        classes: expected class names in label order, e.g. the training split's, so that a validation
+            split with other folders is an error rather than silently shifted labels.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str,
+        transform: Callable | None = None,
+        classes: list[str] | None = None,
+    ) -> None:
+        folder = Path(root).expanduser() / split
+        if not folder.is_dir():
+            raise DatasetError(f"classification split folder {str(folder)!r} does not exist")
+        try:
+            super().__init__(str(folder), loader=_load_rgb)
+        except FileNotFoundError as exc:  # no class folders, or no image in them
+            raise DatasetError(f"{folder}: {exc}") from exc
+        if classes is not None and list(classes) != self.classes:
+            raise DatasetError(
+                f"class folders of {str(folder)!r} {self.classes} differ from the expected {list(classes)}"
+            )
+        self.album_transform = transform
+
+    def __getitem__(self, index: int) -> tuple[Tensor | np.ndarray, int]:
+        path, target = self.samples[index]
+        image = self.loader(path)
+        if self.album_transform is not None:
+            image = self.album_transform(image=image)["image"]
+        return image, target

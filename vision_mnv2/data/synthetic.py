@@ -1,0 +1,305 @@
+"""Synthetic datasets written in the real on-disk layouts, so the real loaders are what get tested.
+
+Scenes are coloured shapes on textured backgrounds. The class of an object is its *shape*; colour,
+size, position, rotation and background vary at random, so a model has to learn shape and cannot
+cheat on colour. Everything is deterministic given the seed.
+
+One renderer serves every task: :func:`render_scene` returns the image and, for each object, its
+class, bounding box and pixel mask. Writers turn scenes into a dataset layout:
+
+* :func:`write_classification_dataset` - ImageNet layout, ``{train,val}/<class>/<id>.jpg``.
+
+Writers are idempotent and atomic: a dataset is built in a temporary folder and renamed into place
+with a ``MANIFEST.json`` that records how it was made; an existing dataset with the same manifest is
+reused, so the training entry point can call them on every start.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = [
+    "SHAPES",
+    "SceneObject",
+    "render_background",
+    "render_shape_mask",
+    "render_scene",
+    "write_classification_dataset",
+]
+
+# The classes, in order. A dataset with k classes uses the first k.
+SHAPES: tuple[str, ...] = (
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "hexagon",
+    "cross",
+    "ring",
+    "diamond",
+    "crescent",
+    "arrow",
+)
+MANIFEST = "MANIFEST.json"
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One object of a rendered scene."""
+
+    category: int  # index into SHAPES
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, exclusive max (COCO-style extent)
+    mask: np.ndarray  # bool, H x W, visible pixels only (later objects occlude earlier ones)
+
+
+def render_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A textured background: a colour gradient, low-frequency blobs, stripes and pixel noise."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    c0, c1 = rng.uniform(0, 255, size=(2, 3))
+    angle = rng.uniform(0, 2 * math.pi)
+    ramp = (xx * math.cos(angle) + yy * math.sin(angle)) / max(height, width)
+    ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
+    image = c0[None, None, :] * (1 - ramp[..., None]) + c1[None, None, :] * ramp[..., None]
+    # Smooth blobs: a coarse random grid upsampled.
+    coarse = rng.uniform(-40, 40, size=(4, 4, 3)).astype(np.float32)
+    blobs = np.asarray(
+        Image.fromarray(((coarse + 40) * 3.1875).astype(np.uint8)).resize((width, height), Image.BILINEAR),
+        dtype=np.float32,
+    ) / 3.1875 - 40
+    image += blobs
+    # Stripes at a random frequency and direction.
+    freq = rng.uniform(0.05, 0.4)
+    stripe_angle = rng.uniform(0, math.pi)
+    phase = (xx * math.cos(stripe_angle) + yy * math.sin(stripe_angle)) * freq
+    image += rng.uniform(5, 30) * np.sin(phase)[..., None]
+    image += rng.normal(0, rng.uniform(3, 12), size=image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _polygon(cx: float, cy: float, radius: float, n: int, rotation: float, inner: float | None = None):
+    points = []
+    steps = 2 * n if inner is not None else n
+    for i in range(steps):
+        r = radius if inner is None or i % 2 == 0 else radius * inner
+        a = rotation + 2 * math.pi * i / steps
+        points.append((cx + r * math.cos(a), cy + r * math.sin(a)))
+    return points
+
+
+def render_shape_mask(
+    kind: str, height: int, width: int, center: tuple[float, float], radius: float, rotation: float
+) -> np.ndarray:
+    """Boolean mask of one shape of circumscribed ``radius`` centred at ``center`` (x, y)."""
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    cx, cy = center
+    r = radius
+    if kind == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    elif kind == "square":
+        draw.polygon(_polygon(cx, cy, r, 4, rotation + math.pi / 4), fill=255)
+    elif kind == "diamond":
+        # A rhombus, elongated, so that it differs from a rotated square.
+        pts = [(0, -r), (0.55 * r, 0), (0, r), (-0.55 * r, 0)]
+        c, s = math.cos(rotation), math.sin(rotation)
+        draw.polygon([(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts], fill=255)
+    elif kind == "triangle":
+        draw.polygon(_polygon(cx, cy, r, 3, rotation), fill=255)
+    elif kind == "star":
+        draw.polygon(_polygon(cx, cy, r, 5, rotation, inner=0.45), fill=255)
+    elif kind == "hexagon":
+        draw.polygon(_polygon(cx, cy, r, 6, rotation), fill=255)
+    elif kind == "cross":
+        w = 0.32 * r
+        pts = [(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w), (-w, -w)]
+        c, s = math.cos(rotation), math.sin(rotation)
+        draw.polygon([(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts], fill=255)
+    elif kind == "ring":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+        ri = 0.55 * r
+        draw.ellipse([cx - ri, cy - ri, cx + ri, cy + ri], fill=0)
+    elif kind == "crescent":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+        off = 0.45 * r
+        ox, oy = cx + off * math.cos(rotation), cy + off * math.sin(rotation)
+        draw.ellipse([ox - 0.85 * r, oy - 0.85 * r, ox + 0.85 * r, oy + 0.85 * r], fill=0)
+    elif kind == "arrow":
+        pts = [(-r, -0.22 * r), (0.2 * r, -0.22 * r), (0.2 * r, -0.6 * r), (r, 0), (0.2 * r, 0.6 * r), (0.2 * r, 0.22 * r), (-r, 0.22 * r)]
+        c, s = math.cos(rotation), math.sin(rotation)
+        draw.polygon([(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts], fill=255)
+    else:
+        raise ValueError(f"unknown shape {kind!r}; known: {SHAPES}")
+    return np.asarray(canvas) > 127
+
+
+def _object_colour(rng: np.random.Generator, background: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A saturated colour that stands out from the background under the mask."""
+    under = background[mask].mean(axis=0) if mask.any() else np.full(3, 127.0)
+    best, best_dist = None, -1.0
+    for _ in range(6):
+        colour = rng.uniform(0, 255, size=3)
+        dist = float(np.abs(colour - under).sum())
+        if dist > best_dist:
+            best, best_dist = colour, dist
+    return best
+
+
+def render_scene(
+    rng: np.random.Generator,
+    size: tuple[int, int],
+    categories: Sequence[int],
+    radius_range: tuple[float, float],
+    min_visible_fraction: float = 0.4,
+) -> tuple[np.ndarray, list[SceneObject]]:
+    """Render one scene with one object per entry of ``categories`` (indices into :data:`SHAPES`).
+
+    ``radius_range`` is the circumscribed radius as a fraction of the shorter image side. Objects
+    are painted in order; one left less than ``min_visible_fraction`` visible by later objects is
+    dropped from the returned list (its pixels stay, as real occluded clutter would).
+    """
+    height, width = size
+    image = render_background(rng, height, width).astype(np.float32)
+    short = min(height, width)
+    painted: list[tuple[int, np.ndarray]] = []
+    for category in categories:
+        radius = rng.uniform(*radius_range) * short
+        # Keep the centre inside so that the object is mostly in the picture.
+        cx = rng.uniform(radius * 0.6, width - radius * 0.6)
+        cy = rng.uniform(radius * 0.6, height - radius * 0.6)
+        mask = render_shape_mask(SHAPES[category], height, width, (cx, cy), radius, rng.uniform(0, 2 * math.pi))
+        if not mask.any():
+            continue
+        colour = _object_colour(rng, image, mask)
+        # A light horizontal shading, so objects are not flat colour.
+        shade = 1.0 + rng.uniform(-0.15, 0.15) * np.linspace(-1, 1, width, dtype=np.float32)
+        shade = np.broadcast_to(shade[None, :], (height, width))
+        image[mask] = np.clip(colour[None, :] * shade[mask][:, None], 0, 255)
+        painted.append((category, mask))
+
+    objects: list[SceneObject] = []
+    occupied = np.zeros((height, width), dtype=bool)
+    for category, mask in reversed(painted):  # last painted is on top
+        visible = mask & ~occupied
+        occupied |= mask
+        if visible.sum() < min_visible_fraction * mask.sum():
+            continue
+        ys, xs = np.nonzero(visible)
+        box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+        objects.append(SceneObject(category, box, visible))
+    objects.reverse()
+    noise = rng.normal(0, 2.0, size=image.shape)
+    return np.clip(image + noise, 0, 255).astype(np.uint8), objects
+
+
+# --------------------------------------------------------------------------------------------------
+# Writers
+
+
+def _write_atomically(root: Path, manifest: dict, build: Callable[[Path], None]) -> Path:
+    """Build a dataset in a temporary sibling folder and rename it to ``root`` when complete.
+
+    An existing ``root`` with the same manifest is reused; one with another manifest is an error
+    rather than silently overwritten (it may be a user's data).
+    """
+    root = Path(root).expanduser().resolve()
+    manifest_path = root / MANIFEST
+    if manifest_path.is_file():
+        existing = json.loads(manifest_path.read_text())
+        if existing == manifest:
+            return root
+        raise FileExistsError(
+            f"{root} holds a synthetic dataset made with other settings ({manifest_path}); "
+            "delete the folder or choose another root"
+        )
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root} exists and is not a synthetic dataset of this project; not overwriting it")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        build(tmp)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        if root.exists():
+            root.rmdir()  # empty, checked above
+        try:
+            os.replace(tmp, root)
+        except OSError:
+            # Another process (a DDP rank, a parallel test) finished first with the same settings.
+            if (root / MANIFEST).is_file() and json.loads((root / MANIFEST).read_text()) == manifest:
+                shutil.rmtree(tmp, ignore_errors=True)
+                return root
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+@dataclass(frozen=True)
+class ClassificationSpec:
+    num_classes: int = 8
+    train_per_class: int = 200
+    val_per_class: int = 50
+    image_size: int = 128
+    seed: int = 0
+    version: int = 1  # bump when the renderer changes, so cached datasets are rebuilt
+
+
+def write_classification_dataset(
+    root: str | os.PathLike,
+    num_classes: int = 8,
+    train_per_class: int = 200,
+    val_per_class: int = 50,
+    image_size: int = 128,
+    seed: int = 0,
+) -> Path:
+    """Write a shape-classification dataset in the ImageNet layout and return its root.
+
+    ``root/{train,val}/<shape>/<split>_<index>.jpg``: one large object per image (the label), with
+    zero to two small distractor shapes of other classes, so the label is the dominant shape.
+    """
+    if not 2 <= num_classes <= len(SHAPES):
+        raise ValueError(f"num_classes must be between 2 and {len(SHAPES)}, got {num_classes}")
+    spec = ClassificationSpec(num_classes, train_per_class, val_per_class, image_size, seed)
+
+    def build(tmp: Path) -> None:
+        for split_index, (split, per_class) in enumerate((("train", train_per_class), ("val", val_per_class))):
+            rng = np.random.default_rng([seed, split_index])
+            for label in range(num_classes):
+                folder = tmp / split / SHAPES[label]
+                folder.mkdir(parents=True)
+                for index in range(per_class):
+                    n_distractors = int(rng.integers(0, 3))
+                    others = [c for c in range(num_classes) if c != label]
+                    distractors = [int(rng.choice(others)) for _ in range(n_distractors)]
+                    image = _render_labelled(rng, image_size, label, distractors)
+                    Image.fromarray(image).save(folder / f"{split}_{index:05d}.jpg", quality=92)
+
+    return _write_atomically(Path(root), {"kind": "classification", **asdict(spec)}, build)
+
+
+def _render_labelled(
+    rng: np.random.Generator, image_size: int, label: int, distractors: list[int]
+) -> np.ndarray:
+    """Small distractor shapes first, then the labelled shape large and on top."""
+    height = width = image_size
+    if distractors:
+        image, _ = render_scene(rng, (height, width), distractors, (0.08, 0.16))
+    else:
+        image = render_background(rng, height, width)
+    base = image.astype(np.float32)
+    radius = rng.uniform(0.22, 0.42) * image_size
+    cx = rng.uniform(radius * 0.8, width - radius * 0.8)
+    cy = rng.uniform(radius * 0.8, height - radius * 0.8)
+    mask = render_shape_mask(SHAPES[label], height, width, (cx, cy), radius, rng.uniform(0, 2 * math.pi))
+    base[mask] = _object_colour(rng, base, mask)
+    return np.clip(base + rng.normal(0, 2.0, size=base.shape), 0, 255).astype(np.uint8)
