@@ -1,0 +1,96 @@
+"""Image classification as a LightningModule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from .optim import configure_optimizers
+
+__all__ = ["ClassificationTask"]
+
+
+class ClassificationTask(L.LightningModule):
+    """Cross-entropy training (optional label smoothing) with top-1 / top-5 accuracy.
+
+    Args:
+        model: the network (``vision_mnv2.models.mobilenet_v2(...)``), built by Hydra.
+        num_classes: number of classes, for the metrics.
+        optimizer: ``partial`` taking the parameters (Hydra ``_partial_: true``).
+        scheduler: ``partial`` taking the optimizer, or ``None``.
+        scheduler_interval: ``"epoch"`` or ``"step"``: when the scheduler steps.
+        warmup_epochs: linear warm-up before ``scheduler`` (0 for none).
+        label_smoothing: cross-entropy label smoothing (0.1 in TF-slim's recipe).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        scheduler_interval: str = "epoch",
+        warmup_epochs: float = 0.0,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        # Only plain numbers go into the checkpoint's hyper-parameters, so it loads with weights_only.
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        top_k = min(5, num_classes)
+        metrics = MetricCollection(
+            {
+                "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+                f"top{top_k}": MulticlassAccuracy(num_classes, top_k=top_k, average="micro"),
+            }
+        )
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, targets = batch
+        logits = self(images)
+        loss = self.criterion(logits, targets)
+        self.train_metrics.update(logits.detach(), targets)
+        self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict(self.train_metrics.compute())
+        self.train_metrics.reset()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        images, targets = batch
+        logits = self(images)
+        self.log("val/loss", self.criterion(logits, targets), batch_size=images.shape[0], sync_dist=True)
+        self.val_metrics.update(logits, targets)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        self.val_metrics.reset()
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self.on_validation_epoch_end()
+
+    def configure_optimizers(self):
+        return configure_optimizers(
+            self,
+            self.optimizer_factory,
+            self.scheduler_factory,
+            self.hparams.scheduler_interval,
+            self.hparams.warmup_epochs,
+        )

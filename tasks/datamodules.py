@@ -1,0 +1,130 @@
+"""LightningDataModules: wrap the datasets of ``vision_mnv2.data`` with loaders, workers and set-up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from vision_mnv2.data import (
+    DatasetError,
+    ImageFolderClassification,
+    classification_eval_transform,
+    classification_train_transform,
+)
+
+__all__ = ["ClassificationDataModule"]
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """ImageNet-layout classification data.
+
+    Args:
+        root: dataset root holding ``train_split`` and ``val_split`` folders.
+        generate: optional callable ``generate(root)`` that writes a dataset there when it is missing
+            (the synthetic default); ``None`` for real data, which must already exist.
+        image_size: network input resolution; the eval resize scales with it.
+        train_crop_scale: area range of the random resized crop.
+        crop_fraction: eval centre-crop fraction (0.875 = 224 of 256).
+        num_classes: expected number of classes; checked against the class folders.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        num_classes: int,
+        image_size: int = 224,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        train_split: str = "train",
+        val_split: str = "val",
+        train_crop_scale: tuple[float, float] = (0.08, 1.0),
+        hflip: float = 0.5,
+        crop_fraction: float = 0.875,
+        generate: Callable[[str], Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root).expanduser()
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.train_split = train_split
+        self.val_split = val_split
+        self.train_crop_scale = tuple(train_crop_scale)
+        self.hflip = hflip
+        self.crop_fraction = crop_fraction
+        self.generate = generate
+        self.train_set: ImageFolderClassification | None = None
+        self.val_set: ImageFolderClassification | None = None
+
+    @property
+    def class_names(self) -> list[str]:
+        self.setup("fit")
+        return list(self.train_set.classes)
+
+    def prepare_data(self) -> None:
+        # Runs once per node before set-up: the place to write the synthetic dataset.
+        if self.generate is not None:
+            self.generate(str(self.root))
+        elif not self.root.is_dir():
+            raise DatasetError(f"data.root {str(self.root)!r} does not exist")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.generate is not None and not self.root.is_dir():
+            self.prepare_data()  # direct use, outside a Trainer
+        if self.train_set is None and (self.root / self.train_split).is_dir():
+            self.train_set = ImageFolderClassification(
+                self.root,
+                self.train_split,
+                classification_train_transform(self.image_size, self.train_crop_scale, self.hflip),
+            )
+            if len(self.train_set.classes) != self.num_classes:
+                raise DatasetError(
+                    f"{self.root / self.train_split} has {len(self.train_set.classes)} class folders "
+                    f"but data.num_classes is {self.num_classes}"
+                )
+        if self.val_set is None:
+            expected = self.train_set.classes if self.train_set is not None else None
+            self.val_set = ImageFolderClassification(
+                self.root,
+                self.val_split,
+                classification_eval_transform(self.image_size, self.crop_fraction),
+                classes=expected,
+            )
+            if len(self.val_set.classes) != self.num_classes:
+                raise DatasetError(
+                    f"{self.root / self.val_split} has {len(self.val_set.classes)} class folders "
+                    f"but data.num_classes is {self.num_classes}"
+                )
+        if stage == "fit" and self.train_set is None:
+            raise DatasetError(f"training split folder {str(self.root / self.train_split)!r} does not exist")
+
+    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()

@@ -1,0 +1,83 @@
+"""Optimiser and learning-rate schedule assembly shared by every task."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch import nn
+
+__all__ = ["parameter_groups", "configure_optimizers"]
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on conv / linear weights only; none on batch-norm parameters and biases.
+
+    The common practice of the TF and torchvision recipes (decay on BN scales hurts small models).
+    """
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def _total_units(module: L.LightningModule, interval: str) -> int:
+    trainer = module.trainer
+    if interval == "step":
+        return int(trainer.estimated_stepping_batches)
+    if trainer.max_epochs is None or trainer.max_epochs < 0:
+        raise ValueError("an epoch-based schedule needs trainer.max_epochs")
+    return int(trainer.max_epochs)
+
+
+def _build_scheduler(scheduler: Callable, opt: torch.optim.Optimizer, total: int):
+    """Schedules whose length is the run's length (cosine ``T_max``, polynomial ``total_iters``) get
+    it from the trainer when the config leaves it out, so one config fits any number of epochs."""
+    keywords = getattr(scheduler, "keywords", {})
+    func = getattr(scheduler, "func", scheduler)
+    try:
+        accepted = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        accepted = {}
+    for name in ("T_max", "total_iters"):
+        if name in accepted and name not in keywords:
+            return scheduler(opt, **{name: max(1, total)})
+    return scheduler(opt)
+
+
+def configure_optimizers(
+    module: L.LightningModule,
+    optimizer: Callable[..., torch.optim.Optimizer],
+    scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None,
+    interval: str = "epoch",
+    warmup_epochs: float = 0.0,
+):
+    """Build the optimizer from its partial, then the scheduler (with optional linear warm-up).
+
+    The optimizer partial's ``weight_decay`` applies to weights only (:func:`parameter_groups`).
+    """
+    if interval not in ("epoch", "step"):
+        raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {interval!r}")
+    weight_decay = getattr(optimizer, "keywords", {}).get("weight_decay", 0.0)
+    opt = optimizer(parameter_groups(module, weight_decay))
+    if scheduler is None and warmup_epochs <= 0:
+        return opt
+    steps_per_epoch = 1
+    if interval == "step":
+        steps_per_epoch = max(1, module.trainer.estimated_stepping_batches // max(1, module.trainer.max_epochs))
+    warmup = int(round(warmup_epochs * steps_per_epoch))
+    schedulers, milestones = [], []
+    if warmup > 0:
+        schedulers.append(torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.01, total_iters=warmup))
+        milestones.append(warmup)
+    if scheduler is not None:
+        schedulers.append(_build_scheduler(scheduler, opt, total=_total_units(module, interval) - warmup))
+    sched = schedulers[0] if len(schedulers) == 1 else torch.optim.lr_scheduler.SequentialLR(opt, schedulers, milestones)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}

@@ -1,0 +1,60 @@
+"""Shared fixtures: small generated datasets and Hydra config composition on the real configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from vision_mnv2.data import write_classification_dataset
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Two cores: keep intra-op threads from oversubscribing when a test starts worker processes.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def tiny_cls_root(tmp_path_factory) -> Path:
+    """4 classes, 8 training and 4 validation images per class, 64 px."""
+    root = tmp_path_factory.mktemp("data") / "tiny_cls"
+    return write_classification_dataset(root, num_classes=4, train_per_class=8, val_per_class=4, image_size=64, seed=1)
+
+
+def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose a real entry config as ``tools/*.py`` would, with the run folder pinned to ``output_dir``."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.cache_dir = str(output_dir / "cache")
+    return cfg
+
+
+def tiny_classification_overrides(root: Path, quiet_callbacks: bool = True) -> list[str]:
+    """Overrides that make the classification task run in seconds on the tiny dataset.
+
+    ``quiet_callbacks`` drops the progress bar and summary (the training configs have them; the
+    evaluation config has no callbacks at all)."""
+    overrides = [
+        "task=classification",
+        f"data.root={root}",
+        "data.generate=null",
+        "data.num_classes=4",
+        "data.image_size=64",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "backbone.width_mult=0.35",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=2",
+        "trainer.log_every_n_steps=1",
+        "+trainer.enable_progress_bar=false",
+    ]
+    if quiet_callbacks:
+        overrides += ["callbacks.progress_bar=null", "callbacks.model_summary=null"]
+    return overrides

@@ -1,0 +1,79 @@
+"""Train and evaluate through the real configs and entry points."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from tasks.runner import evaluate, train
+
+from .conftest import REPO_ROOT, compose_config, tiny_classification_overrides
+
+
+def test_train_then_eval_reproduces_the_best_checkpoint_score(tiny_cls_root, tmp_path):
+    cfg = compose_config("train", tiny_classification_overrides(tiny_cls_root), tmp_path / "train")
+    result = train(cfg)
+
+    checkpoints = tmp_path / "train" / "checkpoints"
+    assert (checkpoints / "last.ckpt").is_file()
+    assert result["best_checkpoint"] and os.path.isfile(result["best_checkpoint"])
+    assert {"train/loss", "val/top1", "val/top4"} <= set(result["metrics"])
+    assert (tmp_path / "train" / "train_metrics.json").is_file()
+    assert list((tmp_path / "train" / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "train" / "csv" / "metrics.csv").is_file()
+    # Checkpoints hold only tensors and plain values: they load without unpickling code.
+    torch.load(result["best_checkpoint"], map_location="cpu", weights_only=True)
+
+    eval_cfg = compose_config(
+        "eval",
+        tiny_classification_overrides(tiny_cls_root, quiet_callbacks=False) + [f"ckpt_path={result['best_checkpoint']}"],
+        tmp_path / "eval",
+    )
+    metrics = evaluate(eval_cfg)
+    assert metrics["val/top1"] == pytest.approx(result["best_score"]["val/top1"], abs=1e-6)
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert written["metrics"]["val/top1"] == metrics["val/top1"]
+
+
+def test_eval_without_a_checkpoint_is_a_clear_error(tiny_cls_root, tmp_path):
+    cfg = compose_config("eval", tiny_classification_overrides(tiny_cls_root, quiet_callbacks=False) + [f"ckpt_path={tmp_path}/none.ckpt"], tmp_path)
+    with pytest.raises(FileNotFoundError, match="none.ckpt"):
+        evaluate(cfg)
+
+
+@pytest.mark.parametrize(
+    "experiment, optimizer, lr",
+    [("imagenet_sgd", torch.optim.SGD, 0.045), ("imagenet_rmsprop", torch.optim.RMSprop, 0.045)],
+)
+def test_paper_recipes_compose(tmp_path, experiment, optimizer, lr):
+    cfg = compose_config("train", [f"experiment={experiment}", "data.root=/imagenet"], tmp_path)
+    assert cfg.data.num_classes == 1000 and cfg.data.image_size == 224 and cfg.data.root == "/imagenet"
+    opt = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+    assert isinstance(opt, optimizer) and opt.defaults["lr"] == lr and opt.defaults["weight_decay"] == 4e-5
+    model = instantiate(cfg.model)
+    assert model.classifier[1].out_features == 1000
+
+
+def test_command_line_train_and_eval(tiny_cls_root, tmp_path):
+    env = {**os.environ, "VISION_MNV2_CACHE": str(tmp_path / "cache")}
+    common = tiny_classification_overrides(tiny_cls_root, quiet_callbacks=False) + ["trainer.max_epochs=1"]
+    run_dir = tmp_path / "run"
+    subprocess.run(
+        [sys.executable, "tools/train.py", *common, "callbacks.progress_bar=null", f"hydra.run.dir={run_dir}"],
+        cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=300,
+    )
+    assert (run_dir / ".hydra" / "config.yaml").is_file(), "every run saves its config"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    out = subprocess.run(
+        [sys.executable, "tools/eval.py", *common, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'eval'}"],
+        cwd=REPO_ROOT, env=env, check=True, capture_output=True, text=True, timeout=300,
+    )
+    assert "val/top1" in out.stdout
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["checkpoint"] == str(last)
