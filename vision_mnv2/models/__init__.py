@@ -2,16 +2,21 @@
 
 from .classification import mobilenet_v2
 from .mobilenetv2 import FeatureInfo, InvertedResidual, MobileNetV2, MobileNetV2Backbone, make_divisible
-from .weights import WeightsError, load_state_dict_file, load_weights
+from .ssdlite import SSDLiteMobileNetV2Extractor, TFSSDAnchorGenerator, ssdlite_mobilenet_v2
+from .weights import WeightsError, load_backbone_weights, load_state_dict_file, load_weights
 
 __all__ = [
     "FeatureInfo",
     "InvertedResidual",
     "MobileNetV2",
     "MobileNetV2Backbone",
+    "SSDLiteMobileNetV2Extractor",
+    "TFSSDAnchorGenerator",
     "WeightsError",
+    "load_backbone_weights",
     "load_state_dict_file",
     "load_weights",
     "make_divisible",
     "mobilenet_v2",
+    "ssdlite_mobilenet_v2",
 ]

@@ -152,3 +152,37 @@ def load_weights(
     compatible = {k: v for k, v in state_dict.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(compatible, strict=False)
     return missing, unexpected
+
+
+_STEM_KEY = "features.0.0.weight"
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
+    """Load only the MobileNetV2 backbone out of any weight file this project understands.
+
+    The file may be torchvision's classifier, or a checkpoint of any task here (classifier, detector,
+    segmenter): the backbone is found by its stem conv wherever it sits in the file, and every one of
+    its keys must fit.
+    """
+    state_dict = load_state_dict_file(path)
+    if is_torchvision_mobilenet_v2(state_dict):
+        state_dict = from_torchvision_mobilenet_v2(state_dict)
+    prefixes = sorted({k[: -len(_STEM_KEY)] for k in state_dict if k.endswith(_STEM_KEY)})
+    if len(prefixes) != 1:
+        raise WeightsError(
+            f"weights file {str(path)!r} holds {len(prefixes)} MobileNetV2 backbones "
+            f"(found under {prefixes or 'no prefix'}); expected exactly one"
+        )
+    prefix = prefixes[0]
+    own = backbone.state_dict()
+    backbone_keys = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix) and k[len(prefix) :] in own}
+    missing = sorted(set(own) - set(backbone_keys))
+    mismatched = sorted(
+        f"{k} (file {tuple(v.shape)}, model {tuple(own[k].shape)})" for k, v in backbone_keys.items() if v.shape != own[k].shape
+    )
+    if missing or mismatched:
+        problems = ([f"missing keys: {_describe(missing)}"] if missing else []) + (
+            [f"shape mismatch: {_describe(mismatched)}"] if mismatched else []
+        )
+        raise WeightsError(f"weights file {str(path)!r} does not fit the backbone: " + "; ".join(problems))
+    backbone.load_state_dict(backbone_keys)
