@@ -303,3 +303,89 @@ def _render_labelled(
     mask = render_shape_mask(SHAPES[label], height, width, (cx, cy), radius, rng.uniform(0, 2 * math.pi))
     base[mask] = _object_colour(rng, base, mask)
     return np.clip(base + rng.normal(0, 2.0, size=base.shape), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class DetectionSpec:
+    num_classes: int = 6
+    train_images: int = 600
+    val_images: int = 150
+    image_size: tuple[int, int] = (240, 320)
+    max_objects: int = 6
+    empty_fraction: float = 0.05
+    seed: int = 0
+    version: int = 1
+
+
+def coco_category_id(label: int) -> int:
+    """Category ids with gaps, as in real COCO (1, 3, 5, ...), so id <-> label mapping is exercised."""
+    return 2 * label + 1
+
+
+def write_detection_dataset(
+    root: str | os.PathLike,
+    num_classes: int = 6,
+    train_images: int = 600,
+    val_images: int = 150,
+    image_size: Sequence[int] = (240, 320),
+    max_objects: int = 6,
+    empty_fraction: float = 0.05,
+    seed: int = 0,
+) -> Path:
+    """Write a detection dataset in the COCO 2017 layout and return its root.
+
+    ``root/{train2017,val2017}/*.jpg`` and ``root/annotations/instances_{train2017,val2017}.json``
+    with boxes, areas, RLE masks and ``iscrowd`` 0. Each image holds 1 to ``max_objects`` shapes
+    (a few hold none), small to large, possibly overlapping.
+    """
+    import pycocotools.mask as mask_utils  # only needed by this writer
+
+    if not 1 <= num_classes <= len(SHAPES):
+        raise ValueError(f"num_classes must be between 1 and {len(SHAPES)}, got {num_classes}")
+    height, width = (int(image_size[0]), int(image_size[1]))
+    spec = DetectionSpec(num_classes, train_images, val_images, (height, width), max_objects, empty_fraction, seed)
+    categories = [{"id": coco_category_id(i), "name": SHAPES[i], "supercategory": "shape"} for i in range(num_classes)]
+
+    def build(tmp: Path) -> None:
+        (tmp / "annotations").mkdir(parents=True)
+        annotation_id = 1
+        for split_index, (split, count) in enumerate((("train2017", train_images), ("val2017", val_images))):
+            rng = np.random.default_rng([seed, 100 + split_index])
+            (tmp / split).mkdir()
+            images, annotations = [], []
+            for index in range(count):
+                image_id = index + 1
+                n = 0 if rng.random() < empty_fraction else int(rng.integers(1, max_objects + 1))
+                labels = [int(rng.integers(0, num_classes)) for _ in range(n)]
+                image, objects = render_scene(rng, (height, width), labels, (0.05, 0.35))
+                file_name = f"{image_id:012d}.jpg"
+                Image.fromarray(image).save(tmp / split / file_name, quality=92)
+                images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+                for obj in objects:
+                    x0, y0, x1, y1 = obj.box
+                    rle = mask_utils.encode(np.asfortranarray(obj.mask.astype(np.uint8)))
+                    rle["counts"] = rle["counts"].decode("ascii")
+                    annotations.append(
+                        {
+                            "id": annotation_id,
+                            "image_id": image_id,
+                            "category_id": coco_category_id(obj.category),
+                            "bbox": [x0, y0, x1 - x0, y1 - y0],
+                            "area": int(obj.mask.sum()),
+                            "segmentation": rle,
+                            "iscrowd": 0,
+                        }
+                    )
+                    annotation_id += 1
+            payload = {
+                "info": {"description": "vision-mnv2 synthetic shapes", "version": str(spec.version)},
+                "licenses": [],
+                "images": images,
+                "annotations": annotations,
+                "categories": categories,
+            }
+            (tmp / "annotations" / f"instances_{split}.json").write_text(json.dumps(payload))
+
+    manifest = {"kind": "detection", **asdict(spec)}
+    manifest["image_size"] = list(manifest["image_size"])
+    return _write_atomically(Path(root), manifest, build)
