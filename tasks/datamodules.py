@@ -12,13 +12,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from vision_mnv2.data import (
+    CocoDetection,
     DatasetError,
     ImageFolderClassification,
     classification_eval_transform,
     classification_train_transform,
 )
+from vision_mnv2.data.detection_transforms import SSDEvalTransform, SSDTrainTransform
 
-__all__ = ["ClassificationDataModule"]
+__all__ = ["ClassificationDataModule", "DetectionDataModule", "detection_collate"]
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -118,6 +120,107 @@ class ClassificationDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+
+def detection_collate(batch):
+    """Detection batches are lists: images differ in size and hold different numbers of boxes."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)
+
+
+class DetectionDataModule(L.LightningDataModule):
+    """COCO-format detection data (``train2017/``, ``val2017/``, ``annotations/instances_*.json``
+    by default; every path can be set for a custom dataset).
+
+    Args:
+        root: dataset root; the image folders and annotation files are relative to it.
+        num_classes: expected number of categories, checked against the annotation file.
+        image_size: the detector's square input, for the training augmentation.
+        augment: keyword arguments of ``SSDTrainTransform`` (zoom-out, crop, flip, ...).
+        generate: optional ``generate(root)`` that writes the synthetic dataset when missing.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        num_classes: int,
+        image_size: int = 320,
+        batch_size: int = 24,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        train_images: str = "train2017",
+        val_images: str = "val2017",
+        train_annotations: str = "annotations/instances_train2017.json",
+        val_annotations: str = "annotations/instances_val2017.json",
+        augment: dict | None = None,
+        generate: Callable[[str], Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root).expanduser()
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.paths = {
+            "train": (self.root / train_images, self.root / train_annotations),
+            "val": (self.root / val_images, self.root / val_annotations),
+        }
+        self.augment = dict(augment or {})
+        self.generate = generate
+        self.train_set: CocoDetection | None = None
+        self.val_set: CocoDetection | None = None
+
+    def prepare_data(self) -> None:
+        if self.generate is not None:
+            self.generate(str(self.root))
+        elif not self.root.is_dir():
+            raise DatasetError(f"data.root {str(self.root)!r} does not exist")
+
+    def _dataset(self, split: str, transform) -> CocoDetection:
+        images, annotations = self.paths[split]
+        dataset = CocoDetection(images, annotations, transform)
+        if dataset.num_classes != self.num_classes:
+            raise DatasetError(
+                f"{annotations} lists {dataset.num_classes} categories but data.num_classes is {self.num_classes}"
+            )
+        return dataset
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.generate is not None and not self.root.is_dir():
+            self.prepare_data()
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = self._dataset("train", SSDTrainTransform(self.image_size, **self.augment))
+        if self.val_set is None:
+            self.val_set = self._dataset("val", SSDEvalTransform())
+            if self.train_set is not None and self.train_set.class_names != self.val_set.class_names:
+                raise DatasetError(
+                    f"categories of {self.paths['val'][1]} {self.val_set.class_names} differ from "
+                    f"{self.paths['train'][1]} {self.train_set.class_names}"
+                )
+
+    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=detection_collate,
         )
 
     def train_dataloader(self) -> DataLoader:
