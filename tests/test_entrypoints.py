@@ -77,3 +77,14 @@ def test_command_line_train_and_eval(tiny_cls_root, tmp_path):
     )
     assert "val/top1" in out.stdout
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["checkpoint"] == str(last)
+
+
+def test_full_coco_recipe_composes(tmp_path):
+    cfg = compose_config("train", ["experiment=ssdlite_coco", "data.root=/coco"], tmp_path)
+    assert cfg.task_name == "ssdlite_coco" and cfg.data.num_classes == 80 and cfg.data.image_size == 320
+    assert cfg.data.train_annotations == "annotations/instances_train2017.json"
+    assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.lr == 0.15
+    assert cfg.trainer.devices == 8 and cfg.trainer.strategy == "ddp" and cfg.trainer.max_epochs == 600
+    assert cfg.module._target_ == "tasks.detection.DetectionTask"
+    model = instantiate(cfg.model)
+    assert model.transform.min_size == (320,) and model.head.classification_head.num_columns == 81
