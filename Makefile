@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-TASK ?= classification
+TASK ?= ssdlite
 ARGS ?=
 
 .PHONY: install train test clean

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import lightning as L
 import torch
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from .optim import configure_optimizers
+from .optim import TaskModule
 
 __all__ = ["ClassificationTask"]
 
 
-class ClassificationTask(L.LightningModule):
+class ClassificationTask(TaskModule):
     """Cross-entropy training (optional label smoothing) with top-1 / top-5 accuracy.
 
     Args:
@@ -38,12 +37,8 @@ class ClassificationTask(L.LightningModule):
         warmup_epochs: float = 0.0,
         label_smoothing: float = 0.0,
     ) -> None:
-        super().__init__()
-        # Only plain numbers go into the checkpoint's hyper-parameters, so it loads with weights_only.
+        super().__init__(model, optimizer, scheduler, scheduler_interval, warmup_epochs)
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
-        self.model = model
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         top_k = min(5, num_classes)
         metrics = MetricCollection(
@@ -85,12 +80,3 @@ class ClassificationTask(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.on_validation_epoch_end()
-
-    def configure_optimizers(self):
-        return configure_optimizers(
-            self,
-            self.optimizer_factory,
-            self.scheduler_factory,
-            self.hparams.scheduler_interval,
-            self.hparams.warmup_epochs,
-        )

@@ -23,7 +23,68 @@ from vision_mnv2.data.detection_transforms import SSDEvalTransform, SSDTrainTran
 __all__ = ["ClassificationDataModule", "DetectionDataModule", "detection_collate"]
 
 
-class ClassificationDataModule(L.LightningDataModule):
+class _DataModuleBase(L.LightningDataModule):
+    """What every datamodule here shares: a root (optionally generated), loaders, batch settings."""
+
+    collate_fn: Callable | None = None
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        num_classes: int,
+        image_size: int,
+        batch_size: int,
+        eval_batch_size: int | None,
+        num_workers: int,
+        pin_memory: bool,
+        generate: Callable[[str], Any] | None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root).expanduser()
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.generate = generate
+        self.train_set = None
+        self.val_set = None
+
+    def prepare_data(self) -> None:
+        # Runs once per node before set-up: the place to write the synthetic dataset.
+        if self.generate is not None:
+            self.generate(str(self.root))
+        elif not self.root.is_dir():
+            raise DatasetError(f"data.root {str(self.root)!r} does not exist")
+
+    def _generate_if_missing(self) -> None:
+        if self.generate is not None and not self.root.is_dir():
+            self.prepare_data()  # direct use, outside a Trainer
+
+    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=type(self).collate_fn,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+
+class ClassificationDataModule(_DataModuleBase):
     """ImageNet-layout classification data.
 
     Args:
@@ -52,38 +113,20 @@ class ClassificationDataModule(L.LightningDataModule):
         crop_fraction: float = 0.875,
         generate: Callable[[str], Any] | None = None,
     ) -> None:
-        super().__init__()
-        self.root = Path(root).expanduser()
-        self.num_classes = num_classes
-        self.image_size = image_size
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory and torch.cuda.is_available()
+        super().__init__(root, num_classes, image_size, batch_size, eval_batch_size, num_workers, pin_memory, generate)
         self.train_split = train_split
         self.val_split = val_split
         self.train_crop_scale = tuple(train_crop_scale)
         self.hflip = hflip
         self.crop_fraction = crop_fraction
-        self.generate = generate
-        self.train_set: ImageFolderClassification | None = None
-        self.val_set: ImageFolderClassification | None = None
 
     @property
     def class_names(self) -> list[str]:
         self.setup("fit")
         return list(self.train_set.classes)
 
-    def prepare_data(self) -> None:
-        # Runs once per node before set-up: the place to write the synthetic dataset.
-        if self.generate is not None:
-            self.generate(str(self.root))
-        elif not self.root.is_dir():
-            raise DatasetError(f"data.root {str(self.root)!r} does not exist")
-
     def setup(self, stage: str | None = None) -> None:
-        if self.generate is not None and not self.root.is_dir():
-            self.prepare_data()  # direct use, outside a Trainer
+        self._generate_if_missing()
         if self.train_set is None and (self.root / self.train_split).is_dir():
             self.train_set = ImageFolderClassification(
                 self.root,
@@ -111,25 +154,6 @@ class ClassificationDataModule(L.LightningDataModule):
         if stage == "fit" and self.train_set is None:
             raise DatasetError(f"training split folder {str(self.root / self.train_split)!r} does not exist")
 
-    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
 
 
 def detection_collate(batch):
@@ -138,7 +162,7 @@ def detection_collate(batch):
     return list(images), list(targets)
 
 
-class DetectionDataModule(L.LightningDataModule):
+class DetectionDataModule(_DataModuleBase):
     """COCO-format detection data (``train2017/``, ``val2017/``, ``annotations/instances_*.json``
     by default; every path can be set for a custom dataset).
 
@@ -149,6 +173,8 @@ class DetectionDataModule(L.LightningDataModule):
         augment: keyword arguments of ``SSDTrainTransform`` (zoom-out, crop, flip, ...).
         generate: optional ``generate(root)`` that writes the synthetic dataset when missing.
     """
+
+    collate_fn = staticmethod(detection_collate)
 
     def __init__(
         self,
@@ -166,28 +192,12 @@ class DetectionDataModule(L.LightningDataModule):
         augment: dict | None = None,
         generate: Callable[[str], Any] | None = None,
     ) -> None:
-        super().__init__()
-        self.root = Path(root).expanduser()
-        self.num_classes = num_classes
-        self.image_size = image_size
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory and torch.cuda.is_available()
+        super().__init__(root, num_classes, image_size, batch_size, eval_batch_size, num_workers, pin_memory, generate)
         self.paths = {
             "train": (self.root / train_images, self.root / train_annotations),
             "val": (self.root / val_images, self.root / val_annotations),
         }
         self.augment = dict(augment or {})
-        self.generate = generate
-        self.train_set: CocoDetection | None = None
-        self.val_set: CocoDetection | None = None
-
-    def prepare_data(self) -> None:
-        if self.generate is not None:
-            self.generate(str(self.root))
-        elif not self.root.is_dir():
-            raise DatasetError(f"data.root {str(self.root)!r} does not exist")
 
     def _dataset(self, split: str, transform) -> CocoDetection:
         images, annotations = self.paths[split]
@@ -199,8 +209,7 @@ class DetectionDataModule(L.LightningDataModule):
         return dataset
 
     def setup(self, stage: str | None = None) -> None:
-        if self.generate is not None and not self.root.is_dir():
-            self.prepare_data()
+        self._generate_if_missing()
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = self._dataset("train", SSDTrainTransform(self.image_size, **self.augment))
         if self.val_set is None:
@@ -210,24 +219,3 @@ class DetectionDataModule(L.LightningDataModule):
                     f"categories of {self.paths['val'][1]} {self.val_set.class_names} differ from "
                     f"{self.paths['train'][1]} {self.train_set.class_names}"
                 )
-
-    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=detection_collate,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()

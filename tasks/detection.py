@@ -5,18 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import lightning as L
 import torch
 from torch import Tensor, nn
 
 from vision_mnv2.metrics import CocoEvaluator
 
-from .optim import configure_optimizers
+from .optim import TaskModule
 
 __all__ = ["DetectionTask"]
 
 
-class DetectionTask(L.LightningModule):
+class DetectionTask(TaskModule):
     """Trains a torchvision-style detector (``model(images, targets)`` returns its losses) and
     evaluates it with COCOeval on the validation set's own annotation file every validation epoch.
 
@@ -33,11 +32,8 @@ class DetectionTask(L.LightningModule):
         warmup_epochs: float = 0.0,
         results_file: str = "detections_val.json",
     ) -> None:
-        super().__init__()
+        super().__init__(model, optimizer, scheduler, scheduler_interval, warmup_epochs)
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
-        self.model = model
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.evaluator: CocoEvaluator | None = None
 
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
@@ -77,8 +73,3 @@ class DetectionTask(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.on_validation_epoch_end()
-
-    def configure_optimizers(self):
-        return configure_optimizers(
-            self, self.optimizer_factory, self.scheduler_factory, self.hparams.scheduler_interval, self.hparams.warmup_epochs
-        )

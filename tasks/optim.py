@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch import nn
 
-__all__ = ["parameter_groups", "configure_optimizers"]
+__all__ = ["TaskModule", "parameter_groups", "configure_optimizers"]
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -81,3 +81,29 @@ def configure_optimizers(
         schedulers.append(_build_scheduler(scheduler, opt, total=_total_units(module, interval) - warmup))
     sched = schedulers[0] if len(schedulers) == 1 else torch.optim.lr_scheduler.SequentialLR(opt, schedulers, milestones)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}
+
+
+class TaskModule(L.LightningModule):
+    """Base of the task modules: holds the network and builds optimiser and schedule from the
+    Hydra partials. Only plain numbers go into the checkpoint's hyper-parameters, so checkpoints
+    load with ``torch.load(weights_only=True)``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        scheduler_interval: str = "epoch",
+        warmup_epochs: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.warmup_epochs = warmup_epochs
+
+    def configure_optimizers(self):
+        return configure_optimizers(
+            self, self.optimizer_factory, self.scheduler_factory, self.scheduler_interval, self.warmup_epochs
+        )

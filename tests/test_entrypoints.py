@@ -88,3 +88,16 @@ def test_full_coco_recipe_composes(tmp_path):
     assert cfg.module._target_ == "tasks.detection.DetectionTask"
     model = instantiate(cfg.model)
     assert model.transform.min_size == (320,) and model.head.classification_head.num_columns == 81
+
+
+def test_ema_of_weights_is_one_override(tiny_cls_root, tmp_path):
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    from tasks.runner import build
+
+    overrides = tiny_classification_overrides(tiny_cls_root) + ["callbacks=ema", "callbacks.ema.decay=0.5", "trainer.max_epochs=1"]
+    cfg = compose_config("train", overrides, tmp_path)
+    _, _, trainer = build(cfg, with_loggers=False)
+    assert len([c for c in trainer.callbacks if isinstance(c, EMAWeightAveraging)]) == 1
+    result = train(cfg)
+    assert os.path.isfile(result["last_checkpoint"]) and result["metrics"]["val/top1"] >= 0.0

@@ -85,3 +85,29 @@ def test_backbone_weights_from_torchvision_and_from_a_classifier_checkpoint(tmp_
         ssdlite_mobilenet_v2(num_classes=3, width_mult=0.5, backbone_weights=tv_path)
     with pytest.raises(ValueError, match="num_classes"):
         ssdlite_mobilenet_v2(num_classes=0)
+
+
+def test_focal_loss_option():
+    torch.manual_seed(0)
+    model = ssdlite_mobilenet_v2(num_classes=4, width_mult=0.35, image_size=128, classification_loss="focal")
+    images = [torch.rand(3, 128, 128), torch.rand(3, 128, 128)]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([4])},
+        {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)},
+    ]
+    model.train()
+    losses = model(images, targets)
+    assert torch.isfinite(losses["classification"]) and losses["classification"] > 0
+    # With the foreground prior, the initial focal loss is small (RetinaNet's ~1 per positive), far
+    # below the softmax loss of the same untrained model.
+    softmax_model = ssdlite_mobilenet_v2(num_classes=4, width_mult=0.35, image_size=128)
+    softmax_model.load_state_dict(model.state_dict())
+    assert losses["classification"] < softmax_model(images, targets)["classification"]
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        (out,) = model([torch.rand(3, 100, 120)])
+    assert len(out["boxes"]) <= 100 and ((out["scores"] > 0) & (out["scores"] < 1)).all()
+    assert ((out["labels"] >= 1) & (out["labels"] <= 4)).all()
+    with pytest.raises(ValueError, match="classification_loss"):
+        ssdlite_mobilenet_v2(classification_loss="hinge")

@@ -141,6 +141,8 @@ class MobileNetV2Backbone(nn.Module):
             output stride become dilation of the following depthwise convs (DeepLab convention), so
             the weights are the same for every output stride.
         out_features: tap names that :meth:`forward` returns. ``None`` returns only the last layer.
+        drop_unused: remove the layers after the deepest requested tap (e.g. layer 19 for a head on
+            layer 18), so that they hold no parameters; their names stay in ``feature_info``.
     """
 
     def __init__(
@@ -149,6 +151,7 @@ class MobileNetV2Backbone(nn.Module):
         output_stride: int = 32,
         out_features: Sequence[str] | None = None,
         round_nearest: int = 8,
+        drop_unused: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(width_mult, (int, float)) or width_mult <= 0:
@@ -206,6 +209,9 @@ class MobileNetV2Backbone(nn.Module):
             raise ValueError(
                 f"unknown feature tap(s) {unknown}; available: {list(self.feature_info)}"
             )
+        if drop_unused:
+            deepest = max(self.feature_info[name].module_index for name in self.out_features)
+            self.features = self.features[: deepest + 1]
         self._init_weights()
 
     @property

@@ -14,14 +14,16 @@ from functools import partial
 
 import torch
 from torch import Tensor, nn
+from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.ssdlite import SSDLiteHead, _extra_block, _normal_init
+from torchvision.ops import batched_nms, clip_boxes_to_image, sigmoid_focal_loss
 
 from .mobilenetv2 import MobileNetV2Backbone, make_divisible
 from .weights import load_backbone_weights, load_weights
 
-__all__ = ["SSDLiteMobileNetV2Extractor", "TFSSDAnchorGenerator", "ssdlite_mobilenet_v2"]
+__all__ = ["FocalLossSSD", "SSDLiteMobileNetV2Extractor", "TFSSDAnchorGenerator", "ssdlite_mobilenet_v2"]
 
 # TF OD API `ssdlite_mobilenet_v2_coco`: the two backbone maps and the depths of the 4 extra layers.
 BACKBONE_TAPS = ("layer15/expansion", "layer19")
@@ -79,6 +81,47 @@ class TFSSDAnchorGenerator(DefaultBoxGenerator):
         return [len(pairs) for pairs in self._wh_pairs]
 
 
+class FocalLossSSD(SSD):
+    """torchvision's SSD with sigmoid focal loss (Lin et al., 2017) instead of softmax + hard negative
+    mining: every anchor counts, normalised by the number of matched anchors; scores are per-class
+    sigmoids (column 0, the softmax background, is unused). Box regression is unchanged."""
+
+    def __init__(self, *args, focal_alpha: float = 0.25, focal_gamma: float = 2.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        # Prior for rare foreground (RetinaNet): start every class near probability 0.01.
+        for block in self.head.classification_head.module_list:
+            nn.init.constant_(block[-1].bias, -math.log((1 - 0.01) / 0.01))
+
+    def compute_loss(self, targets, head_outputs, anchors, matched_idxs) -> dict[str, Tensor]:
+        losses = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
+        logits = head_outputs["cls_logits"][..., 1:]
+        one_hot = torch.zeros_like(logits)
+        for image, (target, matched) in enumerate(zip(targets, matched_idxs)):
+            foreground = torch.where(matched >= 0)[0]
+            one_hot[image, foreground, target["labels"][matched[foreground]] - 1] = 1.0
+        num_foreground = max(1, int(one_hot.sum()))
+        losses["classification"] = (
+            sigmoid_focal_loss(logits, one_hot, self.focal_alpha, self.focal_gamma, reduction="sum") / num_foreground
+        )
+        return losses
+
+    def postprocess_detections(self, head_outputs, image_anchors, image_shapes) -> list[dict[str, Tensor]]:
+        scores_all = torch.sigmoid(head_outputs["cls_logits"][..., 1:])
+        detections = []
+        for boxes, scores, anchors, shape in zip(head_outputs["bbox_regression"], scores_all, image_anchors, image_shapes):
+            boxes = clip_boxes_to_image(self.box_coder.decode_single(boxes, anchors), shape)
+            flat = scores.flatten()
+            keep = torch.where(flat > self.score_thresh)[0]
+            top = flat[keep].topk(det_utils._topk_min(flat[keep], self.topk_candidates * scores.shape[1], 0))
+            keep = keep[top.indices]
+            anchor_idx, labels = keep // scores.shape[1], keep % scores.shape[1] + 1
+            kept = batched_nms(boxes[anchor_idx], top.values, labels, self.nms_thresh)[: self.detections_per_img]
+            detections.append({"boxes": boxes[anchor_idx][kept], "scores": top.values[kept], "labels": labels[kept]})
+        return detections
+
+
 def ssdlite_mobilenet_v2(
     num_classes: int = 80,
     width_mult: float = 1.0,
@@ -88,6 +131,7 @@ def ssdlite_mobilenet_v2(
     score_thresh: float = 0.001,
     nms_thresh: float = 0.6,
     detections_per_img: int = 100,
+    classification_loss: str = "hard_negative_mining",
     **kwargs,
 ) -> SSD:
     """SSDLite + MobileNetV2 (paper Table 6: 4.3M parameters, 0.8B MACs at 320x320, 80 classes).
@@ -99,16 +143,21 @@ def ssdlite_mobilenet_v2(
         weights: a checkpoint of this project's detector (all keys must fit).
         backbone_weights: a torchvision ``mobilenet_v2`` state dict or a checkpoint of any task of this
             project; only its backbone is taken.
+        classification_loss: ``"hard_negative_mining"`` (softmax cross-entropy, 3 negatives per
+            positive, as TF's config and torchvision) or ``"focal"`` (sigmoid focal loss).
         kwargs: passed to torchvision's ``SSD`` (``topk_candidates``, ``positive_fraction``, ...).
     """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    detectors = {"hard_negative_mining": SSD, "focal": FocalLossSSD}
+    if classification_loss not in detectors:
+        raise ValueError(f"classification_loss must be one of {sorted(detectors)}, got {classification_loss!r}")
     extractor = SSDLiteMobileNetV2Extractor(width_mult)
     if backbone_weights is not None:
         load_backbone_weights(extractor.backbone, backbone_weights)
     anchors = TFSSDAnchorGenerator()
     head = SSDLiteHead(extractor.out_channels, anchors.num_anchors_per_location(), num_classes + 1, _head_norm())
-    model = SSD(
+    model = detectors[classification_loss](
         extractor,
         anchors,
         (image_size, image_size),
