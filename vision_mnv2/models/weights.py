@@ -110,48 +110,36 @@ def _describe(keys: list[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
-def load_weights(
-    model: nn.Module,
-    path: str | os.PathLike,
-    prefix: str = "",
-    strict: bool = True,
-) -> tuple[list[str], list[str]]:
-    """Load a weight file into ``model`` (or into the part of it under ``prefix``).
-
-    ``prefix`` selects keys of the file, e.g. ``"backbone."`` to take only a backbone from a
-    classifier or detector checkpoint. With ``strict`` any missing or unexpected key, or a shape that
-    does not fit, raises :class:`WeightsError` naming them. Returns (missing, unexpected) otherwise.
-    """
+def _read_in_project_layout(path: str | os.PathLike) -> dict[str, Tensor]:
+    """A weight file's state dict, with torchvision's MobileNetV2 keys renamed to this project's."""
     state_dict = load_state_dict_file(path)
-    if is_torchvision_mobilenet_v2(state_dict):
-        state_dict = from_torchvision_mobilenet_v2(state_dict)
-    if prefix:
-        state_dict = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        if not state_dict:
-            raise WeightsError(f"weights file {str(path)!r} has no keys under {prefix!r}")
+    return from_torchvision_mobilenet_v2(state_dict) if is_torchvision_mobilenet_v2(state_dict) else state_dict
 
-    own = model.state_dict()
+
+def _check_fit(own: Mapping[str, Tensor], state_dict: Mapping[str, Tensor], path, target: str, unexpected_too: bool) -> None:
+    """Raise :class:`WeightsError` naming every missing, unexpected (if asked) or mis-shaped key."""
     missing = sorted(k for k in own if k not in state_dict)
-    unexpected = sorted(k for k in state_dict if k not in own)
+    unexpected = sorted(k for k in state_dict if k not in own) if unexpected_too else []
     mismatched = sorted(
         f"{k} (file {tuple(state_dict[k].shape)}, model {tuple(own[k].shape)})"
         for k in own
         if k in state_dict and state_dict[k].shape != own[k].shape
     )
-    if strict and (missing or unexpected or mismatched):
-        problems = []
-        if missing:
-            problems.append(f"missing keys: {_describe(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys: {_describe(unexpected)}")
-        if mismatched:
-            problems.append(f"shape mismatch: {_describe(mismatched)}")
-        raise WeightsError(
-            f"weights file {str(path)!r} does not fit {type(model).__name__}: " + "; ".join(problems)
-        )
-    compatible = {k: v for k, v in state_dict.items() if k in own and v.shape == own[k].shape}
-    model.load_state_dict(compatible, strict=False)
-    return missing, unexpected
+    problems = [
+        f"{what}: {_describe(keys)}"
+        for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched))
+        if keys
+    ]
+    if problems:
+        raise WeightsError(f"weights file {str(path)!r} does not fit {target}: " + "; ".join(problems))
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a weight file into ``model``; any missing or unexpected key, or a shape that does not fit,
+    raises :class:`WeightsError` naming them."""
+    state_dict = _read_in_project_layout(path)
+    _check_fit(model.state_dict(), state_dict, path, type(model).__name__, unexpected_too=True)
+    model.load_state_dict(state_dict)
 
 
 _STEM_KEY = "features.0.0.weight"
@@ -164,9 +152,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
     segmenter): the backbone is found by its stem conv wherever it sits in the file, and every one of
     its keys must fit.
     """
-    state_dict = load_state_dict_file(path)
-    if is_torchvision_mobilenet_v2(state_dict):
-        state_dict = from_torchvision_mobilenet_v2(state_dict)
+    state_dict = _read_in_project_layout(path)
     prefixes = sorted({k[: -len(_STEM_KEY)] for k in state_dict if k.endswith(_STEM_KEY)})
     if len(prefixes) != 1:
         raise WeightsError(
@@ -176,13 +162,5 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
     prefix = prefixes[0]
     own = backbone.state_dict()
     backbone_keys = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix) and k[len(prefix) :] in own}
-    missing = sorted(set(own) - set(backbone_keys))
-    mismatched = sorted(
-        f"{k} (file {tuple(v.shape)}, model {tuple(own[k].shape)})" for k, v in backbone_keys.items() if v.shape != own[k].shape
-    )
-    if missing or mismatched:
-        problems = ([f"missing keys: {_describe(missing)}"] if missing else []) + (
-            [f"shape mismatch: {_describe(mismatched)}"] if mismatched else []
-        )
-        raise WeightsError(f"weights file {str(path)!r} does not fit the backbone: " + "; ".join(problems))
+    _check_fit(own, backbone_keys, path, "the backbone", unexpected_too=False)
     backbone.load_state_dict(backbone_keys)
