@@ -35,9 +35,10 @@ class ClassificationTask(TaskModule):
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         scheduler_interval: str = "epoch",
         warmup_epochs: float = 0.0,
+        channels_last: bool = False,
         label_smoothing: float = 0.0,
     ) -> None:
-        super().__init__(model, optimizer, scheduler, scheduler_interval, warmup_epochs)
+        super().__init__(model, optimizer, scheduler, scheduler_interval, warmup_epochs, channels_last)
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         top_k = min(5, num_classes)
@@ -51,7 +52,7 @@ class ClassificationTask(TaskModule):
         self.val_metrics = metrics.clone(prefix="val/")
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.model(images)
+        return self.model(self.memory_format(images))
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, targets = batch

@@ -18,9 +18,15 @@ from vision_mnv2.data import (
     classification_eval_transform,
     classification_train_transform,
 )
+from vision_mnv2.data import VOCSegmentation
 from vision_mnv2.data.detection_transforms import SSDEvalTransform, SSDTrainTransform
+from vision_mnv2.data.segmentation_transforms import (
+    segmentation_collate,
+    segmentation_eval_transform,
+    segmentation_train_transform,
+)
 
-__all__ = ["ClassificationDataModule", "DetectionDataModule", "detection_collate"]
+__all__ = ["ClassificationDataModule", "DetectionDataModule", "SegmentationDataModule", "detection_collate"]
 
 
 class _DataModuleBase(L.LightningDataModule):
@@ -219,3 +225,63 @@ class DetectionDataModule(_DataModuleBase):
                     f"categories of {self.paths['val'][1]} {self.val_set.class_names} differ from "
                     f"{self.paths['train'][1]} {self.train_set.class_names}"
                 )
+
+
+class SegmentationDataModule(_DataModuleBase):
+    """Semantic segmentation data in the Pascal VOC layout (``JPEGImages/``, ``SegmentationClass/``,
+    ``ImageSets/Segmentation/<split>.txt``); SBD's ``train_aug`` by ``train_split`` and ``mask_dir``.
+
+    Args:
+        root: the ``VOC2012`` folder (or a user's folder in that layout).
+        num_classes: classes including the background.
+        image_size: the training crop (513 in DeepLab's VOC recipe).
+        scale: random scale range of the training augmentation.
+        eval_pad_size: validation images are padded (ignored pixels) to this size so that batches
+            stack; ``None`` when they all have one size already.
+        class_names: names in label order; default ``class_names.txt`` in ``root``, else VOC's.
+        generate: optional ``generate(root)`` that writes the synthetic dataset when missing.
+    """
+
+    collate_fn = staticmethod(segmentation_collate)
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        num_classes: int,
+        image_size: int = 513,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        train_split: str = "train",
+        val_split: str = "val",
+        image_dir: str = "JPEGImages",
+        mask_dir: str = "SegmentationClass",
+        val_mask_dir: str | None = None,
+        scale: tuple[float, float] = (0.5, 2.0),
+        hflip: float = 0.5,
+        eval_pad_size: int | None = 513,
+        class_names: list[str] | None = None,
+        generate: Callable[[str], Any] | None = None,
+    ) -> None:
+        super().__init__(root, num_classes, image_size, batch_size, eval_batch_size, num_workers, pin_memory, generate)
+        self.splits = {"train": (train_split, mask_dir), "val": (val_split, val_mask_dir or mask_dir)}
+        self.image_dir = image_dir
+        self.scale = tuple(scale)
+        self.hflip = hflip
+        self.eval_pad_size = eval_pad_size
+        self.class_names = list(class_names) if class_names is not None else None
+
+    def _dataset(self, split: str, transform) -> VOCSegmentation:
+        name, mask_dir = self.splits[split]
+        return VOCSegmentation(
+            self.root, name, self.num_classes, transform, self.class_names, image_dir=self.image_dir, mask_dir=mask_dir
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        self._generate_if_missing()
+        if stage in (None, "fit") and self.train_set is None:
+            transform = segmentation_train_transform(self.image_size, self.scale, self.hflip)
+            self.train_set = self._dataset("train", transform)
+        if self.val_set is None:
+            self.val_set = self._dataset("val", segmentation_eval_transform(self.eval_pad_size))

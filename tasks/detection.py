@@ -30,9 +30,10 @@ class DetectionTask(TaskModule):
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         scheduler_interval: str = "epoch",
         warmup_epochs: float = 0.0,
+        channels_last: bool = False,
         results_file: str = "detections_val.json",
     ) -> None:
-        super().__init__(model, optimizer, scheduler, scheduler_interval, warmup_epochs)
+        super().__init__(model, optimizer, scheduler, scheduler_interval, warmup_epochs, channels_last)
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         self.evaluator: CocoEvaluator | None = None
 

@@ -1,9 +1,17 @@
-"""Datasets, transforms and the synthetic data generator."""
+"""Datasets (ImageNet folders, COCO, Pascal VOC), transforms and the synthetic data generator."""
 
 from .classification import DatasetError, ImageFolderClassification
 from .coco import AnnotationStats, CocoDetection, load_coco_annotations
-from .synthetic import SHAPES, coco_category_id, render_scene, write_classification_dataset, write_detection_dataset
+from .synthetic import (
+    SHAPES,
+    coco_category_id,
+    render_scene,
+    write_classification_dataset,
+    write_detection_dataset,
+    write_segmentation_dataset,
+)
 from .transforms import classification_eval_transform, classification_train_transform
+from .voc import IGNORE_INDEX, VOC_CLASSES, VOCSegmentation, read_mask, voc_palette, write_mask
 
 __all__ = [
     "SHAPES",
@@ -18,4 +26,11 @@ __all__ = [
     "classification_train_transform",
     "render_scene",
     "write_classification_dataset",
+    "write_segmentation_dataset",
+    "IGNORE_INDEX",
+    "VOC_CLASSES",
+    "VOCSegmentation",
+    "read_mask",
+    "voc_palette",
+    "write_mask",
 ]

@@ -8,6 +8,8 @@ One renderer serves every task: :func:`render_scene` returns the image and, for 
 class, bounding box and pixel mask. Writers turn scenes into a dataset layout:
 
 * :func:`write_classification_dataset` - ImageNet layout, ``{train,val}/<class>/<id>.jpg``.
+* :func:`write_detection_dataset` - COCO 2017 layout, JPEGs and ``instances_*.json``.
+* :func:`write_segmentation_dataset` - Pascal VOC 2012 layout, JPEGs and palette PNG masks.
 
 Writers are idempotent and atomic: a dataset is built in a temporary folder and renamed into place
 with a ``MANIFEST.json`` that records how it was made; an existing dataset with the same manifest is
@@ -35,6 +37,8 @@ __all__ = [
     "render_shape_mask",
     "render_scene",
     "write_classification_dataset",
+    "write_detection_dataset",
+    "write_segmentation_dataset",
 ]
 
 # The classes, in order. A dataset with k classes uses the first k.
@@ -191,7 +195,7 @@ def render_scene(
     for category, mask in reversed(painted):  # last painted is on top
         visible = mask & ~occupied
         occupied |= mask
-        if visible.sum() < min_visible_fraction * mask.sum():
+        if not visible.any() or visible.sum() < min_visible_fraction * mask.sum():
             continue
         ys, xs = np.nonzero(visible)
         box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
@@ -388,4 +392,92 @@ def write_detection_dataset(
 
     manifest = {"kind": "detection", **asdict(spec)}
     manifest["image_size"] = list(manifest["image_size"])
+    return _write_atomically(Path(root), manifest, build)
+
+
+@dataclass(frozen=True)
+class SegmentationSpec:
+    num_classes: int = 6
+    train_images: int = 600
+    val_images: int = 150
+    image_size: tuple[int, int] = (240, 320)
+    max_objects: int = 4
+    radius_range: tuple[float, float] = (0.08, 0.35)
+    boundary: int = 1
+    seed: int = 0
+    version: int = 1
+
+
+def _object_boundary(mask: np.ndarray, width: int) -> np.ndarray:
+    """Pixels within ``width`` of the mask's edge (inside or outside), VOC's 'void' outline."""
+    height, width_px = mask.shape
+    padded = np.pad(mask, width, mode="edge")  # the image border is not an edge
+    grown = np.zeros_like(mask)
+    shrunk = np.ones_like(mask)
+    for dy in range(2 * width + 1):
+        for dx in range(2 * width + 1):
+            window = padded[dy : dy + height, dx : dx + width_px]
+            grown |= window
+            shrunk &= window
+    return grown & ~shrunk
+
+
+def write_segmentation_dataset(
+    root: str | os.PathLike,
+    num_classes: int = 6,
+    train_images: int = 600,
+    val_images: int = 150,
+    image_size: Sequence[int] = (240, 320),
+    max_objects: int = 4,
+    radius_range: Sequence[float] = (0.08, 0.35),
+    boundary: int = 1,
+    seed: int = 0,
+) -> Path:
+    """Write a semantic segmentation dataset in the Pascal VOC 2012 layout and return its root.
+
+    ``root/JPEGImages/<id>.jpg``, ``root/SegmentationClass/<id>.png`` (palette PNGs: 0 background,
+    shape ``i`` is class ``i + 1``, 255 on a band ``boundary`` pixels wide around every object as
+    VOC marks its outlines), ``root/ImageSets/Segmentation/{train,val,trainval}.txt`` and
+    ``root/class_names.txt``. ``num_classes`` counts the shapes; the masks have one more class.
+    Each image holds 1 to ``max_objects`` shapes whose circumscribed radius is ``radius_range`` of
+    the shorter image side.
+    """
+    from .voc import CLASS_NAMES_FILE, IGNORE_INDEX, write_mask  # noqa: PLC0415 - avoid a cycle
+
+    if not 1 <= num_classes <= len(SHAPES):
+        raise ValueError(f"num_classes must be between 1 and {len(SHAPES)}, got {num_classes}")
+    height, width = (int(image_size[0]), int(image_size[1]))
+    radius = (float(radius_range[0]), float(radius_range[1]))
+    spec = SegmentationSpec(num_classes, train_images, val_images, (height, width), max_objects, radius, boundary, seed)
+
+    def build(tmp: Path) -> None:
+        for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+            (tmp / folder).mkdir(parents=True)
+        lists: dict[str, list[str]] = {}
+        for split_index, (split, count) in enumerate((("train", train_images), ("val", val_images))):
+            rng = np.random.default_rng([seed, 200 + split_index])
+            ids = []
+            for index in range(count):
+                image_id = f"{split}_{index:05d}"
+                labels = [int(rng.integers(0, num_classes)) for _ in range(int(rng.integers(1, max_objects + 1)))]
+                image, objects = render_scene(rng, (height, width), labels, radius, min_visible_fraction=0.0)
+                mask = np.zeros((height, width), dtype=np.uint8)
+                outline = np.zeros((height, width), dtype=bool)
+                for obj in objects:  # in paint order: visible masks do not overlap
+                    mask[obj.mask] = obj.category + 1
+                    if boundary > 0:
+                        outline |= _object_boundary(obj.mask, boundary)
+                mask[outline] = IGNORE_INDEX
+                Image.fromarray(image).save(tmp / "JPEGImages" / f"{image_id}.jpg", quality=92)
+                write_mask(tmp / "SegmentationClass" / f"{image_id}.png", mask)
+                ids.append(image_id)
+            lists[split] = ids
+        lists["trainval"] = lists["train"] + lists["val"]
+        for split, ids in lists.items():
+            (tmp / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+        (tmp / CLASS_NAMES_FILE).write_text("\n".join(("background", *SHAPES[:num_classes])) + "\n")
+
+    manifest = {"kind": "segmentation", **asdict(spec)}
+    manifest["image_size"] = list(manifest["image_size"])
+    manifest["radius_range"] = list(manifest["radius_range"])
     return _write_atomically(Path(root), manifest, build)

@@ -1,7 +1,7 @@
 """Models: the MobileNetV2 backbone and the networks built on it."""
 
 from .classification import mobilenet_v2
-from .deeplabv3 import DeepLabV3, deeplabv3_mobilenet_v2
+from .deeplabv3 import DeepLabV3, deeplabv3_mobilenet_v2, multi_scale_probabilities
 from .mobilenetv2 import FeatureInfo, InvertedResidual, MobileNetV2, MobileNetV2Backbone, make_divisible
 from .ssdlite import SSDLiteMobileNetV2Extractor, TFSSDAnchorGenerator, ssdlite_mobilenet_v2
 from .weights import WeightsError, load_backbone_weights, load_state_dict_file, load_weights
@@ -21,5 +21,6 @@ __all__ = [
     "load_weights",
     "make_divisible",
     "mobilenet_v2",
+    "multi_scale_probabilities",
     "ssdlite_mobilenet_v2",
 ]

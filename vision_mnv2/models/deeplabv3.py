@@ -9,6 +9,9 @@ no atrous branch (1x1 conv + image pooling). Logits are upsampled bilinearly to 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+
+import torch
 
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -17,7 +20,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 from .mobilenetv2 import MobileNetV2Backbone
 from .weights import load_backbone_weights, load_weights
 
-__all__ = ["DeepLabV3", "deeplabv3_mobilenet_v2"]
+__all__ = ["DeepLabV3", "deeplabv3_mobilenet_v2", "multi_scale_probabilities"]
 
 HEAD_TAP = "layer18"
 # DeepLab's atrous rates at output stride 16; doubled at output stride 8.
@@ -70,3 +73,35 @@ def deeplabv3_mobilenet_v2(
     if weights is not None:
         load_weights(model, weights)
     return model
+
+
+def multi_scale_probabilities(
+    model: nn.Module, images: Tensor, scales: Sequence[float] = (1.0,), flip: bool = False
+) -> Tensor:
+    """Class probabilities averaged over input scales and, with ``flip``, their mirror images (the
+    paper's "MF" evaluation; DeepLab uses scales 0.5 to 1.75 in steps of 0.25).
+
+    ``model`` maps N x 3 x h x w images to N x C x h x w logits. Each scaled (and flipped) copy's
+    logits are resized back to the input size before the softmax, so every copy votes per pixel.
+    """
+    if not scales or any(scale <= 0 for scale in scales):
+        raise ValueError(f"scales must be positive factors, got {list(scales)}")
+    size = images.shape[-2:]
+    total = None
+    count = 0
+    for scale in scales:
+        scaled = images
+        if scale != 1.0:
+            scaled_size = [max(1, int(round(side * scale))) for side in size]
+            scaled = F.interpolate(images, size=scaled_size, mode="bilinear", align_corners=False)
+        for mirrored in (False, True) if flip else (False,):
+            inputs = torch.flip(scaled, dims=[-1]) if mirrored else scaled
+            logits = model(inputs)
+            if mirrored:
+                logits = torch.flip(logits, dims=[-1])
+            if logits.shape[-2:] != size:
+                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            probabilities = logits.softmax(dim=1)
+            total = probabilities if total is None else total + probabilities
+            count += 1
+    return total / count

@@ -1,0 +1,94 @@
+"""Semantic segmentation (DeepLabv3) as a LightningModule, scored by mIoU over the whole val set."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from vision_mnv2.metrics import segmentation_confusion_matrix, segmentation_scores
+from vision_mnv2.models import multi_scale_probabilities
+
+from .optim import TaskModule
+
+__all__ = ["SegmentationTask"]
+
+
+class SegmentationTask(TaskModule):
+    """Per-pixel cross-entropy (ignore label excluded) and, on validation, one confusion matrix
+    accumulated over every pixel of the split, from which mIoU, pixel accuracy, mean class accuracy
+    and per-class IoU are computed at the end of the epoch.
+
+    Args:
+        model: maps N x 3 x H x W images to N x C x H x W logits.
+        num_classes: classes including the background.
+        ignore_index: label of pixels that count neither in the loss nor in the metrics.
+        eval_scales / eval_flip: multi-scale and mirrored evaluation (``[1.0]`` and ``False``:
+            single scale, as in the paper's headline numbers).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        scheduler_interval: str = "step",
+        warmup_epochs: float = 0.0,
+        channels_last: bool = False,
+        ignore_index: int = 255,
+        eval_scales: Sequence[float] = (1.0,),
+        eval_flip: bool = False,
+    ) -> None:
+        super().__init__(model, optimizer, scheduler, scheduler_interval, warmup_epochs, channels_last)
+        # A plain list, not Hydra's ListConfig, so the checkpoint loads with weights_only=True.
+        eval_scales = [float(scale) for scale in eval_scales]
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
+        self.ignore_index = ignore_index
+        self.eval_scales = tuple(eval_scales)
+        self.eval_flip = bool(eval_flip)
+        self.confusion = segmentation_confusion_matrix(num_classes, ignore_index)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(self.memory_format(images))
+
+    def loss(self, logits: Tensor, masks: Tensor) -> Tensor:
+        return F.cross_entropy(logits, masks, ignore_index=self.ignore_index)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, masks = batch
+        loss = self.loss(self(images), masks)
+        self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
+        return loss
+
+    def predict_probabilities(self, images: Tensor) -> Tensor:
+        """Class probabilities at the input size, with the configured scales and flip."""
+        return multi_scale_probabilities(self, images, self.eval_scales, self.eval_flip)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        images, masks = batch
+        if self.eval_scales == (1.0,) and not self.eval_flip:
+            logits = self(images)
+            self.log("val/loss", self.loss(logits, masks), batch_size=images.shape[0], sync_dist=True)
+            predictions = logits.argmax(dim=1)
+        else:
+            predictions = self.predict_probabilities(images).argmax(dim=1)
+        self.confusion.update(predictions, masks)
+
+    def on_validation_epoch_end(self) -> None:
+        # compute() sums the matrices of all processes under DDP.
+        confusion = self.confusion.compute()
+        self.confusion.reset()
+        datamodule = getattr(self.trainer, "datamodule", None)
+        names = getattr(getattr(datamodule, "val_set", None), "class_names", None)
+        scores = segmentation_scores(confusion, names)
+        self.log("val/mIoU", scores.pop("mIoU"), prog_bar=True)
+        self.log_dict({f"val/{name}": value for name, value in scores.items()})
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self.on_validation_epoch_end()
