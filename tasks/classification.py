@@ -36,9 +36,13 @@ class ClassificationTask(TaskModule):
         scheduler_interval: str = "epoch",
         warmup_epochs: float = 0.0,
         channels_last: bool = False,
+        init_from: str | None = None,
+        backbone_lr_mult: float = 1.0,
         label_smoothing: float = 0.0,
     ) -> None:
-        super().__init__(model, optimizer, scheduler, scheduler_interval, warmup_epochs, channels_last)
+        super().__init__(
+            model, optimizer, scheduler, scheduler_interval, warmup_epochs, channels_last, init_from, backbone_lr_mult
+        )
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         top_k = min(5, num_classes)

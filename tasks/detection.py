@@ -31,9 +31,13 @@ class DetectionTask(TaskModule):
         scheduler_interval: str = "epoch",
         warmup_epochs: float = 0.0,
         channels_last: bool = False,
+        init_from: str | None = None,
+        backbone_lr_mult: float = 1.0,
         results_file: str = "detections_val.json",
     ) -> None:
-        super().__init__(model, optimizer, scheduler, scheduler_interval, warmup_epochs, channels_last)
+        super().__init__(
+            model, optimizer, scheduler, scheduler_interval, warmup_epochs, channels_last, init_from, backbone_lr_mult
+        )
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         self.evaluator: CocoEvaluator | None = None
 

@@ -38,11 +38,15 @@ class SegmentationTask(TaskModule):
         scheduler_interval: str = "step",
         warmup_epochs: float = 0.0,
         channels_last: bool = False,
+        init_from: str | None = None,
+        backbone_lr_mult: float = 1.0,
         ignore_index: int = 255,
         eval_scales: Sequence[float] = (1.0,),
         eval_flip: bool = False,
     ) -> None:
-        super().__init__(model, optimizer, scheduler, scheduler_interval, warmup_epochs, channels_last)
+        super().__init__(
+            model, optimizer, scheduler, scheduler_interval, warmup_epochs, channels_last, init_from, backbone_lr_mult
+        )
         # A plain list, not Hydra's ListConfig, so the checkpoint loads with weights_only=True.
         eval_scales = [float(scale) for scale in eval_scales]
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])

@@ -4,7 +4,15 @@ from .classification import mobilenet_v2
 from .deeplabv3 import DeepLabV3, deeplabv3_mobilenet_v2, multi_scale_probabilities
 from .mobilenetv2 import FeatureInfo, InvertedResidual, MobileNetV2, MobileNetV2Backbone, make_divisible
 from .ssdlite import SSDLiteMobileNetV2Extractor, TFSSDAnchorGenerator, ssdlite_mobilenet_v2
-from .weights import WeightsError, load_backbone_weights, load_state_dict_file, load_weights
+from .weights import (
+    TransferReport,
+    WeightsError,
+    load_backbone_weights,
+    load_state_dict_file,
+    load_weights,
+    resolve_weights,
+    transfer_weights,
+)
 
 __all__ = [
     "DeepLabV3",
@@ -15,7 +23,10 @@ __all__ = [
     "MobileNetV2Backbone",
     "SSDLiteMobileNetV2Extractor",
     "TFSSDAnchorGenerator",
+    "TransferReport",
     "WeightsError",
+    "resolve_weights",
+    "transfer_weights",
     "load_backbone_weights",
     "load_state_dict_file",
     "load_weights",

@@ -16,6 +16,8 @@ def mobilenet_v2(
     weights: str | os.PathLike | None = None,
     output_stride: int = 32,
     dropout: float = 0.2,
+    freeze_backbone: bool | int = False,
+    frozen_bn: bool = False,
 ) -> MobileNetV2:
     """MobileNetV2 classifier (paper Table 2), optionally loaded from a weight file.
 
@@ -27,10 +29,13 @@ def mobilenet_v2(
             project. Every key must fit: missing or unexpected keys raise ``WeightsError`` naming them.
         output_stride: 32, or 16 / 8 by dilation (same weights).
         dropout: dropout before the linear layer (0.2 in the paper).
+        freeze_backbone / frozen_bn: see :meth:`MobileNetV2Backbone.freeze` (fine-tuning).
     """
     model = MobileNetV2(
         num_classes=num_classes, width_mult=width_mult, output_stride=output_stride, dropout=dropout
     )
     if weights is not None:
         load_weights(model, weights)
+    if freeze_backbone is not False or frozen_bn:
+        model.backbone.freeze(freeze_backbone, frozen_bn)
     return model

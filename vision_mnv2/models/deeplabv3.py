@@ -51,6 +51,8 @@ def deeplabv3_mobilenet_v2(
     aspp: bool = True,
     weights: str | os.PathLike | None = None,
     backbone_weights: str | os.PathLike | None = None,
+    freeze_backbone: bool | int = False,
+    frozen_bn: bool = False,
 ) -> DeepLabV3:
     """DeepLabv3 + MobileNetV2 (paper Table 7: 4.52M parameters with ASPP, 2.11M without).
 
@@ -60,6 +62,7 @@ def deeplabv3_mobilenet_v2(
         aspp: the ASPP head, or the paper's mobile head (1x1 conv + image pooling).
         weights: a checkpoint of this project's segmenter (all keys must fit).
         backbone_weights: a torchvision ``mobilenet_v2`` state dict or any checkpoint of this project.
+        freeze_backbone / frozen_bn: see :meth:`MobileNetV2Backbone.freeze` (fine-tuning).
     """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
@@ -72,6 +75,8 @@ def deeplabv3_mobilenet_v2(
     model = DeepLabV3(backbone, num_classes, rates)
     if weights is not None:
         load_weights(model, weights)
+    if freeze_backbone is not False or frozen_bn:
+        backbone.freeze(freeze_backbone, frozen_bn)
     return model
 
 

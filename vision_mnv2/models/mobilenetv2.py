@@ -218,6 +218,48 @@ class MobileNetV2Backbone(nn.Module):
     def out_channels(self) -> dict[str, int]:
         return {name: self.feature_info[name].channels for name in self.out_features}
 
+    def stage_of_layer(self) -> list[int]:
+        """Stage of each entry of ``features``: 0 the stem, 1-7 the bottleneck sequences of paper
+        Table 2 (mmdetection's numbering), 8 the final 1x1 conv."""
+        stages = [0]
+        for stage, (_, _, n, _) in enumerate(BOTTLENECK_SETTINGS, start=1):
+            stages += [stage] * n
+        stages.append(len(BOTTLENECK_SETTINGS) + 1)
+        return stages[: len(self.features)]
+
+    def freeze(self, stages: bool | int = True, frozen_bn: bool = False) -> None:
+        """Stop training the first layers, for fine-tuning on little data.
+
+        ``stages``: ``True`` freezes the whole backbone, ``False`` / -1 nothing, ``N >= 0`` the stem
+        and the first N bottleneck stages (as mmdetection's ``frozen_stages``). Frozen layers keep
+        their batch-norm statistics too. ``frozen_bn`` keeps the statistics of *every* batch-norm
+        layer of the backbone fixed while the weights still train (mmdetection's ``norm_eval``):
+        small fine-tuning batches then do not overwrite ImageNet's statistics.
+        """
+        if isinstance(stages, bool):
+            last_frozen = len(BOTTLENECK_SETTINGS) + 1 if stages else -1
+        elif isinstance(stages, int) and -1 <= stages <= len(BOTTLENECK_SETTINGS) + 1:
+            last_frozen = stages
+        else:
+            raise ValueError(f"freeze_backbone must be true, false or a stage count -1..8, got {stages!r}")
+        self.frozen_layers = [i for i, stage in enumerate(self.stage_of_layer()) if stage <= last_frozen]
+        self.frozen_bn = bool(frozen_bn)
+        for index in self.frozen_layers:
+            for param in self.features[index].parameters():
+                param.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> MobileNetV2Backbone:
+        super().train(mode)
+        if mode:
+            for index in getattr(self, "frozen_layers", ()):
+                self.features[index].eval()
+            if getattr(self, "frozen_bn", False):
+                for module in self.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
+        return self
+
     def _init_weights(self) -> None:
         # torchvision's initialisation, so a model built here trains like torchvision's.
         for m in self.modules():

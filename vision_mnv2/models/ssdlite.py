@@ -132,6 +132,8 @@ def ssdlite_mobilenet_v2(
     nms_thresh: float = 0.6,
     detections_per_img: int = 100,
     classification_loss: str = "hard_negative_mining",
+    freeze_backbone: bool | int = False,
+    frozen_bn: bool = False,
     **kwargs,
 ) -> SSD:
     """SSDLite + MobileNetV2 (paper Table 6: 4.3M parameters, 0.8B MACs at 320x320, 80 classes).
@@ -145,6 +147,7 @@ def ssdlite_mobilenet_v2(
             project; only its backbone is taken.
         classification_loss: ``"hard_negative_mining"`` (softmax cross-entropy, 3 negatives per
             positive, as TF's config and torchvision) or ``"focal"`` (sigmoid focal loss).
+        freeze_backbone / frozen_bn: see :meth:`MobileNetV2Backbone.freeze` (fine-tuning).
         kwargs: passed to torchvision's ``SSD`` (``topk_candidates``, ``positive_fraction``, ...).
     """
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -173,4 +176,6 @@ def ssdlite_mobilenet_v2(
     )
     if weights is not None:
         load_weights(model, weights)
+    if freeze_backbone is not False or frozen_bn:
+        extractor.backbone.freeze(freeze_backbone, frozen_bn)
     return model

@@ -13,27 +13,68 @@ Key layouts understood here:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "TransferReport",
     "WeightsError",
-    "load_state_dict_file",
     "from_torchvision_mobilenet_v2",
+    "load_state_dict_file",
     "load_weights",
+    "resolve_weights",
+    "transfer_weights",
 ]
 
 # Prefix under which the Lightning task modules of this project hold their network.
 TASK_MODEL_PREFIX = "model."
 
 
+log = logging.getLogger(__name__)
+
+
 class WeightsError(RuntimeError):
     """A weight file that cannot be read or does not fit the model; the message says why."""
+
+
+def _torchvision_weight_names() -> dict[str, str]:
+    from torchvision.models import MobileNet_V2_Weights  # noqa: PLC0415
+
+    names = {w.name: w.url for w in MobileNet_V2_Weights}
+    names["DEFAULT"] = MobileNet_V2_Weights.DEFAULT.url
+    return names
+
+
+def resolve_weights(spec: str | os.PathLike) -> Path:
+    """A weight file path, or torchvision's MobileNetV2 ImageNet weights by name.
+
+    Names (``IMAGENET1K_V1``, ``IMAGENET1K_V2``, ``DEFAULT``, optionally written
+    ``MobileNet_V2_Weights.IMAGENET1K_V1``) are looked up in torch hub's local cache, where
+    torchvision itself keeps them. Nothing is downloaded: when the file is missing, the error says
+    which file to fetch and where to put it.
+    """
+    text = str(spec)
+    name = text.removeprefix("MobileNet_V2_Weights.")
+    known = _torchvision_weight_names()
+    if name not in known:
+        return Path(text).expanduser()
+    import torch.hub  # noqa: PLC0415
+
+    url = known[name]
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    if not path.is_file():
+        raise WeightsError(
+            f"torchvision MobileNetV2 weights {name} are not in the local cache and this project does not "
+            f"download: fetch {url} and put it at {path} (or set TORCH_HOME), or pass the file's path instead"
+        )
+    return path
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -41,7 +82,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
 
     Lightning checkpoints are unwrapped (``state_dict``) and their ``model.`` prefix is removed.
     """
-    path = Path(path).expanduser()
+    path = resolve_weights(path)
     if not path.is_file():
         raise WeightsError(f"weights file {str(path)!r} does not exist")
     try:
@@ -164,3 +205,65 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
     backbone_keys = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix) and k[len(prefix) :] in own}
     _check_fit(own, backbone_keys, path, "the backbone", unexpected_too=False)
     backbone.load_state_dict(backbone_keys)
+
+
+@dataclass
+class TransferReport:
+    """What :func:`transfer_weights` took from a file."""
+
+    source: str
+    backbone: int = 0  # backbone tensors loaded
+    other: list[str] = field(default_factory=list)  # head tensors loaded (same name and shape)
+    mismatched: list[str] = field(default_factory=list)  # same name, other shape: left as initialised
+    not_in_file: list[str] = field(default_factory=list)  # model tensors the file does not have
+
+    def summary(self) -> str:
+        lines = [f"initialised from {self.source}: {self.backbone} backbone tensors, {len(self.other)} head tensors"]
+        if self.mismatched:
+            lines.append(f"  re-initialised (shape differs, e.g. other classes): {_describe(self.mismatched)}")
+        if self.not_in_file:
+            lines.append(f"  not in the file, left as initialised: {_describe(self.not_in_file)}")
+        return "\n".join(lines)
+
+
+def _backbone_prefix(keys, where: str) -> str:
+    prefixes = sorted({k[: -len(_STEM_KEY)] for k in keys if k.endswith(_STEM_KEY)})
+    if len(prefixes) != 1:
+        raise WeightsError(f"{where} holds {len(prefixes)} MobileNetV2 backbones (under {prefixes or 'no prefix'}); expected one")
+    return prefixes[0]
+
+
+def transfer_weights(model: nn.Module, path: str | os.PathLike) -> TransferReport:
+    """Start ``model`` from the weights of *another* model: a torchvision ``mobilenet_v2`` file or
+    a checkpoint of any task of this project.
+
+    The backbone is matched by its position (found by the stem conv in file and model, whatever the
+    surrounding task) and must fit completely; every other tensor is taken when the model has one of
+    the same name and shape, so heads carry over between runs of one task with the same classes and
+    are left freshly initialised when the classes differ. Returns what was and was not loaded.
+    """
+    state_dict = _read_in_project_layout(path)
+    own = model.state_dict()
+    file_prefix = _backbone_prefix(state_dict, f"weights file {str(path)!r}")
+    model_prefix = _backbone_prefix(own, type(model).__name__)
+    report = TransferReport(str(path))
+    chosen: dict[str, Tensor] = {}
+    backbone_own = {k[len(model_prefix) :]: v for k, v in own.items() if k.startswith(model_prefix)}
+    backbone_file = {k[len(file_prefix) :]: v for k, v in state_dict.items() if k.startswith(file_prefix)}
+    _check_fit(backbone_own, backbone_file, path, "the backbone", unexpected_too=False)
+    for key in backbone_own:
+        chosen[model_prefix + key] = backbone_file[key]
+    report.backbone = len(chosen)
+    for key, value in own.items():
+        if key.startswith(model_prefix):
+            continue
+        if key not in state_dict:
+            report.not_in_file.append(key)
+        elif state_dict[key].shape != value.shape:
+            report.mismatched.append(key)
+        else:
+            chosen[key] = state_dict[key]
+            report.other.append(key)
+    model.load_state_dict(chosen, strict=False)
+    log.info(report.summary())
+    return report

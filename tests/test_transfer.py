@@ -1,0 +1,131 @@
+"""Transfer learning: weights carried over between tasks, torchvision weights by name, freezing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from tasks.optim import configure_optimizers
+from tasks.runner import build, train
+from vision_mnv2.models import (
+    WeightsError,
+    deeplabv3_mobilenet_v2,
+    mobilenet_v2,
+    resolve_weights,
+    ssdlite_mobilenet_v2,
+    transfer_weights,
+)
+
+from .conftest import compose_config, tiny_classification_overrides
+
+
+def _backbone_state(model) -> dict[str, torch.Tensor]:
+    for module in model.modules():
+        if type(module).__name__ == "MobileNetV2Backbone":
+            return module.state_dict()
+    raise AssertionError("no backbone")
+
+
+def test_torchvision_weights_by_name_come_from_the_local_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    expected = tmp_path / "torch" / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth"
+    with pytest.raises(WeightsError, match=f"put it at {expected}"):
+        mobilenet_v2(weights="IMAGENET1K_V1")
+    with pytest.raises(WeightsError, match="https://download.pytorch.org/models/mobilenet_v2-b0353104.pth"):
+        resolve_weights("MobileNet_V2_Weights.IMAGENET1K_V1")
+    reference = torchvision.models.mobilenet_v2().eval()
+    expected.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), expected)
+    model = mobilenet_v2(weights="IMAGENET1K_V1").eval()
+    images = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.allclose(model(images), reference(images), atol=1e-5)
+    assert resolve_weights("some/file.pt").name == "file.pt", "other strings are paths"
+
+
+def test_transfer_between_tasks_reports_what_was_loaded(tmp_path):
+    source = ssdlite_mobilenet_v2(num_classes=3, width_mult=0.5, image_size=128)
+    path = tmp_path / "det.pt"
+    torch.save(source.state_dict(), path)
+
+    same = ssdlite_mobilenet_v2(num_classes=3, width_mult=0.5, image_size=128)
+    report = transfer_weights(same, path)
+    assert not report.mismatched and not report.not_in_file
+    for key, value in same.state_dict().items():
+        assert torch.equal(value, source.state_dict()[key]), key
+
+    other_classes = ssdlite_mobilenet_v2(num_classes=5, width_mult=0.5, image_size=128)
+    fresh = {k: v.clone() for k, v in other_classes.state_dict().items()}
+    report = transfer_weights(other_classes, path)
+    assert report.mismatched and all(k.startswith("head.classification_head") for k in report.mismatched)
+    state = other_classes.state_dict()
+    assert all(torch.equal(state[k], fresh[k]) for k in report.mismatched), "other classes: head re-initialised"
+    assert any(k.startswith("head.regression_head") for k in report.other), "box regression carries over"
+    assert "re-initialised" in report.summary()
+
+    segmenter = deeplabv3_mobilenet_v2(num_classes=2, width_mult=0.5)
+    report = transfer_weights(segmenter, path)
+    assert report.backbone == len(_backbone_state(segmenter)) and not report.other
+    for key, value in _backbone_state(segmenter).items():
+        assert torch.equal(value, _backbone_state(source)[key]), key
+    with pytest.raises(WeightsError, match="shape mismatch"):
+        transfer_weights(deeplabv3_mobilenet_v2(num_classes=2, width_mult=1.0), path)
+
+
+def test_freezing_stages_and_batch_norm():
+    model = deeplabv3_mobilenet_v2(num_classes=3, width_mult=0.35, freeze_backbone=2, frozen_bn=True)
+    features = model.backbone.features
+    assert not any(p.requires_grad for layer in features[:4] for p in layer.parameters())
+    assert all(p.requires_grad for p in features[4].parameters()), "stage 3 onwards trains"
+    model.train()
+    batch_norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert not any(m.training for m in batch_norms) and model.aspp.training
+    before = [m.running_mean.clone() for m in batch_norms]
+    model(torch.rand(2, 3, 64, 64)).sum().backward()
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, batch_norms)), "statistics stay fixed"
+    assert features[4].expand[0].weight.grad is not None and features[0][0].weight.grad is None
+
+    whole = mobilenet_v2(width_mult=0.35, num_classes=4, freeze_backbone=True)
+    assert not any(p.requires_grad for p in whole.backbone.parameters())
+    assert all(p.requires_grad for p in whole.classifier.parameters())
+    with pytest.raises(ValueError, match="freeze_backbone"):
+        mobilenet_v2(freeze_backbone=9)
+
+
+def test_classification_checkpoint_starts_an_ssdlite_run(tiny_cls_root, tmp_path):
+    cls_cfg = compose_config("train", tiny_classification_overrides(tiny_cls_root) + ["trainer.max_epochs=1"], tmp_path / "cls")
+    checkpoint = train(cls_cfg)["last_checkpoint"]
+    classifier_backbone = {
+        k.removeprefix("model.backbone."): v
+        for k, v in torch.load(checkpoint, weights_only=True)["state_dict"].items()
+        if k.startswith("model.backbone.")
+    }
+    det_cfg = compose_config(
+        "train",
+        [
+            "task=ssdlite",
+            "backbone.width_mult=0.35",
+            f"init_from={checkpoint}",
+            "data.generate.train_images=4",
+            "data.generate.val_images=2",
+        ],
+        tmp_path / "det",
+    )
+    _, module, _ = build(det_cfg, with_loggers=False)
+    detector_backbone = module.model.backbone.backbone.state_dict()
+    assert detector_backbone.keys() == classifier_backbone.keys()
+    for key, value in detector_backbone.items():
+        assert torch.equal(value, classifier_backbone[key]), key
+
+
+def test_backbone_learning_rate_multiplier(tmp_path):
+    cfg = compose_config("train", ["task=deeplabv3", "backbone.width_mult=0.35", "module.backbone_lr_mult=0.1"], tmp_path)
+    _, module, _ = build(cfg, with_loggers=False)
+    optimizer = configure_optimizers(module, module.optimizer_factory, None, backbone_lr_mult=module.backbone_lr_mult)
+    backbone = {id(p) for p in module.model.backbone.parameters()}
+    for group in optimizer.param_groups:
+        in_backbone = {id(p) in backbone for p in group["params"]}
+        assert len(in_backbone) == 1, "a group is all backbone or all head"
+        assert group["lr"] == pytest.approx(cfg.optimizer.lr * (0.1 if in_backbone.pop() else 1.0))
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(module.model.parameters()))

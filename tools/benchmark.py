@@ -1,0 +1,18 @@
+"""Benchmark a task's network against torchvision's: ``python tools/benchmark.py task=classification``.
+
+Parameters, MACs, latency at batch 1 and throughput at ``benchmark.batch`` in eager PyTorch and in
+onnxruntime, peak memory, and the training loop's throughput; written to docs/BENCHMARKS.md."""
+
+import hydra
+from omegaconf import DictConfig
+
+from tasks.benchmark import run_benchmark
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="benchmark")
+def main(cfg: DictConfig) -> None:
+    run_benchmark(cfg)
+
+
+if __name__ == "__main__":
+    main()
