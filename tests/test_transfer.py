@@ -129,3 +129,13 @@ def test_backbone_learning_rate_multiplier(tmp_path):
         assert len(in_backbone) == 1, "a group is all backbone or all head"
         assert group["lr"] == pytest.approx(cfg.optimizer.lr * (0.1 if in_backbone.pop() else 1.0))
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(module.model.parameters()))
+
+
+def test_finetune_presets_compose(tmp_path):
+    det = compose_config(
+        "train", ["experiment=finetune_ssdlite_custom", "data.root=/x", "data.num_classes=3", "init_from=IMAGENET1K_V1"], tmp_path
+    )
+    assert det.module.init_from == "IMAGENET1K_V1" and det.model.freeze_backbone == 2 and det.model.frozen_bn
+    assert det.module.backbone_lr_mult == 0.1 and det.model.num_classes == 3 and det.data.image_size == 320
+    seg = compose_config("train", ["experiment=finetune_deeplabv3_custom", "data.root=/x", "data.num_classes=4"], tmp_path)
+    assert seg.model.num_classes == 4 and seg.module.scheduler_interval == "step" and seg.data.eval_pad_size == 513

@@ -87,23 +87,42 @@ def time_call(fn: Callable[[], object], warmup: int, iters: int) -> float:
     return statistics.median(times)
 
 
-def peak_rss_delta_mb(fn: Callable[[], object]) -> float | None:
-    """Resident memory a call adds at its peak (Linux; None elsewhere), from /proc's high-water mark
-    reset by ``clear_refs``: activations and workspace, not the weights already loaded."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        before = _vm_hwm_kb()
-        fn()
-        return max(0.0, (_vm_hwm_kb() - before) / 1024)
-    except OSError:
-        return None
-
-
-def _vm_hwm_kb() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+_PEAK_SCRIPT = """
+import sys, torch
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
             return int(line.split()[1])
-    raise OSError("no VmHWM")
+torch.set_num_threads(int(sys.argv[3]))
+function = torch.load(sys.argv[1], weights_only=False)
+images = torch.rand(1, 3, int(sys.argv[2]), int(sys.argv[2]))
+before = status("VmRSS:")
+with torch.no_grad():
+    function(images)
+print((status("VmHWM:") - before) / 1024)
+"""
+
+
+def peak_rss_delta_mb(function: nn.Module, image_size: int, threads: int = 1) -> float | None:
+    """Resident memory one batch-1 forward adds at its peak, in a fresh process (Linux only; None
+    elsewhere): activations and workspace above the loaded weights, the CPU analogue of CUDA's
+    ``max_memory_allocated``. A fresh process, because a warm allocator reuses freed memory."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    if not Path("/proc/self/status").is_file():
+        return None
+    handle, path = tempfile.mkstemp(suffix=".pt")
+    os.close(handle)
+    try:
+        torch.save(function, path)  # our own object, read back by our own script
+        run = subprocess.run(
+            [sys.executable, "-c", _PEAK_SCRIPT, path, str(image_size), str(threads)],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        return float(run.stdout.strip().splitlines()[-1]) if run.returncode == 0 else None
+    finally:
+        os.unlink(path)
 
 
 def _onnx_session(function: nn.Module, image_size: int, threads: int):
@@ -148,7 +167,7 @@ def measure(
     eager_latency = time_call(lambda: function(one), warmup, iters)
     eager_batch = time_call(lambda: function(many), 1, max(2, iters // 3))
     gc.collect()
-    peak = peak_rss_delta_mb(lambda: function(one))
+    peak = peak_rss_delta_mb(function, image_size, threads)
     onnx_latency = onnx_throughput = None
     if onnx:
         session = _onnx_session(function, image_size, threads)
@@ -158,3 +177,52 @@ def measure(
     return Measurement(
         name, count_parameters(model), macs, eager_latency * 1000, batch / eager_batch, onnx_latency, onnx_throughput, peak
     )
+
+
+def _cuda_peak_mb(function: nn.Module, images: torch.Tensor) -> float:
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    with torch.no_grad():
+        function(images)
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+@torch.no_grad()
+def compare_memory_efficient(
+    model: nn.Module, image_size: int, groups: int, device: str = "cpu", iters: int = 10, repeats: int = 3
+) -> dict[str, dict[str, float]]:
+    """Batch-1 peak memory added by a forward (CPU: resident memory in a fresh process; CUDA: the
+    allocator's peak) and median latency, standard path against ``groups``-way split expansion,
+    alternating the two to share machine noise. Also checks that both give the same output."""
+    from .models.memory_efficient import set_expansion_groups  # noqa: PLC0415
+
+    model = model.eval().to(device)
+    images = torch.rand(1, 3, image_size, image_size, device=device)
+    set_expansion_groups(model, 1)
+    reference = model(images)
+    result: dict[str, dict[str, float]] = {}
+    for name, k in (("standard", 1), (f"memory-efficient k={groups}", groups)):
+        set_expansion_groups(model, k)
+        output = model(images)
+        error = float((output - reference).abs().max())
+        if device == "cuda":
+            peak = _cuda_peak_mb(model, images)
+        else:
+            peak = peak_rss_delta_mb(model.cpu(), image_size, torch.get_num_threads())
+        output_mb = output.numel() * output.element_size() / 2**20
+        result[name] = {"peak_mb": peak, "output_mb": output_mb, "max_abs_diff": error, "latency_ms": float("inf")}
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(repeats):
+        for name, k in (("standard", 1), (f"memory-efficient k={groups}", groups)):
+            set_expansion_groups(model, k)
+
+            def call():
+                model(images)
+                sync()
+
+            result[name]["latency_ms"] = min(result[name]["latency_ms"], time_call(call, 2, iters) * 1000)
+    set_expansion_groups(model, 1)
+    return result

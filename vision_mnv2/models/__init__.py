@@ -2,6 +2,7 @@
 
 from .classification import mobilenet_v2
 from .deeplabv3 import DeepLabV3, deeplabv3_mobilenet_v2, multi_scale_probabilities
+from .memory_efficient import largest_activations, memory_efficient_inference, set_expansion_groups, split_expansion_forward
 from .mobilenetv2 import FeatureInfo, InvertedResidual, MobileNetV2, MobileNetV2Backbone, make_divisible
 from .ssdlite import SSDLiteMobileNetV2Extractor, TFSSDAnchorGenerator, ssdlite_mobilenet_v2
 from .weights import (
@@ -31,6 +32,10 @@ __all__ = [
     "load_state_dict_file",
     "load_weights",
     "make_divisible",
+    "largest_activations",
+    "memory_efficient_inference",
+    "set_expansion_groups",
+    "split_expansion_forward",
     "mobilenet_v2",
     "multi_scale_probabilities",
     "ssdlite_mobilenet_v2",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from .mobilenetv2 import MobileNetV2
+from .memory_efficient import set_expansion_groups
 from .weights import load_weights
 
 __all__ = ["mobilenet_v2"]
@@ -18,6 +19,7 @@ def mobilenet_v2(
     dropout: float = 0.2,
     freeze_backbone: bool | int = False,
     frozen_bn: bool = False,
+    expansion_groups: int | list[int] | None = None,
 ) -> MobileNetV2:
     """MobileNetV2 classifier (paper Table 2), optionally loaded from a weight file.
 
@@ -30,6 +32,8 @@ def mobilenet_v2(
         output_stride: 32, or 16 / 8 by dilation (same weights).
         dropout: dropout before the linear layer (0.2 in the paper).
         freeze_backbone / frozen_bn: see :meth:`MobileNetV2Backbone.freeze` (fine-tuning).
+        expansion_groups: memory-efficient inference (paper section 5.1): k channel groups per
+            expansion, one k or one per block; ``None`` the standard path. Eval mode only.
     """
     model = MobileNetV2(
         num_classes=num_classes, width_mult=width_mult, output_stride=output_stride, dropout=dropout
@@ -38,4 +42,6 @@ def mobilenet_v2(
         load_weights(model, weights)
     if freeze_backbone is not False or frozen_bn:
         model.backbone.freeze(freeze_backbone, frozen_bn)
+    if expansion_groups is not None:
+        set_expansion_groups(model, expansion_groups)
     return model

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from .mobilenetv2 import MobileNetV2Backbone
+from .memory_efficient import set_expansion_groups
 from .weights import load_backbone_weights, load_weights
 
 __all__ = ["DeepLabV3", "deeplabv3_mobilenet_v2", "multi_scale_probabilities"]
@@ -53,6 +54,7 @@ def deeplabv3_mobilenet_v2(
     backbone_weights: str | os.PathLike | None = None,
     freeze_backbone: bool | int = False,
     frozen_bn: bool = False,
+    expansion_groups: int | list[int] | None = None,
 ) -> DeepLabV3:
     """DeepLabv3 + MobileNetV2 (paper Table 7: 4.52M parameters with ASPP, 2.11M without).
 
@@ -63,6 +65,8 @@ def deeplabv3_mobilenet_v2(
         weights: a checkpoint of this project's segmenter (all keys must fit).
         backbone_weights: a torchvision ``mobilenet_v2`` state dict or any checkpoint of this project.
         freeze_backbone / frozen_bn: see :meth:`MobileNetV2Backbone.freeze` (fine-tuning).
+        expansion_groups: memory-efficient inference (paper section 5.1): k channel groups per
+            expansion, one k or one per block; ``None`` the standard path. Eval mode only.
     """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
@@ -77,6 +81,8 @@ def deeplabv3_mobilenet_v2(
         load_weights(model, weights)
     if freeze_backbone is not False or frozen_bn:
         backbone.freeze(freeze_backbone, frozen_bn)
+    if expansion_groups is not None:
+        set_expansion_groups(model, expansion_groups)
     return model
 
 

@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops.misc import Conv2dNormActivation
 
+from .memory_efficient import split_expansion_forward
+
 __all__ = [
     "BOTTLENECK_SETTINGS",
     "FeatureInfo",
@@ -88,6 +90,9 @@ class InvertedResidual(nn.Module):
         hidden = int(round(in_channels * expand_ratio))
         self.hidden_channels = hidden
         self.use_residual = stride == 1 and in_channels == out_channels
+        # > 1: in eval mode, compute the expansion in this many channel groups (paper section 5.1;
+        # see memory_efficient.py); the output is the same, the expanded tensor never whole.
+        self.expansion_groups = 1
 
         self.expand: nn.Module | None = None
         if expand_ratio != 1:
@@ -118,6 +123,8 @@ class InvertedResidual(nn.Module):
         return out, expanded
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.expansion_groups > 1 and not self.training:
+            return split_expansion_forward(self, x, self.expansion_groups)
         return self.forward_with_expansion(x)[0]
 
 

@@ -21,6 +21,7 @@ from torchvision.models.detection.ssdlite import SSDLiteHead, _extra_block, _nor
 from torchvision.ops import batched_nms, clip_boxes_to_image, sigmoid_focal_loss
 
 from .mobilenetv2 import MobileNetV2Backbone, make_divisible
+from .memory_efficient import set_expansion_groups
 from .weights import load_backbone_weights, load_weights
 
 __all__ = ["FocalLossSSD", "SSDLiteMobileNetV2Extractor", "TFSSDAnchorGenerator", "ssdlite_mobilenet_v2"]
@@ -134,6 +135,7 @@ def ssdlite_mobilenet_v2(
     classification_loss: str = "hard_negative_mining",
     freeze_backbone: bool | int = False,
     frozen_bn: bool = False,
+    expansion_groups: int | list[int] | None = None,
     **kwargs,
 ) -> SSD:
     """SSDLite + MobileNetV2 (paper Table 6: 4.3M parameters, 0.8B MACs at 320x320, 80 classes).
@@ -148,6 +150,8 @@ def ssdlite_mobilenet_v2(
         classification_loss: ``"hard_negative_mining"`` (softmax cross-entropy, 3 negatives per
             positive, as TF's config and torchvision) or ``"focal"`` (sigmoid focal loss).
         freeze_backbone / frozen_bn: see :meth:`MobileNetV2Backbone.freeze` (fine-tuning).
+        expansion_groups: memory-efficient inference (paper section 5.1): k channel groups per
+            expansion, one k or one per block; ``None`` the standard path. Eval mode only.
         kwargs: passed to torchvision's ``SSD`` (``topk_candidates``, ``positive_fraction``, ...).
     """
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -178,4 +182,6 @@ def ssdlite_mobilenet_v2(
         load_weights(model, weights)
     if freeze_backbone is not False or frozen_bn:
         extractor.backbone.freeze(freeze_backbone, frozen_bn)
+    if expansion_groups is not None:
+        set_expansion_groups(model, expansion_groups)
     return model

@@ -1,0 +1,88 @@
+"""Memory-efficient inference (paper section 5.1) against the standard path, batch 1:
+
+    python tools/benchmark_memory.py [--groups 4] [--device cpu|cuda] [--no-write]
+
+Classification at 224 and DeepLabv3 (mobile head, OS16) at 1024x1024: peak memory a forward adds,
+latency, the largest tensor materialised at each resolution (paper Table 3), and the output
+difference. Writes the tables into docs/BENCHMARKS.md with this command."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from tasks.benchmark import _write_section  # noqa: E402
+from vision_mnv2.benchmark import compare_memory_efficient  # noqa: E402
+from vision_mnv2.models import deeplabv3_mobilenet_v2, largest_activations, mobilenet_v2, set_expansion_groups  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--groups", type=int, default=4)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seg-size", type=int, default=1024)
+    parser.add_argument("--output", default="docs/BENCHMARKS.md")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    lines = [
+        f"### Memory-efficient inference (split expansion, k={args.groups}), batch 1, {args.device}",
+        "",
+        f"Command: `python tools/benchmark_memory.py {' '.join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))}`  ",
+        f"Machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+        + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else "") + f"; {time.strftime('%Y-%m-%d')}. "
+        "Peak memory: what one forward adds above the loaded weights and the input (CUDA: the caching allocator's "
+        "peak, exact; CPU: growth of the resident set's high-water mark in a fresh process, which the C allocator's "
+        "reuse and oneDNN's scratch buffers blur). The output tensor is the same on both paths and included. "
+        "Latency: best median over alternating repeats.",
+        "",
+        "| network | input | path | peak memory, MB | of which the output tensor, MB | ratio | latency, ms | ratio | max abs output diff |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    table3 = []
+    for name, model, size in (
+        ("MobileNetV2 classifier", mobilenet_v2(), 224),
+        ("DeepLabv3 mobile head, OS16", deeplabv3_mobilenet_v2(aspp=False), args.seg_size),
+    ):
+        result = compare_memory_efficient(model, size, args.groups, args.device)
+        (standard, efficient) = result.values()
+        for path, r in result.items():
+            peak_ratio = "" if r is standard or not standard["peak_mb"] or r["peak_mb"] is None else f"{r['peak_mb'] / standard['peak_mb']:.2f}"
+            time_ratio = "" if r is standard else f"{r['latency_ms'] / standard['latency_ms']:.2f}"
+            peak = "-" if r["peak_mb"] is None else f"{r['peak_mb']:.1f}"
+            lines.append(
+                f"| {name} | {size}x{size} | {path} | {peak} | {r['output_mb']:.1f} | {peak_ratio} | {r['latency_ms']:.1f} "
+                f"| {time_ratio} | {r['max_abs_diff']:.1e} |"
+            )
+        model = model.cpu()
+        set_expansion_groups(model, args.groups)
+        records = largest_activations(model, torch.rand(1, 3, size, size))
+        set_expansion_groups(model, 1)
+        table3.append((name, size, records))
+    lines += ["", "Largest tensor materialised at each resolution (16-bit, KB; paper Table 3 counts the same for 224):", ""]
+    for name, size, records in table3:
+        lines += [f"{name} at {size}x{size}:", "", "| resolution | standard | memory-efficient |", "|---|---|---|"]
+        for (h, w), v in records.items():
+            lines.append(f"| {h}x{w} | {v['standard'] / 1024:,.0f}K | {v['memory_efficient'] / 1024:,.0f}K |")
+        lines.append(
+            f"| **max** | **{max(v['standard'] for v in records.values()) / 1024:,.0f}K** "
+            f"| **{max(v['memory_efficient'] for v in records.values()) / 1024:,.0f}K** |"
+        )
+        lines.append("")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        _write_section(Path(args.output), f"memory_efficient_{args.device}_k{args.groups}", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
