@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
-from vision_mnv2.data import DatasetError, classification_eval_transform
+from vision_mnv2.data import DatasetError, classification_eval_transform, read_rgb
 from vision_mnv2.data.segmentation_transforms import segmentation_eval_transform
 from vision_mnv2.data.voc import write_mask
 from vision_mnv2.export import export_onnx
@@ -79,14 +79,6 @@ def _images(path: str | Path) -> list[Path]:
     raise DatasetError(f"input {str(path)!r} does not exist")
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, SyntaxError) as error:
-        raise DatasetError(f"{path}: cannot read image ({error})") from None
-
-
 @torch.no_grad()
 def predict(cfg: DictConfig) -> Path:
     """Run the checkpoint on ``cfg.input`` (an image or a folder) and write drawn images and one
@@ -99,7 +91,7 @@ def predict(cfg: DictConfig) -> Path:
     results: Any = []
     images_index = []
     for index, path in enumerate(files, start=1):
-        image = _read_rgb(path)
+        image = read_rgb(path)
         stem = f"{index:05d}_{path.stem}"
         if kind == "classification":
             transform = classification_eval_transform(cfg.data.image_size, cfg.data.get("crop_fraction", 0.875))

@@ -58,3 +58,33 @@ def tiny_classification_overrides(root: Path, quiet_callbacks: bool = True) -> l
     if quiet_callbacks:
         overrides += ["callbacks.progress_bar=null", "callbacks.model_summary=null"]
     return overrides
+
+
+def tiny_task_overrides(task: str, root: Path, num_classes: int, image_size: int) -> list[str]:
+    """Overrides that train ``task`` for 2 epochs in seconds on a small generated dataset at ``root``."""
+    return [
+        f"task={task}",
+        f"data.root={root}",
+        "data.generate=null",
+        f"data.num_classes={num_classes}",
+        f"data.image_size={image_size}",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "backbone.width_mult=0.35",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=2",
+        "+trainer.enable_progress_bar=false",
+    ]
+
+
+def realistic_batch_norm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Eval mode with random batch-norm statistics and scales: freshly initialised ones make every
+    layer nearly an identity, which hides differences between two computations."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+            with torch.no_grad():
+                module.weight.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+    return model.eval()

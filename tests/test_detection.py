@@ -13,7 +13,7 @@ from tasks.runner import evaluate, train
 from vision_mnv2.data import write_detection_dataset
 from vision_mnv2.data.detection_transforms import SSDTrainTransform, iou_random_crop, zoom_out
 
-from .conftest import compose_config
+from .conftest import compose_config, tiny_task_overrides
 
 
 def _white_boxes_image(boxes, size=(120, 160)):
@@ -78,19 +78,7 @@ def test_datamodule_batches_are_lists(det_root):
 
 
 def test_ssdlite_task_trains_and_evaluates(det_root, tmp_path):
-    overrides = [
-        "task=ssdlite",
-        f"data.root={det_root}",
-        "data.generate=null",
-        "data.num_classes=3",
-        "data.image_size=128",
-        "data.batch_size=4",
-        "data.num_workers=0",
-        "backbone.width_mult=0.35",
-        "trainer.accelerator=cpu",
-        "trainer.max_epochs=2",
-        "+trainer.enable_progress_bar=false",
-    ]
+    overrides = tiny_task_overrides("ssdlite", det_root, 3, 128)
     cfg = compose_config("train", overrides + ["callbacks.progress_bar=null", "callbacks.model_summary=null"], tmp_path / "train")
     result = train(cfg)
     metrics = result["metrics"]

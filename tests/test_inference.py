@@ -15,23 +15,13 @@ from vision_mnv2.data import DatasetError
 from vision_mnv2.export import SSDExportWrapper, detection_postprocess, export_onnx
 from vision_mnv2.models import deeplabv3_mobilenet_v2, mobilenet_v2, ssdlite_mobilenet_v2
 
-from .conftest import compose_config
+from .conftest import compose_config, realistic_batch_norm
 
 
 def _session(path):
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _randomise_batch_norm(model):
-    # Random-init BN statistics make every layer nearly an identity; real-looking ones test more.
-    generator = torch.Generator().manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-    return model.eval()
 
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -45,7 +35,7 @@ def test_onnx_matches_pytorch_with_dynamic_batch(task, tmp_path):
         model = mobilenet_v2(width_mult=0.5, num_classes=7)
     else:
         model = deeplabv3_mobilenet_v2(num_classes=5, width_mult=0.5)
-    model = _randomise_batch_norm(model)
+    model = realistic_batch_norm(model)
     path = export_onnx(model, task, tmp_path / f"{task}.onnx", 96)
     session = _session(path)
     for batch in (1, 3):
@@ -59,7 +49,7 @@ def test_onnx_matches_pytorch_with_dynamic_batch(task, tmp_path):
 
 def test_detection_onnx_gives_the_same_detections(tmp_path):
     torch.manual_seed(0)
-    model = _randomise_batch_norm(ssdlite_mobilenet_v2(num_classes=3, width_mult=0.5, image_size=128))
+    model = realistic_batch_norm(ssdlite_mobilenet_v2(num_classes=3, width_mult=0.5, image_size=128))
     path = export_onnx(model, "detection", tmp_path / "det.onnx", 128)
     session = _session(path)
     images = torch.rand(3, 3, 128, 128)
@@ -97,7 +87,7 @@ def photo_folder(tmp_path_factory):
 
 
 def test_predict_detection_writes_drawn_images_and_coco_results(photo_folder, tmp_path):
-    model = _randomise_batch_norm(ssdlite_mobilenet_v2(num_classes=3, width_mult=0.35, image_size=128))
+    model = realistic_batch_norm(ssdlite_mobilenet_v2(num_classes=3, width_mult=0.35, image_size=128))
     ckpt = _fake_checkpoint(model, tmp_path / "det.ckpt", ["circle", "square", "star"], [1, 3, 5])
     overrides = ["task=ssdlite", "backbone.width_mult=0.35", "data.num_classes=3", "data.image_size=128",
                  f"ckpt_path={ckpt}", f"input={photo_folder}", f"output_dir={tmp_path / 'out'}", "draw_score_thresh=0.0"]  # fmt: skip
@@ -114,7 +104,7 @@ def test_predict_detection_writes_drawn_images_and_coco_results(photo_folder, tm
 
 
 def test_predict_segmentation_and_classification(photo_folder, tmp_path):
-    seg = _randomise_batch_norm(deeplabv3_mobilenet_v2(num_classes=4, width_mult=0.35, aspp=False))
+    seg = realistic_batch_norm(deeplabv3_mobilenet_v2(num_classes=4, width_mult=0.35, aspp=False))
     ckpt = _fake_checkpoint(seg, tmp_path / "seg.ckpt", ["background", "a", "b", "c"])
     cfg = compose_config("predict", ["task=deeplabv3", "backbone.width_mult=0.35", "data.num_classes=4",
                                      f"ckpt_path={ckpt}", f"input={photo_folder / 'a.jpg'}", f"output_dir={tmp_path / 'seg'}"], tmp_path / "r1")  # fmt: skip
@@ -124,7 +114,7 @@ def test_predict_segmentation_and_classification(photo_folder, tmp_path):
         assert mask.mode == "P" and mask.size == (120, 90)
     assert (tmp_path / "seg" / "00001_a_overlay.jpg").is_file()
 
-    cls = _randomise_batch_norm(mobilenet_v2(width_mult=0.35, num_classes=6))
+    cls = realistic_batch_norm(mobilenet_v2(width_mult=0.35, num_classes=6))
     names = [f"n{i}" for i in range(6)]
     ckpt = _fake_checkpoint(cls, tmp_path / "cls.ckpt", names)
     cfg = compose_config("predict", ["task=classification", "backbone.width_mult=0.35", "data.num_classes=6", "data.image_size=64",
@@ -139,7 +129,7 @@ def test_predict_segmentation_and_classification(photo_folder, tmp_path):
 
 
 def test_export_tool_writes_a_working_file(tmp_path):
-    seg = _randomise_batch_norm(deeplabv3_mobilenet_v2(num_classes=4, width_mult=0.35, aspp=False))
+    seg = realistic_batch_norm(deeplabv3_mobilenet_v2(num_classes=4, width_mult=0.35, aspp=False))
     ckpt = _fake_checkpoint(seg, tmp_path / "seg.ckpt", ["background", "a", "b", "c"])
     cfg = compose_config("export", ["task=deeplabv3", "backbone.width_mult=0.35", "data.num_classes=4", "data.image_size=64",
                                     f"ckpt_path={ckpt}", f"export_file={tmp_path / 'seg.onnx'}"], tmp_path / "run")  # fmt: skip

@@ -14,21 +14,13 @@ from vision_mnv2.models import (
     ssdlite_mobilenet_v2,
 )
 
-
-def _realistic(model):
-    generator = torch.Generator().manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-            module.weight.data.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-    return model.eval()
+from .conftest import compose_config, realistic_batch_norm
 
 
 @pytest.mark.parametrize("groups", [2, 3, 8, [2, 4, 8, 5, 3, 2, 6, 7, 8, 2, 3, 4, 5, 6, 7, 8, 2]])
 def test_classifier_outputs_match_the_standard_path(groups):
     torch.manual_seed(0)
-    model = _realistic(mobilenet_v2(width_mult=1.0, num_classes=10))
+    model = realistic_batch_norm(mobilenet_v2(width_mult=1.0, num_classes=10))
     images = torch.rand(2, 3, 96, 96)
     with torch.no_grad():
         expected = model(images)
@@ -42,13 +34,13 @@ def test_classifier_outputs_match_the_standard_path(groups):
 @pytest.mark.parametrize("output_stride", [16, 8])
 def test_segmenter_and_detector_outputs_match(output_stride):
     torch.manual_seed(0)
-    segmenter = _realistic(deeplabv3_mobilenet_v2(num_classes=5, width_mult=0.5, output_stride=output_stride))
+    segmenter = realistic_batch_norm(deeplabv3_mobilenet_v2(num_classes=5, width_mult=0.5, output_stride=output_stride))
     images = torch.rand(1, 3, 97, 113)
     with torch.no_grad():
         expected = segmenter(images)
         set_expansion_groups(segmenter, 4)
         torch.testing.assert_close(segmenter(images), expected, atol=1e-4, rtol=1e-4)
-    detector = _realistic(ssdlite_mobilenet_v2(num_classes=3, width_mult=0.5, image_size=128))
+    detector = realistic_batch_norm(ssdlite_mobilenet_v2(num_classes=3, width_mult=0.5, image_size=128))
     images = torch.rand(2, 3, 128, 128)
     with torch.no_grad():
         features = list(detector.backbone(images).values())
@@ -89,8 +81,6 @@ def test_largest_activation_per_resolution_as_in_table_3():
 
 def test_builders_and_configs_take_expansion_groups(tmp_path):
     from hydra.utils import instantiate  # noqa: PLC0415
-
-    from .conftest import compose_config  # noqa: PLC0415
 
     model = deeplabv3_mobilenet_v2(num_classes=3, width_mult=0.35, expansion_groups=3)
     assert {b.expansion_groups for b in model.backbone.features[1:]} == {3}

@@ -30,7 +30,7 @@ from vision_mnv2.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vision_mnv2.metrics import segmentation_confusion_matrix, segmentation_scores
 from vision_mnv2.models import deeplabv3_mobilenet_v2, multi_scale_probabilities
 
-from .conftest import compose_config
+from .conftest import compose_config, tiny_task_overrides
 
 NUM_SHAPES = 3
 
@@ -251,19 +251,7 @@ def test_datamodule_batches(seg_root):
 
 
 def _deeplab_overrides(root) -> list[str]:
-    return [
-        "task=deeplabv3",
-        f"data.root={root}",
-        "data.generate=null",
-        f"data.num_classes={NUM_SHAPES + 1}",
-        "data.image_size=64",
-        "data.batch_size=4",
-        "data.num_workers=0",
-        "backbone.width_mult=0.35",
-        "trainer.accelerator=cpu",
-        "trainer.max_epochs=2",
-        "+trainer.enable_progress_bar=false",
-    ]
+    return tiny_task_overrides("deeplabv3", root, NUM_SHAPES + 1, 64)
 
 
 def test_deeplab_task_trains_and_evaluates(seg_root, tmp_path):

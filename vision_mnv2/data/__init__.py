@@ -1,6 +1,6 @@
 """Datasets (ImageNet folders, COCO, Pascal VOC), transforms and the synthetic data generator."""
 
-from .classification import DatasetError, ImageFolderClassification
+from .classification import DatasetError, ImageFolderClassification, read_rgb
 from .coco import AnnotationStats, CocoDetection, load_coco_annotations
 from .synthetic import (
     SHAPES,
@@ -22,6 +22,7 @@ __all__ = [
     "write_detection_dataset",
     "DatasetError",
     "ImageFolderClassification",
+    "read_rgb",
     "classification_eval_transform",
     "classification_train_transform",
     "render_scene",

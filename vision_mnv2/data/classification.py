@@ -11,16 +11,21 @@ from PIL import Image
 from torch import Tensor
 from torchvision.datasets import ImageFolder
 
-__all__ = ["ImageFolderClassification", "DatasetError"]
+__all__ = ["ImageFolderClassification", "DatasetError", "read_rgb"]
 
 
 class DatasetError(ValueError):
     """A dataset that cannot be used as given; the message names the path and the problem."""
 
 
-def _load_rgb(path: str) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """An image file as an H x W x 3 uint8 RGB array; an unreadable file is a :class:`DatasetError`
+    naming it (not a PIL traceback)."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, SyntaxError) as error:
+        raise DatasetError(f"{path}: cannot read image ({error})") from None
 
 
 class ImageFolderClassification(ImageFolder):
@@ -45,7 +50,7 @@ class ImageFolderClassification(ImageFolder):
         if not folder.is_dir():
             raise DatasetError(f"classification split folder {str(folder)!r} does not exist")
         try:
-            super().__init__(str(folder), loader=_load_rgb)
+            super().__init__(str(folder), loader=read_rgb)
         except FileNotFoundError as exc:  # no class folders, or no image in them
             raise DatasetError(f"{folder}: {exc}") from exc
         if classes is not None and list(classes) != self.classes:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .classification import DatasetError
+from .classification import DatasetError, read_rgb
 
 __all__ = [
     "IGNORE_INDEX",
@@ -78,14 +78,6 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
             return np.asarray(image, dtype=np.uint8).copy()
     except (OSError, SyntaxError) as error:
         raise DatasetError(f"{path}: cannot read mask ({error})") from None
-
-
-def _read_image(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, SyntaxError) as error:
-        raise DatasetError(f"{path}: cannot read image ({error})") from None
 
 
 def _read_class_names(root: Path, num_classes: int, class_names: Sequence[str] | None) -> list[str]:
@@ -154,7 +146,7 @@ class VOCSegmentation:
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The image (H x W x 3 uint8) and its checked mask (H x W uint8) before any transform."""
-        image = _read_image(self.images[index])
+        image = read_rgb(self.images[index])
         mask = read_mask(self.masks[index])
         if mask.shape != image.shape[:2]:
             raise DatasetError(
