@@ -53,10 +53,11 @@ def test_detection_onnx_gives_the_same_detections(tmp_path):
     path = export_onnx(model, "detection", tmp_path / "det.onnx", 128)
     session = _session(path)
     images = torch.rand(3, 3, 128, 128)
-    boxes, scores = session.run(None, {"images": images.numpy()})
+    boxes, scores, labels = session.run(None, {"images": images.numpy()})
+    np.testing.assert_array_equal(labels, scores.argmax(-1) + 1)
     assert boxes.shape[0] == scores.shape[0] == 3 and boxes.shape[2] == 4 and scores.shape[2] == 3
     with torch.no_grad():
-        eager_boxes, eager_scores = SSDExportWrapper(model, 128)(images)
+        eager_boxes, eager_scores, _ = SSDExportWrapper(model, 128)(images)
         reference = model(list(images))
     np.testing.assert_allclose(boxes, eager_boxes.numpy(), atol=1e-3)
     np.testing.assert_allclose(scores, eager_scores.numpy(), atol=1e-5)

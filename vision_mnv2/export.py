@@ -5,9 +5,9 @@ normalisation is inside the graph, so callers only resize and divide by 255).
 
 * classification: ``logits`` N x classes.
 * segmentation: ``logits`` N x classes x H x W (already upsampled to the input size).
-* detection: ``boxes`` N x anchors x 4 (x0, y0, x1, y1 in input pixels, decoded and clipped) and
+* detection: ``boxes`` N x anchors x 4 (x0, y0, x1, y1 in input pixels, decoded and clipped),
   ``scores`` N x anchors x classes (softmax, or sigmoid for the focal-loss variant; background
-  dropped). **NMS is not in the graph**: it is data-dependent per image and batch, and every runtime
+  dropped) and ``labels`` N x anchors (each anchor's best class, 1-based). **NMS is not in the graph**: it is data-dependent per image and batch, and every runtime
   has a fast one; :func:`detection_postprocess` is the same score threshold + per-class NMS + top-k
   that the PyTorch model applies, so exported and eager detections agree.
 
@@ -66,7 +66,7 @@ class SSDExportWrapper(nn.Module):
         self.register_buffer("anchors", anchors)
         self.sigmoid_scores = type(ssd).postprocess_detections is not SSD.postprocess_detections
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         features = list(self.ssd.backbone((images - self.mean) / self.std).values())
         head = self.ssd.head(features)
         regression, logits = head["bbox_regression"], head["cls_logits"]
@@ -75,7 +75,8 @@ class SSDExportWrapper(nn.Module):
         boxes = self.ssd.box_coder.decode_single(regression.reshape(-1, 4), anchors)
         boxes = clip_boxes_to_image(boxes, (self.image_size, self.image_size)).reshape(batch, num_anchors, 4)
         scores = torch.sigmoid(logits[..., 1:]) if self.sigmoid_scores else logits.softmax(-1)[..., 1:]
-        return boxes, scores
+        labels = scores.argmax(-1) + 1  # each anchor's best class, 1-based like the PyTorch detector
+        return boxes, scores, labels
 
 
 def detection_postprocess(
@@ -121,7 +122,7 @@ def export_onnx(
     if task == "detection":
         if height != width:
             raise ValueError("the detector takes square inputs")
-        wrapper, outputs = SSDExportWrapper(model, height), ["boxes", "scores"]
+        wrapper, outputs = SSDExportWrapper(model, height), ["boxes", "scores", "labels"]
         dynamic_size = False
     elif task in ("classification", "segmentation"):
         wrapper, outputs = ImageNormalize(model), ["logits"]
