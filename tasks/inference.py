@@ -17,7 +17,7 @@ from PIL import Image
 from vision_mnv2.data import DatasetError, classification_eval_transform, read_rgb
 from vision_mnv2.data.segmentation_transforms import segmentation_eval_transform
 from vision_mnv2.data.voc import write_mask
-from vision_mnv2.export import export_onnx
+from vision_mnv2.export import export_onnx, fold_batch_norm
 from vision_mnv2.models import load_weights, multi_scale_probabilities
 from vision_mnv2.visualize import draw_detections, draw_mask_overlay
 
@@ -56,7 +56,12 @@ def load_model(cfg: DictConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
     model = instantiate(cfg.model)
     load_weights(model, ckpt)
     meta = torch.load(ckpt, map_location="cpu", weights_only=True).get("vision_mnv2", {})
-    return model.eval(), meta
+    model.eval()
+    if cfg.get("fold_bn", True):
+        fold_batch_norm(model)  # inference only: batch norm becomes part of each convolution
+    if cfg.module.get("channels_last", False):
+        model.to(memory_format=torch.channels_last)
+    return model, meta
 
 
 def _class_names(meta: dict, count: int, background: bool) -> list[str]:

@@ -87,3 +87,20 @@ def test_builders_and_configs_take_expansion_groups(tmp_path):
     cfg = compose_config("eval", ["task=ssdlite", "backbone.width_mult=0.35", "model.expansion_groups=2", "ckpt_path=x"], tmp_path)
     detector = instantiate(cfg.model)
     assert {m.expansion_groups for m in detector.modules() if hasattr(m, "expansion_groups")} == {2}
+
+
+def test_folded_batch_norm_gives_the_same_outputs_on_both_paths():
+    from vision_mnv2.export import fold_batch_norm  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    model = realistic_batch_norm(deeplabv3_mobilenet_v2(num_classes=4, width_mult=0.5))
+    images = torch.rand(1, 3, 65, 81)
+    with torch.no_grad():
+        expected = model(images)
+        fold_batch_norm(model)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())
+        torch.testing.assert_close(model(images), expected, atol=1e-4, rtol=1e-4)
+        with memory_efficient_inference(model, 3):
+            torch.testing.assert_close(model(images), expected, atol=1e-4, rtol=1e-4)
+        model = model.to(memory_format=torch.channels_last)
+        torch.testing.assert_close(model(images.contiguous(memory_format=torch.channels_last)), expected, atol=1e-4, rtol=1e-4)

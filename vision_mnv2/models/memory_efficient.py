@@ -24,13 +24,19 @@ from torch.nn import functional as F
 __all__ = ["split_expansion_forward", "set_expansion_groups", "memory_efficient_inference", "largest_activations"]
 
 
-def _bn_slice(x: Tensor, bn: nn.BatchNorm2d, start: int, end: int) -> Tensor:
+def _bn_slice(x: Tensor, bn: nn.Module, start: int, end: int) -> Tensor:
+    if not isinstance(bn, nn.BatchNorm2d):
+        return x  # folded into the convolution (vision_mnv2.export.fold_batch_norm)
     return F.batch_norm(
         x, bn.running_mean[start:end], bn.running_var[start:end],
         bn.weight[start:end] if bn.weight is not None else None,
         bn.bias[start:end] if bn.bias is not None else None,
         False, 0.0, bn.eps,
     )  # fmt: skip
+
+
+def _bias(conv: nn.Conv2d, start: int, end: int) -> Tensor | None:
+    return None if conv.bias is None else conv.bias[start:end]
 
 
 def _group_bounds(channels: int, groups: int) -> list[tuple[int, int]]:
@@ -47,20 +53,21 @@ def split_expansion_forward(block: nn.Module, x: Tensor, groups: int) -> Tensor:
     for start, end in _group_bounds(block.hidden_channels, groups):
         if block.expand is not None:
             expand_conv, expand_bn = block.expand[0], block.expand[1]
-            hidden = F.conv2d(x, expand_conv.weight[start:end])
+            hidden = F.conv2d(x, expand_conv.weight[start:end], _bias(expand_conv, start, end))
             hidden = F.relu6(_bn_slice(hidden, expand_bn, start, end), inplace=True)
         else:
             hidden = x[:, start:end]  # expansion factor 1: the input's own channels are the "expansion"
         hidden = F.conv2d(
-            hidden, depthwise_conv.weight[start:end], None, depthwise_conv.stride,
+            hidden, depthwise_conv.weight[start:end], _bias(depthwise_conv, start, end), depthwise_conv.stride,
             depthwise_conv.padding, depthwise_conv.dilation, end - start,
         )  # fmt: skip
         hidden = F.relu6(_bn_slice(hidden, depthwise_bn, start, end), inplace=True)
         part = F.conv2d(hidden, project_conv.weight[:, start:end])
         del hidden  # free this group before the next one is expanded
         out = part if out is None else out.add_(part)
-    out = F.batch_norm(out, project_bn.running_mean, project_bn.running_var, project_bn.weight, project_bn.bias,
-                       False, 0.0, project_bn.eps)  # fmt: skip
+    if project_conv.bias is not None:  # a folded batch norm's shift: added once, not per group
+        out = out.add_(project_conv.bias.view(1, -1, 1, 1))
+    out = _bn_slice(out, project_bn, 0, out.shape[1])
     if block.use_residual:
         out = out.add_(x)
     return out

@@ -1,0 +1,20 @@
+"""int8 post-training quantisation through onnxruntime, with its accuracy and speed measured:
+
+    python tools/quantize.py task=deeplabv3 ckpt_path=PATH [quantize.calibration_images=256]
+
+Exports fp32 ONNX, quantises it (static, calibrated on training images), scores both on the
+validation split and times both at batch 1; writes the table into docs/BENCHMARKS.md."""
+
+import hydra
+from omegaconf import DictConfig
+
+from tasks.quantize import run_quantize
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="quantize")
+def main(cfg: DictConfig) -> None:
+    run_quantize(cfg)
+
+
+if __name__ == "__main__":
+    main()
