@@ -42,3 +42,20 @@ def test_quantize_tool_reports_accuracy_and_latency(tmp_path):
     text = run_quantize(compose_config("quantize", overrides, tmp_path / "run"))
     assert "| fp32 | " in text and "| int8 | " in text and "**int8 vs fp32**" in text
     assert (tmp_path / "run" / "deeplabv3_int8.onnx").is_file() and (tmp_path / "run" / "deeplabv3_fp32.onnx").is_file()
+
+
+def test_quantize_tool_scores_detection_with_cocoeval(tmp_path):
+    from vision_mnv2.data import write_detection_dataset  # noqa: PLC0415
+    from vision_mnv2.models import ssdlite_mobilenet_v2  # noqa: PLC0415
+
+    root = write_detection_dataset(tmp_path / "coco", num_classes=2, train_images=4, val_images=3, image_size=(96, 128), seed=3)
+    model = realistic_batch_norm(ssdlite_mobilenet_v2(num_classes=2, width_mult=0.35, image_size=96))
+    ckpt = tmp_path / "det.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, ckpt)
+    overrides = [
+        "task=ssdlite", f"data.root={root}", "data.generate=null", "data.num_classes=2", "data.image_size=96",
+        "data.num_workers=0", "backbone.width_mult=0.35", f"ckpt_path={ckpt}", "quantize.calibration_images=3",
+        "quantize.iters=2", "quantize.repeats=1", "quantize.write=false",
+    ]  # fmt: skip
+    text = run_quantize(compose_config("quantize", overrides, tmp_path / "run"))
+    assert "| graph | mAP |" in text and "**int8 vs fp32**" in text
