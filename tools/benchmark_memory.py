@@ -27,43 +27,49 @@ from vision_mnv2.models import deeplabv3_mobilenet_v2, largest_activations, mobi
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--groups", type=int, default=4)
+    parser.add_argument("--first-blocks", type=int, default=None,
+                        help="split only the first N blocks (where the large tensors are); default all")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seg-size", type=int, default=1024)
     parser.add_argument("--output", default="docs/BENCHMARKS.md")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
+    groups = args.groups if args.first_blocks is None else {i: args.groups for i in range(args.first_blocks)}
+    scope = "" if args.first_blocks is None else f", first {args.first_blocks} blocks"
     lines = [
-        f"### Memory-efficient inference (split expansion, k={args.groups}), batch 1, {args.device}",
+        f"### Memory-efficient inference (split expansion, k={args.groups}{scope}), batch 1, {args.device}",
         "",
         f"Command: `python tools/benchmark_memory.py {' '.join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))}`  ",
         f"Machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
         + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else "") + f"; {time.strftime('%Y-%m-%d')}. "
-        "Peak memory: what one forward adds above the loaded weights and the input (CUDA: the caching allocator's "
-        "peak, exact; CPU: growth of the resident set's high-water mark in a fresh process, which the C allocator's "
-        "reuse and oneDNN's scratch buffers blur). The output tensor is the same on both paths and included. "
+        "Peak memory: the most bytes held by tensors during one forward above the weights and the input (CUDA: "
+        "the caching allocator's peak; CPU: PyTorch's profiler memory timeline). The output tensor is the same on "
+        "both paths and included. Resident set growth (CPU only): the process high-water mark in a fresh process, "
+        "which also holds what the C allocator keeps and oneDNN's scratch buffers. "
         "Latency: best median over alternating repeats.",
         "",
-        "| network | input | path | peak memory, MB | of which the output tensor, MB | ratio | latency, ms | ratio | max abs output diff |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| network | input | path | peak memory, MB | of which the output tensor, MB | ratio | resident set growth, MB | latency, ms | ratio | max abs output diff |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     table3 = []
     for name, model, size in (
         ("MobileNetV2 classifier", mobilenet_v2(), 224),
         ("DeepLabv3 mobile head, OS16", deeplabv3_mobilenet_v2(aspp=False), args.seg_size),
     ):
-        result = compare_memory_efficient(model, size, args.groups, args.device)
+        result = compare_memory_efficient(model, size, groups, args.device, label=f"memory-efficient k={args.groups}{scope}")
         (standard, efficient) = result.values()
         for path, r in result.items():
             peak_ratio = "" if r is standard or not standard["peak_mb"] or r["peak_mb"] is None else f"{r['peak_mb'] / standard['peak_mb']:.2f}"
             time_ratio = "" if r is standard else f"{r['latency_ms'] / standard['latency_ms']:.2f}"
             peak = "-" if r["peak_mb"] is None else f"{r['peak_mb']:.1f}"
             lines.append(
-                f"| {name} | {size}x{size} | {path} | {peak} | {r['output_mb']:.1f} | {peak_ratio} | {r['latency_ms']:.1f} "
+                f"| {name} | {size}x{size} | {path} | {peak} | {r['output_mb']:.1f} | {peak_ratio} "
+                f"| {'-' if r.get('rss_mb') is None else format(r['rss_mb'], '.1f')} | {r['latency_ms']:.1f} "
                 f"| {time_ratio} | {r['max_abs_diff']:.1e} |"
             )
         model = model.cpu()
-        set_expansion_groups(model, args.groups)
+        set_expansion_groups(model, groups)
         records = largest_activations(model, torch.rand(1, 3, size, size))
         set_expansion_groups(model, 1)
         table3.append((name, size, records))
@@ -80,7 +86,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        _write_section(Path(args.output), f"memory_efficient_{args.device}_k{args.groups}", text)
+        _write_section(Path(args.output), f"memory_efficient_{args.device}_k{args.groups}" + ("" if args.first_blocks is None else f"_first{args.first_blocks}"), text)
     return 0
 
 

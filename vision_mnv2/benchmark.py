@@ -190,11 +190,37 @@ def _cuda_peak_mb(function: nn.Module, images: torch.Tensor) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
+def cpu_peak_tensor_mb(function: nn.Module, images: torch.Tensor) -> float:
+    """Peak of the bytes held by live tensors during one forward on the CPU, above what was live
+    when it started (weights, input): PyTorch's profiler memory timeline, the CPU counterpart of
+    CUDA's allocator peak. oneDNN's private scratch buffers are not tensors and not counted."""
+    import json  # noqa: PLC0415
+    import warnings  # noqa: PLC0415
+
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+
+    activities = [ProfilerActivity.CPU]
+    with torch.no_grad(), profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        function(images)
+    handle, path = tempfile.mkstemp(suffix=".json")
+    os.close(handle)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            prof.export_memory_timeline(path, device="cpu")
+        _, sizes = json.loads(Path(path).read_text())
+    finally:
+        os.unlink(path)
+    totals = [sum(step) for step in sizes]
+    return (max(totals) - totals[0]) / 2**20 if totals else 0.0
+
+
 @torch.no_grad()
 def compare_memory_efficient(
-    model: nn.Module, image_size: int, groups: int, device: str = "cpu", iters: int = 10, repeats: int = 3
+    model: nn.Module, image_size: int, groups, device: str = "cpu", iters: int = 10, repeats: int = 3, label: str | None = None
 ) -> dict[str, dict[str, float]]:
-    """Batch-1 peak memory added by a forward (CPU: resident memory in a fresh process; CUDA: the
+    """``groups``: as :func:`set_expansion_groups` takes it. Batch-1 peak memory added by a forward
+    (CPU: live tensors by the profiler, and the resident set in a fresh process; CUDA: the
     allocator's peak) and median latency, standard path against ``groups``-way split expansion,
     alternating the two to share machine noise. Also checks that both give the same output."""
     from .models.memory_efficient import set_expansion_groups  # noqa: PLC0415
@@ -204,19 +230,21 @@ def compare_memory_efficient(
     set_expansion_groups(model, 1)
     reference = model(images)
     result: dict[str, dict[str, float]] = {}
-    for name, k in (("standard", 1), (f"memory-efficient k={groups}", groups)):
+    paths = (("standard", 1), (label or f"memory-efficient k={groups}", groups))
+    for name, k in paths:
         set_expansion_groups(model, k)
         output = model(images)
         error = float((output - reference).abs().max())
         if device == "cuda":
             peak = _cuda_peak_mb(model, images)
         else:
-            peak = peak_rss_delta_mb(model.cpu(), image_size, torch.get_num_threads())
+            peak = cpu_peak_tensor_mb(model, images)
         output_mb = output.numel() * output.element_size() / 2**20
-        result[name] = {"peak_mb": peak, "output_mb": output_mb, "max_abs_diff": error, "latency_ms": float("inf")}
+        rss = peak_rss_delta_mb(model.cpu(), image_size, torch.get_num_threads()) if device == "cpu" else None
+        result[name] = {"peak_mb": peak, "rss_mb": rss, "output_mb": output_mb, "max_abs_diff": error, "latency_ms": float("inf")}
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(repeats):
-        for name, k in (("standard", 1), (f"memory-efficient k={groups}", groups)):
+        for name, k in paths:
             set_expansion_groups(model, k)
 
             def call():
