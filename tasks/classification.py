@@ -38,10 +38,12 @@ class ClassificationTask(TaskModule):
         channels_last: bool = False,
         init_from: str | None = None,
         backbone_lr_mult: float = 1.0,
+        nonfinite_loss: str = "raise",
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__(
-            model, optimizer, scheduler, scheduler_interval, warmup_epochs, channels_last, init_from, backbone_lr_mult
+            model, optimizer, scheduler, scheduler_interval, warmup_epochs, channels_last, init_from, backbone_lr_mult,
+            nonfinite_loss,
         )
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -64,7 +66,7 @@ class ClassificationTask(TaskModule):
         loss = self.criterion(logits, targets)
         self.train_metrics.update(logits.detach(), targets)
         self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
-        return loss
+        return self.checked_loss(loss, batch, batch_idx)
 
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.train_metrics.compute())

@@ -33,10 +33,12 @@ class DetectionTask(TaskModule):
         channels_last: bool = False,
         init_from: str | None = None,
         backbone_lr_mult: float = 1.0,
+        nonfinite_loss: str = "raise",
         results_file: str = "detections_val.json",
     ) -> None:
         super().__init__(
-            model, optimizer, scheduler, scheduler_interval, warmup_epochs, channels_last, init_from, backbone_lr_mult
+            model, optimizer, scheduler, scheduler_interval, warmup_epochs, channels_last, init_from, backbone_lr_mult,
+            nonfinite_loss,
         )
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         self.evaluator: CocoEvaluator | None = None
@@ -51,7 +53,7 @@ class DetectionTask(TaskModule):
         batch_size = len(images)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=batch_size)
-        return loss
+        return self.checked_loss(loss, batch, batch_idx)
 
     def on_validation_epoch_start(self) -> None:
         dataset = self.trainer.datamodule.val_set

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 
 import lightning as L
@@ -12,6 +13,8 @@ from torch import nn
 from vision_mnv2.models import MobileNetV2Backbone, transfer_weights
 
 __all__ = ["TaskModule", "parameter_groups", "configure_optimizers"]
+
+log = logging.getLogger(__name__)
 
 
 def _backbone_parameters(model: nn.Module) -> set[int]:
@@ -113,6 +116,7 @@ class TaskModule(L.LightningModule):
             (``IMAGENET1K_V1``, from the local cache), or a checkpoint of any task here. The backbone
             always carries over; head tensors when their shapes fit (same classes).
         backbone_lr_mult: learning rate of the backbone relative to the heads.
+        nonfinite_loss: ``"raise"`` (stop, naming the step and images) or ``"skip"`` (drop the step, count it).
     """
 
     def __init__(
@@ -125,8 +129,13 @@ class TaskModule(L.LightningModule):
         channels_last: bool = False,
         init_from: str | None = None,
         backbone_lr_mult: float = 1.0,
+        nonfinite_loss: str = "raise",
     ) -> None:
         super().__init__()
+        if nonfinite_loss not in ("raise", "skip"):
+            raise ValueError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
+        self.nonfinite_loss = nonfinite_loss
+        self.skipped_steps = 0
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -154,6 +163,26 @@ class TaskModule(L.LightningModule):
             mapping = dataset.label_to_category_id
             meta["category_ids"] = [int(mapping[label]) for label in sorted(mapping)]
         checkpoint["vision_mnv2"] = meta
+
+    def checked_loss(self, loss: torch.Tensor, batch, batch_idx: int) -> torch.Tensor | None:
+        """The loss if it is finite. Otherwise, by ``nonfinite_loss``: ``"raise"`` stops the run with
+        the step and the batch's image ids (where the batch carries them), ``"skip"`` drops this step
+        (Lightning skips the backward and optimiser step for ``None``) and counts it."""
+        if bool(torch.isfinite(loss)):
+            return loss
+        where = f"epoch {self.current_epoch}, step {self.global_step}, batch {batch_idx}"
+        targets = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+        if isinstance(targets, (list, tuple)) and targets and isinstance(targets[0], dict) and "image_id" in targets[0]:
+            where += f", image ids {[int(t['image_id']) for t in targets]}"
+        if self.nonfinite_loss == "raise":
+            raise FloatingPointError(
+                f"non-finite training loss ({float(loss)}) at {where}; lower the learning rate, check the data, "
+                "or set module.nonfinite_loss=skip to drop such steps"
+            )
+        self.skipped_steps += 1
+        log.warning("skipped a step with non-finite loss (%s) at %s; %d skipped so far", float(loss), where, self.skipped_steps)
+        self.log("train/skipped_steps", float(self.skipped_steps))
+        return None
 
     def memory_format(self, images: torch.Tensor) -> torch.Tensor:
         """A 4-d image batch in the model's memory layout."""

@@ -40,12 +40,14 @@ class SegmentationTask(TaskModule):
         channels_last: bool = False,
         init_from: str | None = None,
         backbone_lr_mult: float = 1.0,
+        nonfinite_loss: str = "raise",
         ignore_index: int = 255,
         eval_scales: Sequence[float] = (1.0,),
         eval_flip: bool = False,
     ) -> None:
         super().__init__(
-            model, optimizer, scheduler, scheduler_interval, warmup_epochs, channels_last, init_from, backbone_lr_mult
+            model, optimizer, scheduler, scheduler_interval, warmup_epochs, channels_last, init_from, backbone_lr_mult,
+            nonfinite_loss,
         )
         # A plain list, not Hydra's ListConfig, so the checkpoint loads with weights_only=True.
         eval_scales = [float(scale) for scale in eval_scales]
@@ -65,7 +67,7 @@ class SegmentationTask(TaskModule):
         images, masks = batch
         loss = self.loss(self(images), masks)
         self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
-        return loss
+        return self.checked_loss(loss, batch, batch_idx)
 
     def predict_probabilities(self, images: Tensor) -> Tensor:
         """Class probabilities at the input size, with the configured scales and flip."""
