@@ -55,12 +55,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("Training %s; outputs in %s", cfg.get("task_name"), cfg.paths.output_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = _metrics(trainer)
-    checkpoint = trainer.checkpoint_callback
+    # The monitored callback keeps the best; the unmonitored one (or save_last) keeps the latest.
+    checkpoint = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)
+    latest = next((c for c in trainer.checkpoint_callbacks if not c.monitor), None)
     best = checkpoint.best_model_path if checkpoint is not None else ""
+    last = (latest.best_model_path if latest is not None else "") or (checkpoint.last_model_path if checkpoint else "")
     result = {
         "metrics": metrics,
         "best_checkpoint": best or None,
-        "last_checkpoint": (checkpoint.last_model_path or None) if checkpoint is not None else None,
+        "last_checkpoint": last or None,
     }
     if best and checkpoint.best_model_score is not None and not math.isnan(float(checkpoint.best_model_score)):
         result["best_score"] = {checkpoint.monitor: float(checkpoint.best_model_score)}

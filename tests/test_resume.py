@@ -1,0 +1,51 @@
+"""Kill -9 in the middle of training, then resume from last.ckpt: it holds the latest finished epoch
+(not only the best one) and the resumed run ends where an uninterrupted one does."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from .conftest import REPO_ROOT, tiny_classification_overrides
+
+
+def _train_command(root, run_dir, *extra):
+    overrides = tiny_classification_overrides(root) + [
+        "trainer.max_epochs=4", "trainer.deterministic=true", "logger=none", "callbacks.lr_monitor=null",
+        f"hydra.run.dir={run_dir}", *extra,
+    ]  # fmt: skip
+    return [sys.executable, "tools/train.py", *overrides]
+
+
+def test_killed_run_resumes_from_its_latest_epoch(tiny_cls_root, tmp_path):
+    env = {**os.environ, "VISION_MNV2_CACHE": str(tmp_path / "cache")}
+    uninterrupted = subprocess.run(_train_command(tiny_cls_root, tmp_path / "u"), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
+
+    last = tmp_path / "k" / "checkpoints" / "last.ckpt"
+    process = subprocess.Popen(_train_command(tiny_cls_root, tmp_path / "k"), cwd=REPO_ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    saved_epoch = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
+    assert saved_epoch < 3, "killed before the end"
+
+    resumed = subprocess.run(
+        _train_command(tiny_cls_root, tmp_path / "k2", f"ckpt_path={last}"), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected = torch.load(tmp_path / "u" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    got = torch.load(tmp_path / "k2" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    # last.ckpt is rewritten every epoch, also when the monitored metric did not improve (Lightning's
+    # save_last alone would leave it at the best epoch, and a resume would redo the epochs since).
+    assert expected["epoch"] == got["epoch"] == 3 and expected["global_step"] == got["global_step"] == 16
+    assert got["state_dict"].keys() == expected["state_dict"].keys()
