@@ -29,6 +29,20 @@ from vision_mnv2.data.segmentation_transforms import (
 __all__ = ["ClassificationDataModule", "DetectionDataModule", "SegmentationDataModule", "detection_collate"]
 
 
+def seed_transform(dataset, seed: int) -> None:
+    """Seed a dataset's augmentation pipeline. albumentations (2.x) gives each pipeline its own
+    generators seeded from OS entropy, so without this two runs with the same ``seed`` differ."""
+    transform = getattr(dataset, "album_transform", None) or getattr(dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(int(seed) % 2**31)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Each worker gets torch's per-worker seed (base seed drawn from the seeded main process + id).
+    info = torch.utils.data.get_worker_info()
+    seed_transform(info.dataset, info.seed)
+
+
 class _DataModuleBase(L.LightningDataModule):
     """What every datamodule here shares: a root (optionally generated), loaders, batch settings."""
 
@@ -69,6 +83,8 @@ class _DataModuleBase(L.LightningDataModule):
             self.prepare_data()  # direct use, outside a Trainer
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        if shuffle and self.num_workers == 0:
+            seed_transform(dataset, int(torch.randint(2**31, (1,))))  # from the run's seeded generator
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -78,6 +94,7 @@ class _DataModuleBase(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             collate_fn=type(self).collate_fn,
+            worker_init_fn=_seed_worker if shuffle and self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -125,3 +125,19 @@ def test_datamodule_batches_and_checks(tiny_cls_root, tmp_path):
     generated.prepare_data()
     generated.setup("fit")
     assert len(generated.train_set) == 4 and len(generated.val_set) == 2
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_augmentation_is_reproducible_under_one_seed(tiny_cls_root, num_workers):
+    import lightning as L  # noqa: PLC0415
+
+    from tasks.datamodules import ClassificationDataModule  # noqa: PLC0415
+
+    def first_batch(seed):
+        L.seed_everything(seed, workers=True)
+        dm = ClassificationDataModule(tiny_cls_root, num_classes=4, image_size=48, batch_size=8, num_workers=num_workers)
+        dm.setup("fit")
+        return next(iter(dm.train_dataloader()))[0]
+
+    assert torch.equal(first_batch(3), first_batch(3)), "same seed, same augmented images"
+    assert not torch.equal(first_batch(3), first_batch(4))

@@ -109,6 +109,13 @@ class SSDTrainTransform:
             bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True, min_area=1.0, min_visibility=0.0),
         )
 
+    def set_random_seed(self, seed: int) -> None:
+        """Seed every random choice of this pipeline (albumentations' generators included, which
+        otherwise draw fresh entropy from the OS and make runs irreproducible)."""
+        self._rng = np.random.default_rng(seed)
+        self.photometric.set_random_seed(seed + 1)
+        self.geometric.set_random_seed(seed + 2)
+
     @property
     def rng(self) -> np.random.Generator:
         if self._rng is None:  # created lazily, so each worker process seeds its own from torch
