@@ -49,3 +49,14 @@ def test_killed_run_resumes_from_its_latest_epoch(tiny_cls_root, tmp_path):
     # save_last alone would leave it at the best epoch, and a resume would redo the epochs since).
     assert expected["epoch"] == got["epoch"] == 3 and expected["global_step"] == got["global_step"] == 16
     assert got["state_dict"].keys() == expected["state_dict"].keys()
+
+
+def test_ddp_on_two_cpu_processes(tiny_cls_root, tmp_path):
+    """trainer=ddp: two gloo processes launched by Lightning from the Hydra entry point."""
+    command = _train_command(tiny_cls_root, tmp_path / "ddp", "trainer=ddp", "trainer.devices=2", "data.batch_size=4")
+    command = [part for part in command if part not in ("trainer.max_epochs=4", "trainer.deterministic=true")] + ["trainer.max_epochs=1"]
+    env = {**os.environ, "VISION_MNV2_CACHE": str(tmp_path / "cache")}
+    run = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "ddp" / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "ddp" / "train_ddp_process_1.log").is_file(), "a second process ran"
