@@ -22,9 +22,8 @@ class ClassificationTask(TaskModule):
         num_classes: number of classes, for the metrics.
         optimizer: ``partial`` taking the parameters (Hydra ``_partial_: true``).
         scheduler: ``partial`` taking the optimizer, or ``None``.
-        scheduler_interval: ``"epoch"`` or ``"step"``: when the scheduler steps.
-        warmup_epochs: linear warm-up before ``scheduler`` (0 for none).
         label_smoothing: cross-entropy label smoothing (0.1 in TF-slim's recipe).
+        options: the options every task shares (:class:`TaskModule`).
     """
 
     def __init__(
@@ -33,18 +32,10 @@ class ClassificationTask(TaskModule):
         num_classes: int,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
-        scheduler_interval: str = "epoch",
-        warmup_epochs: float = 0.0,
-        channels_last: bool = False,
-        init_from: str | None = None,
-        backbone_lr_mult: float = 1.0,
-        nonfinite_loss: str = "raise",
         label_smoothing: float = 0.0,
+        **options,
     ) -> None:
-        super().__init__(
-            model, optimizer, scheduler, scheduler_interval, warmup_epochs, channels_last, init_from, backbone_lr_mult,
-            nonfinite_loss,
-        )
+        super().__init__(model, optimizer, scheduler, **options)
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         top_k = min(5, num_classes)

@@ -20,7 +20,8 @@ class DetectionTask(TaskModule):
     evaluates it with COCOeval on the validation set's own annotation file every validation epoch.
 
     The detections of each evaluation are written in COCO results format to
-    ``<run folder>/detections_val.json`` (original category ids).
+    ``<run folder>/detections_val.json`` (original category ids). ``options``: the options every
+    task shares (:class:`TaskModule`).
     """
 
     def __init__(
@@ -28,18 +29,10 @@ class DetectionTask(TaskModule):
         model: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
-        scheduler_interval: str = "epoch",
-        warmup_epochs: float = 0.0,
-        channels_last: bool = False,
-        init_from: str | None = None,
-        backbone_lr_mult: float = 1.0,
-        nonfinite_loss: str = "raise",
         results_file: str = "detections_val.json",
+        **options,
     ) -> None:
-        super().__init__(
-            model, optimizer, scheduler, scheduler_interval, warmup_epochs, channels_last, init_from, backbone_lr_mult,
-            nonfinite_loss,
-        )
+        super().__init__(model, optimizer, scheduler, **options)
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         self.evaluator: CocoEvaluator | None = None
 

@@ -111,6 +111,11 @@ class TaskModule(L.LightningModule):
     load with ``torch.load(weights_only=True)``.
 
     Args:
+        model: the network, built by Hydra.
+        optimizer: ``partial`` taking the parameters (Hydra ``_partial_: true``).
+        scheduler: ``partial`` taking the optimizer, or ``None``.
+        scheduler_interval: ``"epoch"`` or ``"step"``: when the scheduler steps.
+        warmup_epochs: linear warm-up before ``scheduler`` (0 for none).
         channels_last: run the network in NHWC memory layout (faster on CPU and tensor cores).
         init_from: transfer learning: a torchvision ``mobilenet_v2`` file, its name
             (``IMAGENET1K_V1``, from the local cache), or a checkpoint of any task here. The backbone
@@ -124,6 +129,7 @@ class TaskModule(L.LightningModule):
         model: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        *,
         scheduler_interval: str = "epoch",
         warmup_epochs: float = 0.0,
         channels_last: bool = False,

@@ -27,6 +27,8 @@ class SegmentationTask(TaskModule):
         ignore_index: label of pixels that count neither in the loss nor in the metrics.
         eval_scales / eval_flip: multi-scale and mirrored evaluation (``[1.0]`` and ``False``:
             single scale, as in the paper's headline numbers).
+        options: the options every task shares (:class:`TaskModule`); the schedule steps per
+            iteration by default (DeepLab's poly).
     """
 
     def __init__(
@@ -36,19 +38,12 @@ class SegmentationTask(TaskModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         scheduler_interval: str = "step",
-        warmup_epochs: float = 0.0,
-        channels_last: bool = False,
-        init_from: str | None = None,
-        backbone_lr_mult: float = 1.0,
-        nonfinite_loss: str = "raise",
         ignore_index: int = 255,
         eval_scales: Sequence[float] = (1.0,),
         eval_flip: bool = False,
+        **options,
     ) -> None:
-        super().__init__(
-            model, optimizer, scheduler, scheduler_interval, warmup_epochs, channels_last, init_from, backbone_lr_mult,
-            nonfinite_loss,
-        )
+        super().__init__(model, optimizer, scheduler, scheduler_interval=scheduler_interval, **options)
         # A plain list, not Hydra's ListConfig, so the checkpoint loads with weights_only=True.
         eval_scales = [float(scale) for scale in eval_scales]
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
