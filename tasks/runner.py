@@ -4,6 +4,7 @@ tests call them directly with configs composed by ``hydra.compose``."""
 from __future__ import annotations
 
 import json
+import os
 import logging
 import math
 from pathlib import Path
@@ -44,7 +45,7 @@ def _metrics(trainer: L.Trainer) -> dict[str, float]:
 
 def _write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # unique per process, then an atomic rename
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
     tmp.replace(path)
 
@@ -67,7 +68,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     if best and checkpoint.best_model_score is not None and not math.isnan(float(checkpoint.best_model_score)):
         result["best_score"] = {checkpoint.monitor: float(checkpoint.best_model_score)}
-    _write_json(Path(cfg.paths.output_dir) / "train_metrics.json", result)
+    if trainer.is_global_zero:  # under DDP every process gets here; one writes
+        _write_json(Path(cfg.paths.output_dir) / "train_metrics.json", result)
     return result
 
 
