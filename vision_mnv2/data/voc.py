@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .classification import DatasetError, read_rgb
+from .checks import BadSamples, DatasetError, image_problem, parallel_map
+from .classification import read_rgb
 
 __all__ = [
     "IGNORE_INDEX",
@@ -106,6 +107,11 @@ class VOCSegmentation:
             names for 21 classes, else ``class_<i>``.
         image_dir / mask_dir / list_dir: folders relative to ``root``.
         image_suffix / mask_suffix: file name endings after the id.
+        skip_bad: leave out samples whose files are missing or bad (counted in :attr:`bad`, logged)
+            instead of raising.
+        check_images: ``"quick"``, ``"full"`` or ``"none"`` for the images (see
+            :mod:`vision_mnv2.data.checks`); unless ``"none"``, every mask is read and checked
+            (size, values) at construction too — masks are small PNGs.
     """
 
     def __init__(
@@ -120,6 +126,8 @@ class VOCSegmentation:
         list_dir: str = "ImageSets/Segmentation",
         image_suffix: str = ".jpg",
         mask_suffix: str = ".png",
+        skip_bad: bool = False,
+        check_images: str = "quick",
     ) -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
@@ -132,14 +140,51 @@ class VOCSegmentation:
             raise DatasetError(f"{list_file} lists no images")
         self.images = [self.root / image_dir / f"{i}{image_suffix}" for i in self.ids]
         self.masks = [self.root / mask_dir / f"{i}{mask_suffix}" for i in self.ids]
-        # Found now, at set-up, rather than hours into training.
-        missing = [str(p) for pair in zip(self.images, self.masks) for p in pair if not p.is_file()]
-        if missing:
-            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-            raise DatasetError(f"{list_file} names files that do not exist: {', '.join(missing[:3])}{more}")
         self.num_classes = num_classes
         self.class_names = _read_class_names(self.root, num_classes, class_names)
         self.transform = transform
+        # Found now, at set-up, rather than hours into training.
+        self.bad = BadSamples(str(list_file), skip_bad)
+        problems = parallel_map(lambda index: self._sample_problem(index, check_images), range(len(self.ids)))
+        keep = [index for index, problem in enumerate(problems) if problem is None]
+        self.bad.extend(problem for problem in problems if problem is not None)
+        self.bad.resolve()
+        if not keep:
+            raise DatasetError(f"{list_file}: no usable sample is left")
+        self.ids = [self.ids[i] for i in keep]
+        self.images = [self.images[i] for i in keep]
+        self.masks = [self.masks[i] for i in keep]
+
+    def _sample_problem(self, index: int, check: str) -> tuple[str, str] | None:
+        image, mask = self.images[index], self.masks[index]
+        for path in (image, mask):
+            if not path.is_file():
+                return str(path), "file does not exist"
+        if check == "none":
+            return None
+        problem, size = image_problem(image, check)
+        if problem:
+            return str(image), problem
+        try:
+            problem = self._mask_problem(read_mask(mask), (size[1], size[0]), image.name)
+        except DatasetError as error:
+            problem = str(error).removeprefix(f"{mask}: ")
+        return (str(mask), problem) if problem else None
+
+    def _mask_problem(self, mask: np.ndarray, image_shape: tuple[int, int], image_name: str) -> str | None:
+        if mask.shape != image_shape:
+            return (
+                f"mask is {mask.shape[1]}x{mask.shape[0]} but its image {image_name} is "
+                f"{image_shape[1]}x{image_shape[0]}"
+            )
+        bad = (mask >= self.num_classes) & (mask != IGNORE_INDEX)
+        if bad.any():
+            values = sorted(int(v) for v in np.unique(mask[bad]))
+            return (
+                f"mask values {values[:10]} are neither a class index (0..{self.num_classes - 1}) "
+                f"nor the ignore label {IGNORE_INDEX}"
+            )
+        return None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -148,18 +193,9 @@ class VOCSegmentation:
         """The image (H x W x 3 uint8) and its checked mask (H x W uint8) before any transform."""
         image = read_rgb(self.images[index])
         mask = read_mask(self.masks[index])
-        if mask.shape != image.shape[:2]:
-            raise DatasetError(
-                f"{self.masks[index]}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-                f"{self.images[index].name} is {image.shape[1]}x{image.shape[0]}"
-            )
-        bad = (mask >= self.num_classes) & (mask != IGNORE_INDEX)
-        if bad.any():
-            values = sorted(int(v) for v in np.unique(mask[bad]))
-            raise DatasetError(
-                f"{self.masks[index]}: mask values {values[:10]} are neither a class index "
-                f"(0..{self.num_classes - 1}) nor the ignore label {IGNORE_INDEX}"
-            )
+        problem = self._mask_problem(mask, image.shape[:2], self.images[index].name)
+        if problem:
+            raise DatasetError(f"{self.masks[index]}: {problem}")
         return image, mask
 
     def __getitem__(self, index: int):
