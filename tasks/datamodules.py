@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from vision_mnv2.data import (
@@ -45,6 +46,10 @@ def _seed_worker(worker_id: int) -> None:
     # Each worker gets torch's per-worker seed (base seed drawn from the seeded main process + id).
     info = torch.utils.data.get_worker_info()
     seed_transform(info.dataset, info.seed)
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
 
 
 class SkipUnreadable(Dataset):
@@ -132,10 +137,14 @@ class _DataModuleBase(L.LightningDataModule):
             dataset = SkipUnreadable(dataset)
         if shuffle and self.num_workers == 0:
             seed_transform(dataset, int(torch.randint(2**31, (1,))))  # from the run's seeded generator
+        # Under DDP Lightning would give evaluation a DistributedSampler, which pads the split with
+        # repeated images so that every process gets as many; each image must count once.
+        sampler = None if shuffle or not _distributed() else UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=shuffle,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

@@ -60,7 +60,9 @@ class DetectionTask(TaskModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        self.evaluator.write_results(Path(self.trainer.default_root_dir) / self.hparams.results_file)
+        self.evaluator.synchronize()  # DDP: every process scores all detections, so all log the same
+        if self.trainer.is_global_zero:
+            self.evaluator.write_results(Path(self.trainer.default_root_dir) / self.hparams.results_file)
         stats = self.evaluator.compute()
         self.log("val/mAP", stats.pop("mAP"), prog_bar=True)
         self.log_dict({f"val/{k}": v for k, v in stats.items()})

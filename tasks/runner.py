@@ -87,6 +87,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     # Our checkpoints hold only tensors and plain values, so they load without running pickled code.
     trainer.validate(module, datamodule=datamodule, ckpt_path=str(ckpt), weights_only=True)
     metrics = _metrics(trainer)
+    if not trainer.is_global_zero:  # under DDP every process holds the same synchronised numbers
+        return metrics
     out = Path(cfg.get("metrics_file") or Path(cfg.paths.output_dir) / "metrics.json")
     _write_json(out, {"checkpoint": str(ckpt), "metrics": metrics})
     width = max(map(len, metrics), default=0)

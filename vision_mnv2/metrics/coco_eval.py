@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -77,6 +78,16 @@ class CocoEvaluator:
                         "score": round(float(score), 5),
                     }
                 )
+
+    def synchronize(self) -> None:
+        """Under ``torch.distributed``, gather every process's detections into each process, so that
+        all of them score the whole split (each image predicted once, on one process)."""
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, (self.results, sorted(self.image_ids)))
+        self.results = [result for results, _ in gathered for result in results]
+        self.image_ids = {image_id for _, image_ids in gathered for image_id in image_ids}
 
     def write_results(self, path: str | os.PathLike) -> Path:
         path = Path(path)
