@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vision_mnv2.data import (
     CocoDetection,
@@ -42,10 +43,46 @@ def seed_transform(dataset, seed: int) -> None:
         transform.set_random_seed(int(seed) % 2**31)
 
 
-def _seed_worker(worker_id: int) -> None:
-    # Each worker gets torch's per-worker seed (base seed drawn from the seeded main process + id).
-    info = torch.utils.data.get_worker_info()
-    seed_transform(info.dataset, info.seed)
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of sample ``index`` in ``epoch``: a function of those alone."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0]) & 0x7FFFFFFF
+
+
+class EpochSeededSampler(DistributedSampler):
+    """Training order and augmentation as functions of (seed, epoch, sample) only.
+
+    Yields ``(index, augmentation seed)``. Nothing depends on a generator's state carried from
+    epoch to epoch, in the main process or in (persistent) workers, so a run resumed at an epoch
+    boundary draws exactly what an uninterrupted run would, with any number of workers. A
+    ``DistributedSampler`` (one replica unless torch.distributed is running), so Lightning keeps it
+    under DDP and calls ``set_epoch``.
+    """
+
+    def __init__(self, dataset, seed: int) -> None:
+        if _distributed():
+            super().__init__(dataset, shuffle=True, seed=seed)
+        else:
+            super().__init__(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
+
+    def __iter__(self):
+        for index in super().__iter__():
+            yield index, sample_seed(self.seed, self.epoch, index)
+
+
+class SeededAugmentation(Dataset):
+    """Takes the ``(index, seed)`` keys of :class:`EpochSeededSampler`: seeds the dataset's
+    augmentation with ``seed``, then returns ``dataset[index]``."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        seed_transform(self.dataset, seed)
+        return self.dataset[index]
 
 
 def _distributed() -> bool:
@@ -103,6 +140,8 @@ class _DataModuleBase(L.LightningDataModule):
         if check_images not in CHECK_MODES:
             raise ValueError(f"data.check_images must be one of {CHECK_MODES}, got {check_images!r}")
         self.skip_bad = bool(skip_bad)
+        # Base of the training order and augmentation seeds, from the run's seeded generator.
+        self.seed = int(torch.randint(2**31, (1,)))
         self.check_images = check_images
         self.root = Path(root).expanduser()
         self.num_classes = num_classes
@@ -133,28 +172,35 @@ class _DataModuleBase(L.LightningDataModule):
             self.prepare_data()  # direct use, outside a Trainer
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        if shuffle and self.skip_bad:
-            dataset = SkipUnreadable(dataset)
-        if shuffle and self.num_workers == 0:
-            seed_transform(dataset, int(torch.randint(2**31, (1,))))  # from the run's seeded generator
-        # Under DDP Lightning would give evaluation a DistributedSampler, which pads the split with
-        # repeated images so that every process gets as many; each image must count once.
-        sampler = None if shuffle or not _distributed() else UnrepeatedDistributedSampler(dataset, shuffle=False)
+        if shuffle:
+            if self.skip_bad:
+                dataset = SkipUnreadable(dataset)
+            dataset = SeededAugmentation(dataset)
+            sampler = EpochSeededSampler(dataset, self.seed)
+        else:
+            # Under DDP Lightning would give evaluation a DistributedSampler, which pads the split with
+            # repeated images so that every process gets as many; each image must count once.
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False) if _distributed() else None
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
             sampler=sampler,
             drop_last=shuffle,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             collate_fn=type(self).collate_fn,
-            worker_init_fn=_seed_worker if shuffle and self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        loader = self._loader(self.train_set, self.batch_size, shuffle=True)
+        # Lightning starts the loader's iterator before it calls set_epoch; with persistent workers
+        # that iterator has already drawn its first indices, so a resumed run would replay epoch 0's
+        # order in its first epoch. Set the epoch it resumes at (restored by now) beforehand.
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            loader.sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.eval_batch_size, shuffle=False)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
+import random
 from collections.abc import Callable
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 
@@ -157,6 +160,18 @@ class TaskModule(L.LightningModule):
         # NHWC convolutions: about 1.5x faster training on CPU (oneDNN) and the layout tensor cores want.
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # With a run seed, the random draws of each training step (dropout, ...) depend on (seed,
+        # epoch, batch) only, not on a generator state carried over from earlier steps: a run resumed
+        # from a checkpoint then draws exactly what the uninterrupted run did. (Data order and
+        # augmentation are seeded by epoch and sample in the datamodule.)
+        seed = os.environ.get("PL_GLOBAL_SEED")  # set by seed_everything
+        if seed is not None:
+            step_seed = int(np.random.SeedSequence([int(seed), self.current_epoch, batch_idx]).generate_state(1)[0])
+            random.seed(step_seed)
+            np.random.seed(step_seed)
+            torch.manual_seed(step_seed)  # CUDA generators too
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Class names (and COCO category ids) travel with the weights, for prediction and export.

@@ -23,12 +23,15 @@ def _train_command(root, run_dir, *extra):
 
 
 def test_killed_run_resumes_from_its_latest_epoch(tiny_cls_root, tmp_path):
+    """With EMA of the weights and two (persistent) loader workers, whose random state a resumed
+    run cannot restore: order, augmentation and dropout are seeded per epoch, sample and step."""
     env = {**os.environ, "VISION_MNV2_CACHE": str(tmp_path / "cache")}
-    uninterrupted = subprocess.run(_train_command(tiny_cls_root, tmp_path / "u"), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    extra = ("callbacks=ema", "data.num_workers=2")
+    uninterrupted = subprocess.run(_train_command(tiny_cls_root, tmp_path / "u", *extra), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
 
     last = tmp_path / "k" / "checkpoints" / "last.ckpt"
-    process = subprocess.Popen(_train_command(tiny_cls_root, tmp_path / "k"), cwd=REPO_ROOT, env=env,
+    process = subprocess.Popen(_train_command(tiny_cls_root, tmp_path / "k", *extra), cwd=REPO_ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 300
     while not last.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -40,7 +43,7 @@ def test_killed_run_resumes_from_its_latest_epoch(tiny_cls_root, tmp_path):
     assert saved_epoch < 3, "killed before the end"
 
     resumed = subprocess.run(
-        _train_command(tiny_cls_root, tmp_path / "k2", f"ckpt_path={last}"), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+        _train_command(tiny_cls_root, tmp_path / "k2", *extra, f"ckpt_path={last}"), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     expected = torch.load(tmp_path / "u" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -49,6 +52,21 @@ def test_killed_run_resumes_from_its_latest_epoch(tiny_cls_root, tmp_path):
     # save_last alone would leave it at the best epoch, and a resume would redo the epochs since).
     assert expected["epoch"] == got["epoch"] == 3 and expected["global_step"] == got["global_step"] == 16
     assert got["state_dict"].keys() == expected["state_dict"].keys()
+    # Deterministic mode on CPU: the resumed run ends with the uninterrupted run's weights, bit for bit.
+    differing = [name for name, tensor in expected["state_dict"].items() if not torch.equal(tensor, got["state_dict"][name])]
+    assert not differing, f"{len(differing)} tensors differ, e.g. {differing[:3]}"
+    for key in ("current_model_state", "optimizer_states", "lr_schedulers"):  # the EMA's raw weights, AdamW, cosine
+        assert key in got and _equal(got[key], expected[key]), key
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def test_ddp_on_two_cpu_processes(tiny_cls_root, tmp_path):
