@@ -54,7 +54,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then report the validation metrics of the best checkpoint. Returns metrics and paths."""
     datamodule, module, trainer = build(cfg)
     log.info("Training %s; outputs in %s", cfg.get("task_name"), cfg.paths.output_dir)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # Resuming reads the checkpoint as data only: ours hold tensors and plain values, so a hostile
+    # file cannot run code when it is loaded.
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics = _metrics(trainer)
     # The monitored callback keeps the best; the unmonitored one (or save_last) keeps the latest.
     checkpoint = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)

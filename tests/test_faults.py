@@ -1,11 +1,12 @@
-"""Faults during training: a non-finite loss stops the run with where it happened, or is skipped."""
+"""Faults during training: a non-finite loss stops the run with where it happened, or is skipped;
+checkpoints and weight files are read as data, so a hostile file cannot run code."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tasks.runner import build
+from tasks.runner import build, evaluate, train
 
 from .conftest import compose_config, tiny_classification_overrides
 
@@ -45,3 +46,27 @@ def test_detection_batches_name_their_image_ids(tmp_path):
     assert module.checked_loss(torch.tensor(1.5), batch, 3) == 1.5
     with pytest.raises(ValueError, match="nonfinite_loss"):
         DetectionTask(torch.nn.Linear(1, 1), optimizer=torch.optim.SGD, nonfinite_loss="ignore")
+
+
+class _RunsCode:
+    """A pickle that runs code when loaded without weights_only: it would create ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_hostile_checkpoints_cannot_run_code(tiny_cls_root, tmp_path):
+    marker = tmp_path / "pwned"
+    hostile = tmp_path / "hostile.ckpt"
+    torch.save({"state_dict": {}, "payload": _RunsCode(marker)}, hostile)
+    overrides = tiny_classification_overrides(tiny_cls_root)
+    with pytest.raises(Exception, match="Weights only load failed|weights_only"):  # resuming
+        train(compose_config("train", overrides + [f"ckpt_path={hostile}"], tmp_path / "resume"))
+    with pytest.raises(Exception, match=r"cannot read weights file .*hostile\.ckpt.*Weights only load failed"):  # transfer learning
+        train(compose_config("train", overrides + [f"init_from={hostile}"], tmp_path / "init"))
+    with pytest.raises(Exception, match="Weights only load failed|weights_only"):  # evaluation
+        evaluate(compose_config("eval", tiny_classification_overrides(tiny_cls_root, quiet_callbacks=False) + [f"ckpt_path={hostile}"], tmp_path / "eval"))
+    assert not marker.exists()
