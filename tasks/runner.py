@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build", "train", "evaluate"]
+__all__ = ["build", "train", "evaluate", "resume_checkpoint"]
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -50,13 +50,31 @@ def _write_json(path: Path, payload: dict) -> None:
     tmp.replace(path)
 
 
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """``cfg.ckpt_path``, where ``last`` means the newest ``last.ckpt`` of an earlier run of the same
+    task (a sibling of this run's folder). Lightning's own ``"last"`` looks only in this run's new,
+    empty folder and would silently start from scratch."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path != "last":
+        return ckpt_path
+    output_dir = Path(cfg.paths.output_dir).resolve()
+    runs = output_dir.parent
+    candidates = [p for p in runs.glob("*/checkpoints/last.ckpt") if p.parents[1].resolve() != output_dir]
+    if not candidates:
+        raise FileNotFoundError(f"ckpt_path=last: no earlier run under {runs}/ has checkpoints/last.ckpt")
+    newest = max(candidates, key=lambda p: p.stat().st_mtime)
+    log.info("ckpt_path=last: resuming from %s", newest)
+    return str(newest)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then report the validation metrics of the best checkpoint. Returns metrics and paths."""
+    ckpt_path = resume_checkpoint(cfg)
     datamodule, module, trainer = build(cfg)
     log.info("Training %s; outputs in %s", cfg.get("task_name"), cfg.paths.output_dir)
     # Resuming reads the checkpoint as data only: ours hold tensors and plain values, so a hostile
     # file cannot run code when it is loaded.
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = _metrics(trainer)
     # The monitored callback keeps the best; the unmonitored one (or save_last) keeps the latest.
     checkpoint = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)

@@ -9,9 +9,12 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
-from .conftest import REPO_ROOT, tiny_classification_overrides
+from tasks.runner import train
+
+from .conftest import REPO_ROOT, compose_config, tiny_classification_overrides
 
 
 def _train_command(root, run_dir, *extra):
@@ -42,10 +45,12 @@ def test_killed_run_resumes_from_its_latest_epoch(tiny_cls_root, tmp_path):
     saved_epoch = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
     assert saved_epoch < 3, "killed before the end"
 
+    # ckpt_path=last: the newest last.ckpt among the task's earlier runs (here: the killed one).
     resumed = subprocess.run(
-        _train_command(tiny_cls_root, tmp_path / "k2", *extra, f"ckpt_path={last}"), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+        _train_command(tiny_cls_root, tmp_path / "k2", *extra, "ckpt_path=last"), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"ckpt_path=last: resuming from {last}" in (tmp_path / "k2" / "train.log").read_text()
     expected = torch.load(tmp_path / "u" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     got = torch.load(tmp_path / "k2" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     # last.ckpt is rewritten every epoch, also when the monitored metric did not improve (Lightning's
@@ -78,3 +83,9 @@ def test_ddp_on_two_cpu_processes(tiny_cls_root, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert (tmp_path / "ddp" / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "ddp" / "train_ddp_process_1.log").is_file(), "a second process ran"
+
+
+def test_ckpt_path_last_without_an_earlier_run_is_an_error(tiny_cls_root, tmp_path):
+    cfg = compose_config("train", tiny_classification_overrides(tiny_cls_root) + ["ckpt_path=last"], tmp_path / "runs" / "first")
+    with pytest.raises(FileNotFoundError, match=r"ckpt_path=last: no earlier run under .*runs/ has checkpoints/last\.ckpt"):
+        train(cfg)
