@@ -180,7 +180,15 @@ class _DataModuleBase(L.LightningDataModule):
         else:
             # Under DDP Lightning would give evaluation a DistributedSampler, which pads the split with
             # repeated images so that every process gets as many; each image must count once.
-            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False) if _distributed() else None
+            sampler = None
+            if _distributed():
+                processes = torch.distributed.get_world_size()
+                if len(dataset) < processes:  # every process sees this, so all stop together
+                    raise DatasetError(
+                        f"the evaluation split has {len(dataset)} image(s), fewer than the {processes} processes; "
+                        "evaluate on fewer devices"
+                    )
+                sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
             dataset,
             batch_size=batch_size,
