@@ -71,6 +71,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then report the validation metrics of the best checkpoint. Returns metrics and paths."""
     ckpt_path = resume_checkpoint(cfg)
     datamodule, module, trainer = build(cfg)
+    if ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
+        # A resumed run keeps its checkpoints where they were: in another folder Lightning would
+        # forget the best score so far, and the first epoch after the resume would become the "best".
+        folder = os.path.realpath(Path(ckpt_path).expanduser().parent)
+        for callback in trainer.checkpoint_callbacks:
+            callback.dirpath = folder
+        log.info("Resuming: checkpoints continue in %s", folder)
     log.info("Training %s; outputs in %s", cfg.get("task_name"), cfg.paths.output_dir)
     # Resuming reads the checkpoint as data only: ours hold tensors and plain values, so a hostile
     # file cannot run code when it is loaded.

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,7 +54,14 @@ def test_killed_run_resumes_from_its_latest_epoch(tiny_cls_root, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"ckpt_path=last: resuming from {last}" in (tmp_path / "k2" / "train.log").read_text()
     expected = torch.load(tmp_path / "u" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    got = torch.load(tmp_path / "k2" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    # The resumed run keeps writing into the killed run's checkpoints folder, so that the best score
+    # so far is remembered (Lightning forgets it when the folder changes).
+    assert not (tmp_path / "k2" / "checkpoints").exists()
+    got = torch.load(last, map_location="cpu", weights_only=True)
+    best = json.loads((tmp_path / "k2" / "train_metrics.json").read_text())
+    best_u = json.loads((tmp_path / "u" / "train_metrics.json").read_text())
+    assert best["best_score"] == best_u["best_score"]
+    assert Path(best["best_checkpoint"]).name == Path(best_u["best_checkpoint"]).name
     # last.ckpt is rewritten every epoch, also when the monitored metric did not improve (Lightning's
     # save_last alone would leave it at the best epoch, and a resume would redo the epochs since).
     assert expected["epoch"] == got["epoch"] == 3 and expected["global_step"] == got["global_step"] == 16
