@@ -69,12 +69,18 @@ class EpochSeededSampler(DistributedSampler):
             yield index, sample_seed(self.seed, self.epoch, index)
 
 
-class SeededAugmentation(Dataset):
+class TrainingSamples(Dataset):
     """Takes the ``(index, seed)`` keys of :class:`EpochSeededSampler`: seeds the dataset's
-    augmentation with ``seed``, then returns ``dataset[index]``."""
+    augmentation with ``seed``, then returns ``dataset[index]``.
 
-    def __init__(self, dataset) -> None:
+    With ``skip_bad`` a sample that fails to load (a file that broke after the set-up checks, or
+    decodes wrong past its header) is replaced by the next one and logged, instead of ending a long
+    run. Validation never substitutes (it would count an image twice).
+    """
+
+    def __init__(self, dataset, skip_bad: bool = False, max_tries: int = 16) -> None:
         self.dataset = dataset
+        self.tries = max_tries if skip_bad else 1
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -82,44 +88,33 @@ class SeededAugmentation(Dataset):
     def __getitem__(self, key: tuple[int, int]):
         index, seed = key
         seed_transform(self.dataset, seed)
-        return self.dataset[index]
+        for attempt in range(self.tries):
+            try:
+                return self.dataset[(index + attempt) % len(self.dataset)]
+            except DatasetError as error:
+                if self.tries == 1:
+                    raise
+                log.warning("skipping a training sample that failed to load: %s", error)
+        raise DatasetError(f"{self.tries} training samples in a row failed to load, the last as logged above")
 
 
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
 
 
-class SkipUnreadable(Dataset):
-    """A training set that replaces a sample which fails to load (a file that broke after the
-    set-up checks, or decodes wrong past its header) by the next one, logging it, instead of ending
-    a long run. Only with ``data.skip_bad``; validation never substitutes (it would count twice)."""
-
-    def __init__(self, dataset, max_tries: int = 16) -> None:
-        self.dataset = dataset
-        self.max_tries = max_tries
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getattr__(self, name: str):  # transform, album_transform, ... for seeding
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
-
-    def __getitem__(self, index: int):
-        for attempt in range(self.max_tries):
-            try:
-                return self.dataset[(index + attempt) % len(self.dataset)]
-            except DatasetError as error:
-                log.warning("skipping a training sample that failed to load: %s", error)
-        raise DatasetError(f"{self.max_tries} training samples in a row failed to load, the last as logged above")
-
-
 class _DataModuleBase(L.LightningDataModule):
     """What every datamodule here shares: a root (optionally generated), loaders, batch settings,
-    and the set-up checks of every sample: ``skip_bad`` (leave bad samples out, counted and logged,
-    instead of stopping with an error that lists them) and ``check_images`` (``quick``, ``full`` or
-    ``none``; see :mod:`vision_mnv2.data.checks`)."""
+    and the set-up checks of every sample. Subclasses pass these keyword options through.
+
+    Args:
+        eval_batch_size: validation batch size (default: ``batch_size``).
+        num_workers / pin_memory: loader settings (pinning only where CUDA is available).
+        generate: optional ``generate(root)`` that writes a dataset there when it is missing (the
+            synthetic defaults); ``None`` for real data, which must already exist.
+        skip_bad: leave bad samples out, counted and logged, instead of stopping with an error that
+            lists them.
+        check_images: ``quick``, ``full`` or ``none`` (see :mod:`vision_mnv2.data.checks`).
+    """
 
     collate_fn: Callable | None = None
 
@@ -129,10 +124,11 @@ class _DataModuleBase(L.LightningDataModule):
         num_classes: int,
         image_size: int,
         batch_size: int,
-        eval_batch_size: int | None,
-        num_workers: int,
-        pin_memory: bool,
-        generate: Callable[[str], Any] | None,
+        *,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        generate: Callable[[str], Any] | None = None,
         skip_bad: bool = False,
         check_images: str = "quick",
     ) -> None:
@@ -173,9 +169,7 @@ class _DataModuleBase(L.LightningDataModule):
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         if shuffle:
-            if self.skip_bad:
-                dataset = SkipUnreadable(dataset)
-            dataset = SeededAugmentation(dataset)
+            dataset = TrainingSamples(dataset, self.skip_bad)
             sampler = EpochSeededSampler(dataset, self.seed)
         else:
             # Under DDP Lightning would give evaluation a DistributedSampler, which pads the split with
@@ -222,12 +216,11 @@ class ClassificationDataModule(_DataModuleBase):
 
     Args:
         root: dataset root holding ``train_split`` and ``val_split`` folders.
-        generate: optional callable ``generate(root)`` that writes a dataset there when it is missing
-            (the synthetic default); ``None`` for real data, which must already exist.
         image_size: network input resolution; the eval resize scales with it.
         train_crop_scale: area range of the random resized crop.
         crop_fraction: eval centre-crop fraction (0.875 = 224 of 256).
         num_classes: expected number of classes; checked against the class folders.
+        options: loader and checking options shared by every datamodule (:class:`_DataModuleBase`).
     """
 
     def __init__(
@@ -236,22 +229,14 @@ class ClassificationDataModule(_DataModuleBase):
         num_classes: int,
         image_size: int = 224,
         batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 4,
-        pin_memory: bool = True,
         train_split: str = "train",
         val_split: str = "val",
         train_crop_scale: tuple[float, float] = (0.08, 1.0),
         hflip: float = 0.5,
         crop_fraction: float = 0.875,
-        generate: Callable[[str], Any] | None = None,
-        skip_bad: bool = False,
-        check_images: str = "quick",
+        **options,
     ) -> None:
-        super().__init__(
-            root, num_classes, image_size, batch_size, eval_batch_size, num_workers, pin_memory, generate,
-            skip_bad, check_images,
-        )
+        super().__init__(root, num_classes, image_size, batch_size, **options)
         self.train_split = train_split
         self.val_split = val_split
         self.train_crop_scale = tuple(train_crop_scale)
@@ -313,7 +298,7 @@ class DetectionDataModule(_DataModuleBase):
         num_classes: expected number of categories, checked against the annotation file.
         image_size: the detector's square input, for the training augmentation.
         augment: keyword arguments of ``SSDTrainTransform`` (zoom-out, crop, flip, ...).
-        generate: optional ``generate(root)`` that writes the synthetic dataset when missing.
+        options: loader and checking options shared by every datamodule (:class:`_DataModuleBase`).
     """
 
     collate_fn = staticmethod(detection_collate)
@@ -324,22 +309,14 @@ class DetectionDataModule(_DataModuleBase):
         num_classes: int,
         image_size: int = 320,
         batch_size: int = 24,
-        eval_batch_size: int | None = None,
-        num_workers: int = 4,
-        pin_memory: bool = True,
         train_images: str = "train2017",
         val_images: str = "val2017",
         train_annotations: str = "annotations/instances_train2017.json",
         val_annotations: str = "annotations/instances_val2017.json",
         augment: dict | None = None,
-        generate: Callable[[str], Any] | None = None,
-        skip_bad: bool = False,
-        check_images: str = "quick",
+        **options,
     ) -> None:
-        super().__init__(
-            root, num_classes, image_size, batch_size, eval_batch_size, num_workers, pin_memory, generate,
-            skip_bad, check_images,
-        )
+        super().__init__(root, num_classes, image_size, batch_size, **options)
         self.paths = {
             "train": (self.root / train_images, self.root / train_annotations),
             "val": (self.root / val_images, self.root / val_annotations),
@@ -380,7 +357,7 @@ class SegmentationDataModule(_DataModuleBase):
         eval_pad_size: validation images are padded (ignored pixels) to this size so that batches
             stack; ``None`` when they all have one size already.
         class_names: names in label order; default ``class_names.txt`` in ``root``, else VOC's.
-        generate: optional ``generate(root)`` that writes the synthetic dataset when missing.
+        options: loader and checking options shared by every datamodule (:class:`_DataModuleBase`).
     """
 
     collate_fn = staticmethod(segmentation_collate)
@@ -391,9 +368,6 @@ class SegmentationDataModule(_DataModuleBase):
         num_classes: int,
         image_size: int = 513,
         batch_size: int = 16,
-        eval_batch_size: int | None = None,
-        num_workers: int = 4,
-        pin_memory: bool = True,
         train_split: str = "train",
         val_split: str = "val",
         image_dir: str = "JPEGImages",
@@ -403,14 +377,9 @@ class SegmentationDataModule(_DataModuleBase):
         hflip: float = 0.5,
         eval_pad_size: int | None = 513,
         class_names: list[str] | None = None,
-        generate: Callable[[str], Any] | None = None,
-        skip_bad: bool = False,
-        check_images: str = "quick",
+        **options,
     ) -> None:
-        super().__init__(
-            root, num_classes, image_size, batch_size, eval_batch_size, num_workers, pin_memory, generate,
-            skip_bad, check_images,
-        )
+        super().__init__(root, num_classes, image_size, batch_size, **options)
         self.splits = {"train": (train_split, mask_dir), "val": (val_split, val_mask_dir or mask_dir)}
         self.image_dir = image_dir
         self.scale = tuple(scale)

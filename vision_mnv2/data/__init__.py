@@ -1,7 +1,7 @@
 """Datasets (ImageNet folders, COCO, Pascal VOC), transforms and the synthetic data generator."""
 
 from .classification import DatasetError, ImageFolderClassification, read_rgb
-from .coco import AnnotationStats, CocoDetection, load_coco_annotations
+from .coco import AnnotationStats, CocoDetection, read_coco_json
 from .synthetic import (
     SHAPES,
     coco_category_id,
@@ -18,7 +18,7 @@ __all__ = [
     "AnnotationStats",
     "CocoDetection",
     "coco_category_id",
-    "load_coco_annotations",
+    "read_coco_json",
     "write_detection_dataset",
     "DatasetError",
     "ImageFolderClassification",

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from .checks import BadSamples, DatasetError, check_image_files
 from .classification import read_rgb
 
-__all__ = ["CocoDetection", "AnnotationStats", "load_coco_annotations", "read_coco_json", "screen_coco_entries"]
+__all__ = ["CocoDetection", "AnnotationStats", "read_coco_json", "screen_coco_entries"]
 
 log = logging.getLogger(__name__)
 
@@ -152,16 +152,6 @@ def index_coco(data: dict) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
         coco.createIndex()
     return coco
-
-
-def load_coco_annotations(annotation_file: str | os.PathLike, skip_bad: bool = False) -> COCO:
-    """Read and check a COCO annotation JSON (see :func:`screen_coco_entries`); a bad entry is a
-    :class:`DatasetError` naming the file, or, with ``skip_bad``, dropped and logged."""
-    data = read_coco_json(annotation_file)
-    bad = BadSamples(str(Path(annotation_file).expanduser()), skip_bad)
-    data = screen_coco_entries(data, bad)
-    bad.resolve()
-    return index_coco(data)
 
 
 class CocoDetection(Dataset):
