@@ -1,0 +1,105 @@
+"""Cost of the data safeguards, measured in one run against what they sit beside:
+
+    python tools/benchmark_data.py [--images 'DIR/*.jpg'] [--repeats 3] [--no-write]
+
+- set-up image checks (``data.check_images``: none / quick / full) against decoding every image;
+- per-sample augmentation seeding (what makes resumed runs exact) against loading one SSD
+  training sample (decode + augmentation).
+
+Default images: the synthetic COCO training split (written to the cache when missing). Files are
+read once before timing, so these are warm-page-cache numbers. Writes docs/BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from tasks.benchmark import _write_section  # noqa: E402
+from tasks.datamodules import sample_seed, seed_transform  # noqa: E402
+from vision_mnv2.data import CocoDetection, DatasetError, read_rgb, write_detection_dataset  # noqa: E402
+from vision_mnv2.data.checks import check_image_files, parallel_map  # noqa: E402
+from vision_mnv2.data.detection_transforms import SSDTrainTransform  # noqa: E402
+
+
+def _best_seconds(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _decode(path: str):
+    try:
+        return read_rgb(path)
+    except DatasetError:  # a bad file costs its decoding attempt too
+        return None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", default=None, help="glob of image files; default the synthetic COCO train split")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", default="docs/BENCHMARKS.md")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+
+    cache = Path(os.environ.get("VISION_MNV2_CACHE", Path.home() / ".cache" / "vision_mnv2"))
+    coco_root = write_detection_dataset(cache / "synthetic_coco_v1", num_classes=6, train_images=800, val_images=200,
+                                        image_size=(240, 320), max_objects=5, seed=0)  # fmt: skip
+    paths = sorted(glob.glob(args.images)) if args.images else sorted(glob.glob(str(coco_root / "train2017" / "*.jpg")))
+    if not paths:
+        parser.error(f"no image matches {args.images!r}")
+    for path in paths:  # warm the page cache: compare the work, not the disk
+        Path(path).read_bytes()
+
+    decode = _best_seconds(lambda: parallel_map(_decode, paths), args.repeats)
+    lines = [
+        f"### Data safeguards: set-up image checks and per-sample seeding ({len(paths)} images)",
+        "",
+        f"Command: `python tools/benchmark_data.py {' '.join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))}`  ",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}; {time.strftime('%Y-%m-%d')}. "
+        f"Images: {args.images or 'synthetic COCO train split (320x240 JPEG)'}; page cache warm; best of {args.repeats}. "
+        "Reference: decoding every image to RGB on the same threads, as the loaders would.",
+        "",
+        "| work | seconds | images/s | time vs decoding every image |",
+        "|---|---|---|---|",
+        f"| decode every image (reference) | {decode:.2f} | {len(paths) / decode:,.0f} | 1.00 |",
+    ]
+    for mode in ("none", "quick", "full"):
+        seconds = _best_seconds(lambda: check_image_files(paths, mode), args.repeats)
+        lines.append(f"| `data.check_images={mode}` | {seconds:.2f} | {len(paths) / seconds:,.0f} | {seconds / decode:.2f} |")
+
+    # Per-sample seeding against loading one SSD training sample, single thread, same samples.
+    dataset = CocoDetection(coco_root / "train2017", coco_root / "annotations" / "instances_train2017.json",
+                            SSDTrainTransform(192, zoom_out_prob=0.3, max_zoom_out=2.0, crop_prob=0.5, hflip=0.5))  # fmt: skip
+    count = min(200, len(dataset))
+    load = _best_seconds(lambda: [dataset[i] for i in range(count)], args.repeats) / count
+    seed = _best_seconds(lambda: [seed_transform(dataset, sample_seed(42, 1, i)) for i in range(count)], args.repeats) / count
+    lines += [
+        "",
+        "| per training sample (SSDLite augmentation, 1 thread) | microseconds | ratio |",
+        "|---|---|---|",
+        f"| load + augment (reference) | {load * 1e6:,.0f} | 1.00 |",
+        f"| seed the augmentation from (seed, epoch, index) | {seed * 1e6:,.0f} | {seed / load:.3f} |",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        _write_section(Path(args.output), "data_safeguards" + ("" if not args.images else "_custom"), text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
