@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TASK ?= ssdlite
 ARGS ?=
 
-.PHONY: install train test clean
+.PHONY: install train test lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
+
+# ruff: lint rules and formatting as configured in pyproject.toml (CI runs this before the tests).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 clean:
 	rm -rf $(VENV) outputs .cache

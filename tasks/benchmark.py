@@ -106,7 +106,12 @@ def run_benchmark(cfg: DictConfig) -> str:
     ref_name, ref_model, ref_size = reference_model(kind)
     size = int(cfg.benchmark.image_size or ref_size)
     ours = _model_for(cfg, kind, size)
-    args = dict(batch=int(cfg.benchmark.batch), warmup=int(cfg.benchmark.warmup), iters=int(cfg.benchmark.iters), onnx=bool(cfg.benchmark.onnx))
+    args = dict(
+        batch=int(cfg.benchmark.batch),
+        warmup=int(cfg.benchmark.warmup),
+        iters=int(cfg.benchmark.iters),
+        onnx=bool(cfg.benchmark.onnx),
+    )
     rows = []
     # Alternate the two models so that drifting machine load hits both alike.
     for _ in range(int(cfg.benchmark.repeats)):
@@ -122,8 +127,8 @@ def run_benchmark(cfg: DictConfig) -> str:
         f"Each figure the best of {cfg.benchmark.repeats} alternating repeats (latency: median of {cfg.benchmark.iters} calls); "
         "no NMS in either detector. Ratios: latency and memory below 1, throughput above 1 mean ours is better.",
         "",
-        "| model | params | MACs | eager ms (batch 1) | eager img/s (batch %d) | ONNX Runtime ms (batch 1) | ONNX Runtime img/s (batch %d) | peak memory added, MB (batch 1) |"
-        % (cfg.benchmark.batch, cfg.benchmark.batch),
+        f"| model | params | MACs | eager ms (batch 1) | eager img/s (batch {cfg.benchmark.batch}) | ONNX Runtime ms (batch 1) "
+        f"| ONNX Runtime img/s (batch {cfg.benchmark.batch}) | peak memory added, MB (batch 1) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for m in (ours_m, ref_m):
@@ -155,7 +160,11 @@ def run_benchmark(cfg: DictConfig) -> str:
 
 def _write_section(path: Path, name: str, text: str) -> None:
     start, end = f"<!-- benchmark:{name} -->", f"<!-- /benchmark:{name} -->"
-    current = path.read_text() if path.is_file() else "# Benchmarks\n\nWritten by `tools/benchmark.py`; each section is replaced when its command runs again.\n"
+    current = (
+        path.read_text()
+        if path.is_file()
+        else "# Benchmarks\n\nWritten by `tools/benchmark.py`; each section is replaced when its command runs again.\n"
+    )
     block = f"{start}\n{text}{end}"
     if start in current and end in current:
         before, rest = current.split(start, 1)

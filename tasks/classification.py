@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from .optim import TaskModule
+from .module import TaskModule
 
 __all__ = ["ClassificationTask"]
 

@@ -18,10 +18,10 @@ from vision_mnv2.data import (
     CocoDetection,
     DatasetError,
     ImageFolderClassification,
+    VOCSegmentation,
     classification_eval_transform,
     classification_train_transform,
 )
-from vision_mnv2.data import VOCSegmentation
 from vision_mnv2.data.checks import CHECK_MODES
 from vision_mnv2.data.detection_transforms import SSDEvalTransform, SSDTrainTransform
 from vision_mnv2.data.segmentation_transforms import (
@@ -99,7 +99,11 @@ class TrainingSamples(Dataset):
 
 
 def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
 
 
 class _DataModuleBase(L.LightningDataModule):
@@ -282,7 +286,6 @@ class ClassificationDataModule(_DataModuleBase):
             raise DatasetError(f"training split folder {str(self.root / self.train_split)!r} does not exist")
 
 
-
 def detection_collate(batch):
     """Detection batches are lists: images differ in size and hold different numbers of boxes."""
     images, targets = zip(*batch)
@@ -390,8 +393,15 @@ class SegmentationDataModule(_DataModuleBase):
     def _dataset(self, split: str, transform) -> VOCSegmentation:
         name, mask_dir = self.splits[split]
         return VOCSegmentation(
-            self.root, name, self.num_classes, transform, self.class_names, image_dir=self.image_dir,
-            mask_dir=mask_dir, skip_bad=self.skip_bad, check_images=self.check_images,
+            self.root,
+            name,
+            self.num_classes,
+            transform,
+            self.class_names,
+            image_dir=self.image_dir,
+            mask_dir=mask_dir,
+            skip_bad=self.skip_bad,
+            check_images=self.check_images,
         )
 
     def setup(self, stage: str | None = None) -> None:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from vision_mnv2.metrics import CocoEvaluator
 
-from .optim import TaskModule
+from .module import TaskModule
 
 __all__ = ["DetectionTask"]
 

@@ -103,15 +103,21 @@ def predict(cfg: DictConfig) -> Path:
             probabilities = model(transform(image=image)["image"][None]).softmax(1)[0]
             names = _class_names(meta, probabilities.numel(), background=True)
             top = probabilities.topk(min(5, probabilities.numel()))
-            entry = [{"label": int(i), "class": names[int(i)], "score": float(p)} for p, i in zip(top.values, top.indices)]
+            entry = [
+                {"label": int(i), "class": names[int(i)], "score": float(p)} for p, i in zip(top.values, top.indices)
+            ]
             results.append({"file": str(path), "top5": entry})
             log.info("%s: %s", path.name, ", ".join(f"{e['class']} {e['score']:.3f}" for e in entry))
         elif kind == "detection":
             tensor = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
             (detection,) = model([tensor])
-            names = _class_names(meta, len(meta.get("class_names") or []) or int(cfg.data.num_classes), background=False)
+            names = _class_names(
+                meta, len(meta.get("class_names") or []) or int(cfg.data.num_classes), background=False
+            )
             category_ids = meta.get("category_ids") or list(range(1, len(names) + 1))
-            images_index.append({"id": index, "file_name": str(path), "height": image.shape[0], "width": image.shape[1]})
+            images_index.append(
+                {"id": index, "file_name": str(path), "height": image.shape[0], "width": image.shape[1]}
+            )
             for box, score, label in zip(detection["boxes"], detection["scores"], detection["labels"]):
                 x0, y0, x1, y1 = (float(v) for v in box)
                 results.append(
@@ -122,16 +128,22 @@ def predict(cfg: DictConfig) -> Path:
                         "score": round(float(score), 5),
                     }
                 )
-            drawn = draw_detections(image, detection["boxes"], detection["scores"], detection["labels"], names, cfg.draw_score_thresh)
+            drawn = draw_detections(
+                image, detection["boxes"], detection["scores"], detection["labels"], names, cfg.draw_score_thresh
+            )
             Image.fromarray(drawn).save(out_dir / f"{stem}.jpg", quality=92)
         else:
             tensor = segmentation_eval_transform()(image=image)["image"][None]
             scales = [float(s) for s in cfg.module.get("eval_scales", [1.0])]
-            mask = multi_scale_probabilities(model, tensor, scales, bool(cfg.module.get("eval_flip", False))).argmax(1)[0]
+            mask = multi_scale_probabilities(model, tensor, scales, bool(cfg.module.get("eval_flip", False))).argmax(1)[
+                0
+            ]
             mask = mask.numpy().astype(np.uint8)
             names = _class_names(meta, model.num_classes, background=True)
             write_mask(out_dir / f"{stem}_mask.png", mask)
-            Image.fromarray(draw_mask_overlay(image, mask, model.num_classes)).save(out_dir / f"{stem}_overlay.jpg", quality=92)
+            Image.fromarray(draw_mask_overlay(image, mask, model.num_classes)).save(
+                out_dir / f"{stem}_overlay.jpg", quality=92
+            )
             counts = np.bincount(mask.ravel(), minlength=model.num_classes) / mask.size
             results.append(
                 {

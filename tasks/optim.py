@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
-import random
 from collections.abc import Callable
 
 import lightning as L
-import numpy as np
 import torch
 from torch import nn
 
-from vision_mnv2.models import MobileNetV2Backbone, transfer_weights
+from vision_mnv2.models import MobileNetV2Backbone
 
-__all__ = ["TaskModule", "parameter_groups", "configure_optimizers"]
+__all__ = ["parameter_groups", "configure_optimizers"]
 
 log = logging.getLogger(__name__)
 
@@ -104,119 +101,7 @@ def configure_optimizers(
         milestones.append(warmup)
     if scheduler is not None:
         schedulers.append(_build_scheduler(scheduler, opt, total=_total_units(module, interval) - warmup))
-    sched = schedulers[0] if len(schedulers) == 1 else torch.optim.lr_scheduler.SequentialLR(opt, schedulers, milestones)
+    sched = (
+        schedulers[0] if len(schedulers) == 1 else torch.optim.lr_scheduler.SequentialLR(opt, schedulers, milestones)
+    )
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}
-
-
-class TaskModule(L.LightningModule):
-    """Base of the task modules: holds the network and builds optimiser and schedule from the
-    Hydra partials. Only plain numbers go into the checkpoint's hyper-parameters, so checkpoints
-    load with ``torch.load(weights_only=True)``.
-
-    Args:
-        model: the network, built by Hydra.
-        optimizer: ``partial`` taking the parameters (Hydra ``_partial_: true``).
-        scheduler: ``partial`` taking the optimizer, or ``None``.
-        scheduler_interval: ``"epoch"`` or ``"step"``: when the scheduler steps.
-        warmup_epochs: linear warm-up before ``scheduler`` (0 for none).
-        channels_last: run the network in NHWC memory layout (faster on CPU and tensor cores).
-        init_from: transfer learning: a torchvision ``mobilenet_v2`` file, its name
-            (``IMAGENET1K_V1``, from the local cache), or a checkpoint of any task here. The backbone
-            always carries over; head tensors when their shapes fit (same classes).
-        backbone_lr_mult: learning rate of the backbone relative to the heads.
-        nonfinite_loss: ``"raise"`` (stop, naming the step and images) or ``"skip"`` (drop the step, count it).
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
-        *,
-        scheduler_interval: str = "epoch",
-        warmup_epochs: float = 0.0,
-        channels_last: bool = False,
-        init_from: str | None = None,
-        backbone_lr_mult: float = 1.0,
-        nonfinite_loss: str = "raise",
-    ) -> None:
-        super().__init__()
-        if nonfinite_loss not in ("raise", "skip"):
-            raise ValueError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
-        self.nonfinite_loss = nonfinite_loss
-        self.skipped_steps = 0
-        self.model = model
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.scheduler_interval = scheduler_interval
-        self.warmup_epochs = warmup_epochs
-        self.channels_last = channels_last
-        self.backbone_lr_mult = backbone_lr_mult
-        if init_from:
-            # Transfer learning: the backbone (and heads of the same shape) from another model's file.
-            transfer_weights(self.model, init_from)  # logs what was and was not loaded
-
-    def setup(self, stage: str) -> None:
-        # NHWC convolutions: about 1.5x faster training on CPU (oneDNN) and the layout tensor cores want.
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        # With a run seed, the random draws of each training step (dropout, ...) depend on (seed,
-        # epoch, batch) only, not on a generator state carried over from earlier steps: a run resumed
-        # from a checkpoint then draws exactly what the uninterrupted run did. (Data order and
-        # augmentation are seeded by epoch and sample in the datamodule.)
-        seed = os.environ.get("PL_GLOBAL_SEED")  # set by seed_everything
-        if seed is not None:
-            step_seed = int(np.random.SeedSequence([int(seed), self.current_epoch, batch_idx]).generate_state(1)[0])
-            random.seed(step_seed)
-            np.random.seed(step_seed)
-            torch.manual_seed(step_seed)  # CUDA generators too
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Class names (and COCO category ids) travel with the weights, for prediction and export.
-        dataset = getattr(getattr(self.trainer, "datamodule", None), "val_set", None)
-        names = getattr(dataset, "class_names", None) or getattr(dataset, "classes", None)
-        meta = {}
-        if names:
-            meta["class_names"] = [str(name) for name in names]
-        if getattr(dataset, "label_to_category_id", None):
-            mapping = dataset.label_to_category_id
-            meta["category_ids"] = [int(mapping[label]) for label in sorted(mapping)]
-        checkpoint["vision_mnv2"] = meta
-
-    def checked_loss(self, loss: torch.Tensor, batch, batch_idx: int) -> torch.Tensor | None:
-        """The loss if it is finite. Otherwise, by ``nonfinite_loss``: ``"raise"`` stops the run with
-        the step and the batch's image ids (where the batch carries them), ``"skip"`` drops this step
-        (Lightning skips the backward and optimiser step for ``None``) and counts it."""
-        if bool(torch.isfinite(loss)):
-            return loss
-        where = f"epoch {self.current_epoch}, step {self.global_step}, batch {batch_idx}"
-        targets = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
-        if isinstance(targets, (list, tuple)) and targets and isinstance(targets[0], dict) and "image_id" in targets[0]:
-            where += f", image ids {[int(t['image_id']) for t in targets]}"
-        if self.nonfinite_loss == "raise":
-            raise FloatingPointError(
-                f"non-finite training loss ({float(loss)}) at {where}; lower the learning rate, check the data, "
-                "or set module.nonfinite_loss=skip to drop such steps"
-            )
-        self.skipped_steps += 1
-        log.warning("skipped a step with non-finite loss (%s) at %s; %d skipped so far", float(loss), where, self.skipped_steps)
-        self.log("train/skipped_steps", float(self.skipped_steps))
-        return None
-
-    def memory_format(self, images: torch.Tensor) -> torch.Tensor:
-        """A 4-d image batch in the model's memory layout."""
-        if self.channels_last and images.ndim == 4:
-            return images.contiguous(memory_format=torch.channels_last)
-        return images
-
-    def configure_optimizers(self):
-        return configure_optimizers(
-            self,
-            self.optimizer_factory,
-            self.scheduler_factory,
-            self.scheduler_interval,
-            self.warmup_epochs,
-            self.backbone_lr_mult,
-        )

@@ -87,7 +87,11 @@ class _Task:
             image = self._raw(val, index)
             boxes, scores, _ = session.run(None, {"images": self._input(image)})
             (detections,) = detection_postprocess(
-                torch.from_numpy(boxes), torch.from_numpy(scores), head.score_thresh, head.nms_thresh, head.detections_per_img
+                torch.from_numpy(boxes),
+                torch.from_numpy(scores),
+                head.score_thresh,
+                head.nms_thresh,
+                head.detections_per_img,
             )
             scale = torch.tensor([image.shape[1], image.shape[0]] * 2, dtype=torch.float32) / self.size
             detections["boxes"] = detections["boxes"] * scale
@@ -112,7 +116,9 @@ def run_quantize(cfg: DictConfig) -> str:
     out_dir = Path(cfg.paths.output_dir)
     fp32 = export_onnx(model, kind, out_dir / f"{cfg.task_name}_fp32.onnx", size, dynamic_size=kind == "segmentation")
     count = int(cfg.quantize.calibration_images)
-    int8 = quantize_static_onnx(fp32, out_dir / f"{cfg.task_name}_int8.onnx", task.calibration(count), method=cfg.quantize.method)
+    int8 = quantize_static_onnx(
+        fp32, out_dir / f"{cfg.task_name}_int8.onnx", task.calibration(count), method=cfg.quantize.method
+    )
     threads = int(cfg.quantize.threads or torch.get_num_threads())
     sessions = {"fp32": _session(fp32, threads), "int8": _session(int8, threads)}
     scores = {name: task.score(session) for name, session in sessions.items()}
@@ -120,7 +126,9 @@ def run_quantize(cfg: DictConfig) -> str:
     latency = {name: float("inf") for name in sessions}
     for _ in range(int(cfg.quantize.repeats)):  # alternate, keep each one's best median
         for name, session in sessions.items():
-            latency[name] = min(latency[name], time_call(lambda s=session: s.run(None, sample), 3, int(cfg.quantize.iters)) * 1000)
+            latency[name] = min(
+                latency[name], time_call(lambda s=session: s.run(None, sample), 3, int(cfg.quantize.iters)) * 1000
+            )
     (metric,) = scores["fp32"]
     sizes = {name: path.stat().st_size / 2**20 for name, path in (("fp32", fp32), ("int8", int8))}
     lines = [

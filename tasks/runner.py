@@ -4,16 +4,16 @@ tests call them directly with configs composed by ``hydra.compose``."""
 from __future__ import annotations
 
 import json
-import os
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from vision_mnv2.metrics import segmentation_confusion_matrix, segmentation_scores
 from vision_mnv2.models import multi_scale_probabilities
 
-from .optim import TaskModule
+from .module import TaskModule
 
 __all__ = ["SegmentationTask"]
 

@@ -129,7 +129,9 @@ def test_output_stride_uses_dilation_with_the_same_weights():
     reference = MobileNetV2Backbone(output_stride=32, out_features=["layer19"])
     dilated = MobileNetV2Backbone(output_stride=16, out_features=["layer19"])
     # Same keys and shapes: one checkpoint serves every output stride.
-    assert {k: v.shape for k, v in reference.state_dict().items()} == {k: v.shape for k, v in dilated.state_dict().items()}
+    assert {k: v.shape for k, v in reference.state_dict().items()} == {
+        k: v.shape for k, v in dilated.state_dict().items()
+    }
     # DeepLab convention: the block that would stride keeps its rate, later blocks dilate by 2.
     dw = [m.depthwise[0] for m in dilated.features if isinstance(m, InvertedResidual)]
     assert (dw[13].stride, dw[13].dilation) == ((1, 1), (1, 1))

@@ -104,16 +104,41 @@ COCO_CASES = {
     "truncated image": (_spoil_file(_truncate), r"2\.jpg: cannot read image .*truncated", 2, 2),
     "corrupt image": (_spoil_file(lambda p: p.write_bytes(b"\x00" * 300)), r"2\.jpg: cannot read image", 2, 2),
     "missing image": (_spoil_file(lambda p: p.unlink()), r"2\.jpg: file does not exist", 2, 2),
-    "image size differs": (_spoil_file(lambda p: _photo(p, (64, 64))), r"2\.jpg: image is 64x64 but the annotation file gives 100x80", 2, 2),
+    "image size differs": (
+        _spoil_file(lambda p: _photo(p, (64, 64))),
+        r"2\.jpg: image is 64x64 but the annotation file gives 100x80",
+        2,
+        2,
+    ),
     "annotation without bbox": (_drop_key("bbox"), r"annotations\[1\]: has no 'bbox'", 3, 2),
     "image id of wrong type": (_set("image_id", "2"), r"annotations\[1\]: 'image_id' must be a int, got '2'", 3, 2),
     "image without file name": (_drop_key("file_name", kind="images"), r"images\[1\]: has no 'file_name'", 2, 2),
     "bad image width": (_set("width", "wide", kind="images"), r"images\[1\]: 'width' must be a positive number", 2, 2),
-    "negative box": (_set("bbox", [10, 10, -5, 20]), r"annotation 12 of image 2: bbox \[10, 10, -5, 20\] has zero or negative size", 3, 2),
-    "zero-size box": (_set("bbox", [10, 10, 30, 0]), r"annotation 12 of image 2: bbox .* has zero or negative size", 3, 2),
-    "box outside the image": (_set("bbox", [120, 10, 30, 20]), r"annotation 12 of image 2: bbox .* lies outside the 100x80 image", 3, 2),
+    "negative box": (
+        _set("bbox", [10, 10, -5, 20]),
+        r"annotation 12 of image 2: bbox \[10, 10, -5, 20\] has zero or negative size",
+        3,
+        2,
+    ),
+    "zero-size box": (
+        _set("bbox", [10, 10, 30, 0]),
+        r"annotation 12 of image 2: bbox .* has zero or negative size",
+        3,
+        2,
+    ),
+    "box outside the image": (
+        _set("bbox", [120, 10, 30, 20]),
+        r"annotation 12 of image 2: bbox .* lies outside the 100x80 image",
+        3,
+        2,
+    ),
     "bbox with three numbers": (_set("bbox", [1, 2, 3]), r"bbox must be \[x, y, width, height\] numbers", 3, 2),
-    "unknown category": (_set("category_id", 99), r"annotation 12 of image 2: category_id 99 is not in the category list", 3, 2),
+    "unknown category": (
+        _set("category_id", 99),
+        r"annotation 12 of image 2: category_id 99 is not in the category list",
+        3,
+        2,
+    ),
     "unknown image": (_set("image_id", 7), r"annotation 12 of image 7: image_id 7 is not in the image list", 3, 2),
 }
 
@@ -141,8 +166,11 @@ def test_bad_coco_samples_stop_set_up_or_are_skipped(tmp_path, case, caplog):
         ('{"images": [], "categories": []}', r"has no 'annotations' list"),
         ('{"images": {}, "annotations": [], "categories": []}', r"'images' must be a list, got a JSON dict"),
         ('{"images": [], "annotations": [], "categories": [{"id": 1}]}', r"categories\[0\] has no 'name'"),
-        ('{"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 1, "file_name": "b.jpg"}], "annotations": [], '
-         '"categories": [{"id": 1, "name": "x"}]}', "images ids are not unique"),
+        (
+            '{"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 1, "file_name": "b.jpg"}], "annotations": [], '
+            '"categories": [{"id": 1, "name": "x"}]}',
+            "images ids are not unique",
+        ),
         ('{"images": [], "annotations": [], "categories": [{"id": 1, "name": "x"}]}', "the dataset has no images"),
         ('{"images": [], "annotations": [], "categories": []}', "the category list is empty"),
     ],
@@ -281,7 +309,9 @@ def test_a_file_that_breaks_after_set_up(tiny_cls_root, tmp_path, caplog):
     root = tmp_path / "cls"
     shutil.copytree(tiny_cls_root, root)
     for skip_bad in (True, False):
-        datamodule = ClassificationDataModule(root, num_classes=4, image_size=64, batch_size=8, num_workers=0, skip_bad=skip_bad)
+        datamodule = ClassificationDataModule(
+            root, num_classes=4, image_size=64, batch_size=8, num_workers=0, skip_bad=skip_bad
+        )
         datamodule.setup("fit")
         victim = datamodule.train_set.samples[5][0]
         original = Path(victim).read_bytes()

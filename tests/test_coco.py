@@ -13,7 +13,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from vision_mnv2.data import SHAPES, CocoDetection, DatasetError, coco_category_id, write_detection_dataset
+from vision_mnv2.data import SHAPES, CocoDetection, coco_category_id, write_detection_dataset
 from vision_mnv2.metrics import COCO_STAT_NAMES, CocoEvaluator
 
 
@@ -60,13 +60,23 @@ def _write(tmp_path, images, annotations, categories=({"id": 4, "name": "thing"}
 
 
 def test_crowd_clipped_tiny_and_empty_images(tmp_path):
-    images = [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 80}, {"id": 2, "file_name": "b.jpg", "width": 100, "height": 80}]
+    images = [
+        {"id": 1, "file_name": "a.jpg", "width": 100, "height": 80},
+        {"id": 2, "file_name": "b.jpg", "width": 100, "height": 80},
+    ]
     anns = [
         {"id": 1, "image_id": 1, "category_id": 4, "bbox": [10, 10, 20, 20], "iscrowd": 0, "area": 400},
         {"id": 2, "image_id": 1, "category_id": 4, "bbox": [0, 0, 50, 50], "iscrowd": 1, "area": 2500},
         {"id": 3, "image_id": 1, "category_id": 4, "bbox": [90, 70, 30, 30], "iscrowd": 0, "area": 100},  # clipped
         {"id": 4, "image_id": 1, "category_id": 4, "bbox": [30, 30, 0.5, 10], "iscrowd": 0, "area": 5},  # under a pixel
-        {"id": 5, "image_id": 1, "category_id": 4, "bbox": [99.5, 10, 20, 20], "iscrowd": 0, "area": 400},  # 0.5 px inside
+        {
+            "id": 5,
+            "image_id": 1,
+            "category_id": 4,
+            "bbox": [99.5, 10, 20, 20],
+            "iscrowd": 0,
+            "area": 400,
+        },  # 0.5 px inside
     ]
     dataset = CocoDetection(tmp_path / "images", _write(tmp_path, images, anns))
     stats = dataset.stats

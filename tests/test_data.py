@@ -30,9 +30,15 @@ def _digest(root):
 
 
 def test_generator_is_deterministic_and_writes_imagenet_layout(tmp_path):
-    a = write_classification_dataset(tmp_path / "a", num_classes=3, train_per_class=3, val_per_class=2, image_size=48, seed=7)
-    b = write_classification_dataset(tmp_path / "b", num_classes=3, train_per_class=3, val_per_class=2, image_size=48, seed=7)
-    c = write_classification_dataset(tmp_path / "c", num_classes=3, train_per_class=3, val_per_class=2, image_size=48, seed=8)
+    a = write_classification_dataset(
+        tmp_path / "a", num_classes=3, train_per_class=3, val_per_class=2, image_size=48, seed=7
+    )
+    b = write_classification_dataset(
+        tmp_path / "b", num_classes=3, train_per_class=3, val_per_class=2, image_size=48, seed=7
+    )
+    c = write_classification_dataset(
+        tmp_path / "c", num_classes=3, train_per_class=3, val_per_class=2, image_size=48, seed=8
+    )
     assert _digest(a) == _digest(b) != _digest(c)
     for split, per_class in (("train", 3), ("val", 2)):
         assert sorted(p.name for p in (a / split).iterdir()) == sorted(SHAPES[:3])
@@ -45,7 +51,9 @@ def test_generator_is_deterministic_and_writes_imagenet_layout(tmp_path):
 
 
 def test_generator_reuses_and_refuses_to_overwrite(tmp_path):
-    root = write_classification_dataset(tmp_path / "d", num_classes=2, train_per_class=1, val_per_class=1, image_size=32)
+    root = write_classification_dataset(
+        tmp_path / "d", num_classes=2, train_per_class=1, val_per_class=1, image_size=32
+    )
     stamp = (root / "MANIFEST.json").stat().st_mtime_ns
     write_classification_dataset(root, num_classes=2, train_per_class=1, val_per_class=1, image_size=32)
     assert (root / "MANIFEST.json").stat().st_mtime_ns == stamp
@@ -120,7 +128,9 @@ def test_datamodule_batches_and_checks(tiny_cls_root, tmp_path):
         num_classes=2,
         image_size=32,
         num_workers=0,
-        generate=lambda root: write_classification_dataset(root, num_classes=2, train_per_class=2, val_per_class=1, image_size=32),
+        generate=lambda root: write_classification_dataset(
+            root, num_classes=2, train_per_class=2, val_per_class=1, image_size=32
+        ),
     )
     generated.prepare_data()
     generated.setup("fit")
@@ -135,7 +145,9 @@ def test_augmentation_is_reproducible_under_one_seed(tiny_cls_root, num_workers)
 
     def first_batch(seed):
         L.seed_everything(seed, workers=True)
-        dm = ClassificationDataModule(tiny_cls_root, num_classes=4, image_size=48, batch_size=8, num_workers=num_workers)
+        dm = ClassificationDataModule(
+            tiny_cls_root, num_classes=4, image_size=48, batch_size=8, num_workers=num_workers
+        )
         dm.setup("fit")
         return next(iter(dm.train_dataloader()))[0]
 

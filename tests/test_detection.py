@@ -41,7 +41,11 @@ def test_zoom_out_and_crop_keep_boxes_on_their_objects():
         _assert_boxes_cover_white(zoomed, boxes)
         cropped, cboxes, labels = iou_random_crop(rng, zoomed, boxes, np.array([1, 2]))
         assert len(cboxes) == len(labels) >= 1
-        assert (cboxes[:, :2] >= 0).all() and (cboxes[:, 2] <= cropped.shape[1]).all() and (cboxes[:, 3] <= cropped.shape[0]).all()
+        assert (
+            (cboxes[:, :2] >= 0).all()
+            and (cboxes[:, 2] <= cropped.shape[1]).all()
+            and (cboxes[:, 3] <= cropped.shape[0]).all()
+        )
         _assert_boxes_cover_white(cropped, cboxes)
 
 
@@ -79,10 +83,19 @@ def test_datamodule_batches_are_lists(det_root):
 
 def test_ssdlite_task_trains_and_evaluates(det_root, tmp_path):
     overrides = tiny_task_overrides("ssdlite", det_root, 3, 128)
-    cfg = compose_config("train", overrides + ["callbacks.progress_bar=null", "callbacks.model_summary=null"], tmp_path / "train")
+    cfg = compose_config(
+        "train", overrides + ["callbacks.progress_bar=null", "callbacks.model_summary=null"], tmp_path / "train"
+    )
     result = train(cfg)
     metrics = result["metrics"]
-    assert {"train/loss", "train/classification", "train/bbox_regression", "val/mAP", "val/mAP_50", "val/mAR_100"} <= set(metrics)
+    assert {
+        "train/loss",
+        "train/classification",
+        "train/bbox_regression",
+        "val/mAP",
+        "val/mAP_50",
+        "val/mAR_100",
+    } <= set(metrics)
     assert 0.0 <= metrics["val/mAP"] <= 1.0
     detections = json.loads((tmp_path / "train" / "detections_val.json").read_text())
     assert detections and {"image_id", "category_id", "bbox", "score"} == set(detections[0])

@@ -32,7 +32,8 @@ def test_train_then_eval_reproduces_the_best_checkpoint_score(tiny_cls_root, tmp
 
     eval_cfg = compose_config(
         "eval",
-        tiny_classification_overrides(tiny_cls_root, quiet_callbacks=False) + [f"ckpt_path={result['best_checkpoint']}"],
+        tiny_classification_overrides(tiny_cls_root, quiet_callbacks=False)
+        + [f"ckpt_path={result['best_checkpoint']}"],
         tmp_path / "eval",
     )
     metrics = evaluate(eval_cfg)
@@ -42,7 +43,11 @@ def test_train_then_eval_reproduces_the_best_checkpoint_score(tiny_cls_root, tmp
 
 
 def test_eval_without_a_checkpoint_is_a_clear_error(tiny_cls_root, tmp_path):
-    cfg = compose_config("eval", tiny_classification_overrides(tiny_cls_root, quiet_callbacks=False) + [f"ckpt_path={tmp_path}/none.ckpt"], tmp_path)
+    cfg = compose_config(
+        "eval",
+        tiny_classification_overrides(tiny_cls_root, quiet_callbacks=False) + [f"ckpt_path={tmp_path}/none.ckpt"],
+        tmp_path,
+    )
     with pytest.raises(FileNotFoundError, match="none.ckpt"):
         evaluate(cfg)
 
@@ -66,14 +71,23 @@ def test_command_line_train_and_eval(tiny_cls_root, tmp_path):
     run_dir = tmp_path / "run"
     subprocess.run(
         [sys.executable, "tools/train.py", *common, "callbacks.progress_bar=null", f"hydra.run.dir={run_dir}"],
-        cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=300,
+        cwd=REPO_ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     assert (run_dir / ".hydra" / "config.yaml").is_file(), "every run saves its config"
     last = run_dir / "checkpoints" / "last.ckpt"
     assert last.is_file()
     out = subprocess.run(
         [sys.executable, "tools/eval.py", *common, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'eval'}"],
-        cwd=REPO_ROOT, env=env, check=True, capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert "val/top1" in out.stdout
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["checkpoint"] == str(last)
@@ -95,7 +109,11 @@ def test_ema_of_weights_is_one_override(tiny_cls_root, tmp_path):
 
     from tasks.runner import build
 
-    overrides = tiny_classification_overrides(tiny_cls_root) + ["callbacks=ema", "callbacks.ema.decay=0.5", "trainer.max_epochs=1"]
+    overrides = tiny_classification_overrides(tiny_cls_root) + [
+        "callbacks=ema",
+        "callbacks.ema.decay=0.5",
+        "trainer.max_epochs=1",
+    ]
     cfg = compose_config("train", overrides, tmp_path)
     _, _, trainer = build(cfg, with_loggers=False)
     assert len([c for c in trainer.callbacks if isinstance(c, EMAWeightAveraging)]) == 1

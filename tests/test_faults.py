@@ -33,7 +33,9 @@ def test_nonfinite_loss_steps_can_be_skipped_and_counted(tiny_cls_root, tmp_path
     assert module.skipped_steps == 4, "32 images in batches of 8, every one skipped"
     after = module.model.state_dict()
     weights = [k for k in before if "running" not in k and "num_batches" not in k]
-    assert all(torch.equal(before[k], after[k]) or torch.isnan(before[k]).all() for k in weights), "no update was applied"
+    assert all(torch.equal(before[k], after[k]) or torch.isnan(before[k]).all() for k in weights), (
+        "no update was applied"
+    )
 
 
 def test_detection_batches_name_their_image_ids(tmp_path):
@@ -65,8 +67,16 @@ def test_hostile_checkpoints_cannot_run_code(tiny_cls_root, tmp_path):
     overrides = tiny_classification_overrides(tiny_cls_root)
     with pytest.raises(Exception, match="Weights only load failed|weights_only"):  # resuming
         train(compose_config("train", overrides + [f"ckpt_path={hostile}"], tmp_path / "resume"))
-    with pytest.raises(Exception, match=r"cannot read weights file .*hostile\.ckpt.*Weights only load failed"):  # transfer learning
+    with pytest.raises(
+        Exception, match=r"cannot read weights file .*hostile\.ckpt.*Weights only load failed"
+    ):  # transfer learning
         train(compose_config("train", overrides + [f"init_from={hostile}"], tmp_path / "init"))
     with pytest.raises(Exception, match="Weights only load failed|weights_only"):  # evaluation
-        evaluate(compose_config("eval", tiny_classification_overrides(tiny_cls_root, quiet_callbacks=False) + [f"ckpt_path={hostile}"], tmp_path / "eval"))
+        evaluate(
+            compose_config(
+                "eval",
+                tiny_classification_overrides(tiny_cls_root, quiet_callbacks=False) + [f"ckpt_path={hostile}"],
+                tmp_path / "eval",
+            )
+        )
     assert not marker.exists()

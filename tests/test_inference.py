@@ -61,7 +61,14 @@ def test_detection_onnx_gives_the_same_detections(tmp_path):
         reference = model(list(images))
     np.testing.assert_allclose(boxes, eager_boxes.numpy(), atol=1e-3)
     np.testing.assert_allclose(scores, eager_scores.numpy(), atol=1e-5)
-    detections = detection_postprocess(torch.from_numpy(boxes), torch.from_numpy(scores), model.score_thresh, model.nms_thresh, model.detections_per_img, model.topk_candidates)
+    detections = detection_postprocess(
+        torch.from_numpy(boxes),
+        torch.from_numpy(scores),
+        model.score_thresh,
+        model.nms_thresh,
+        model.detections_per_img,
+        model.topk_candidates,
+    )
     for ours, theirs in zip(detections, reference):
         top = 20  # the best detections, well apart in score, must be identical
         assert torch.equal(ours["labels"][:top], theirs["labels"][:top])
@@ -126,7 +133,13 @@ def test_predict_segmentation_and_classification(photo_folder, tmp_path):
     assert scores == sorted(scores, reverse=True) and {e["class"] for e in results[0]["top5"]} <= set(names)
 
     with pytest.raises(DatasetError, match="nothing' does not exist"):
-        predict(compose_config("predict", ["task=classification", f"ckpt_path={ckpt}", f"input={tmp_path / 'nothing'}"], tmp_path / "r3"))
+        predict(
+            compose_config(
+                "predict",
+                ["task=classification", f"ckpt_path={ckpt}", f"input={tmp_path / 'nothing'}"],
+                tmp_path / "r3",
+            )
+        )
 
 
 def test_export_tool_writes_a_working_file(tmp_path):

@@ -84,7 +84,9 @@ def test_builders_and_configs_take_expansion_groups(tmp_path):
 
     model = deeplabv3_mobilenet_v2(num_classes=3, width_mult=0.35, expansion_groups=3)
     assert {b.expansion_groups for b in model.backbone.features[1:]} == {3}
-    cfg = compose_config("eval", ["task=ssdlite", "backbone.width_mult=0.35", "model.expansion_groups=2", "ckpt_path=x"], tmp_path)
+    cfg = compose_config(
+        "eval", ["task=ssdlite", "backbone.width_mult=0.35", "model.expansion_groups=2", "ckpt_path=x"], tmp_path
+    )
     detector = instantiate(cfg.model)
     assert {m.expansion_groups for m in detector.modules() if hasattr(m, "expansion_groups")} == {2}
 
@@ -103,4 +105,6 @@ def test_folded_batch_norm_gives_the_same_outputs_on_both_paths():
         with memory_efficient_inference(model, 3):
             torch.testing.assert_close(model(images), expected, atol=1e-4, rtol=1e-4)
         model = model.to(memory_format=torch.channels_last)
-        torch.testing.assert_close(model(images.contiguous(memory_format=torch.channels_last)), expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            model(images.contiguous(memory_format=torch.channels_last)), expected, atol=1e-4, rtol=1e-4
+        )

@@ -20,7 +20,9 @@ def test_int8_classifier_agrees_with_fp32(tmp_path):
     model = realistic_batch_norm(mobilenet_v2(width_mult=0.5, num_classes=10))
     fp32 = export_onnx(model, "classification", tmp_path / "fp32.onnx", 64)
     rng = np.random.default_rng(0)
-    int8 = quantize_static_onnx(fp32, tmp_path / "int8.onnx", (rng.random((1, 3, 64, 64), dtype=np.float32) for _ in range(16)))
+    int8 = quantize_static_onnx(
+        fp32, tmp_path / "int8.onnx", (rng.random((1, 3, 64, 64), dtype=np.float32) for _ in range(16))
+    )
     assert int8.stat().st_size < 0.5 * fp32.stat().st_size, "int8 weights"
     images = rng.random((4, 3, 64, 64), dtype=np.float32)
     (reference,) = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, {"images": images})
@@ -30,7 +32,9 @@ def test_int8_classifier_agrees_with_fp32(tmp_path):
 
 
 def test_quantize_tool_reports_accuracy_and_latency(tmp_path):
-    root = write_segmentation_dataset(tmp_path / "voc", num_classes=2, train_images=6, val_images=3, image_size=(64, 96), seed=2)
+    root = write_segmentation_dataset(
+        tmp_path / "voc", num_classes=2, train_images=6, val_images=3, image_size=(64, 96), seed=2
+    )
     model = deeplabv3_mobilenet_v2(num_classes=3, width_mult=0.35, aspp=False)
     ckpt = tmp_path / "seg.ckpt"
     torch.save({"state_dict": {f"model.{k}": v for k, v in realistic_batch_norm(model).state_dict().items()}}, ckpt)
@@ -48,7 +52,9 @@ def test_quantize_tool_scores_detection_with_cocoeval(tmp_path):
     from vision_mnv2.data import write_detection_dataset  # noqa: PLC0415
     from vision_mnv2.models import ssdlite_mobilenet_v2  # noqa: PLC0415
 
-    root = write_detection_dataset(tmp_path / "coco", num_classes=2, train_images=4, val_images=3, image_size=(96, 128), seed=3)
+    root = write_detection_dataset(
+        tmp_path / "coco", num_classes=2, train_images=4, val_images=3, image_size=(96, 128), seed=3
+    )
     model = realistic_batch_norm(ssdlite_mobilenet_v2(num_classes=2, width_mult=0.35, image_size=96))
     ckpt = tmp_path / "det.ckpt"
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, ckpt)

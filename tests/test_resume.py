@@ -32,7 +32,14 @@ def test_killed_run_resumes_from_its_latest_epoch(tiny_cls_root, tmp_path):
     run cannot restore: order, augmentation and dropout are seeded per epoch, sample and step."""
     env = {**os.environ, "VISION_MNV2_CACHE": str(tmp_path / "cache")}
     extra = ("callbacks=ema", "data.num_workers=2")
-    uninterrupted = subprocess.run(_train_command(tiny_cls_root, tmp_path / "u", *extra), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    uninterrupted = subprocess.run(
+        _train_command(tiny_cls_root, tmp_path / "u", *extra),
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
 
     last = tmp_path / "k" / "checkpoints" / "last.ckpt"
@@ -49,7 +56,12 @@ def test_killed_run_resumes_from_its_latest_epoch(tiny_cls_root, tmp_path):
 
     # ckpt_path=last: the newest last.ckpt among the task's earlier runs (here: the killed one).
     resumed = subprocess.run(
-        _train_command(tiny_cls_root, tmp_path / "k2", *extra, "ckpt_path=last"), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+        _train_command(tiny_cls_root, tmp_path / "k2", *extra, "ckpt_path=last"),
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"ckpt_path=last: resuming from {last}" in (tmp_path / "k2" / "train.log").read_text()
@@ -67,7 +79,9 @@ def test_killed_run_resumes_from_its_latest_epoch(tiny_cls_root, tmp_path):
     assert expected["epoch"] == got["epoch"] == 3 and expected["global_step"] == got["global_step"] == 16
     assert got["state_dict"].keys() == expected["state_dict"].keys()
     # Deterministic mode on CPU: the resumed run ends with the uninterrupted run's weights, bit for bit.
-    differing = [name for name, tensor in expected["state_dict"].items() if not torch.equal(tensor, got["state_dict"][name])]
+    differing = [
+        name for name, tensor in expected["state_dict"].items() if not torch.equal(tensor, got["state_dict"][name])
+    ]
     assert not differing, f"{len(differing)} tensors differ, e.g. {differing[:3]}"
     for key in ("current_model_state", "optimizer_states", "lr_schedulers"):  # the EMA's raw weights, AdamW, cosine
         assert key in got and _equal(got[key], expected[key]), key
@@ -86,7 +100,9 @@ def _equal(a, b) -> bool:
 def test_ddp_on_two_cpu_processes(tiny_cls_root, tmp_path):
     """trainer=ddp: two gloo processes launched by Lightning from the Hydra entry point."""
     command = _train_command(tiny_cls_root, tmp_path / "ddp", "trainer=ddp", "trainer.devices=2", "data.batch_size=4")
-    command = [part for part in command if part not in ("trainer.max_epochs=4", "trainer.deterministic=true")] + ["trainer.max_epochs=1"]
+    command = [part for part in command if part not in ("trainer.max_epochs=4", "trainer.deterministic=true")] + [
+        "trainer.max_epochs=1"
+    ]
     env = {**os.environ, "VISION_MNV2_CACHE": str(tmp_path / "cache")}
     run = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -95,6 +111,10 @@ def test_ddp_on_two_cpu_processes(tiny_cls_root, tmp_path):
 
 
 def test_ckpt_path_last_without_an_earlier_run_is_an_error(tiny_cls_root, tmp_path):
-    cfg = compose_config("train", tiny_classification_overrides(tiny_cls_root) + ["ckpt_path=last"], tmp_path / "runs" / "first")
-    with pytest.raises(FileNotFoundError, match=r"ckpt_path=last: no earlier run under .*runs/ has checkpoints/last\.ckpt"):
+    cfg = compose_config(
+        "train", tiny_classification_overrides(tiny_cls_root) + ["ckpt_path=last"], tmp_path / "runs" / "first"
+    )
+    with pytest.raises(
+        FileNotFoundError, match=r"ckpt_path=last: no earlier run under .*runs/ has checkpoints/last\.ckpt"
+    ):
         train(cfg)

@@ -38,7 +38,9 @@ NUM_SHAPES = 3
 @pytest.fixture(scope="module")
 def seg_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("seg") / "shapes_voc"
-    return write_segmentation_dataset(root, num_classes=NUM_SHAPES, train_images=8, val_images=4, image_size=(96, 128), seed=5)
+    return write_segmentation_dataset(
+        root, num_classes=NUM_SHAPES, train_images=8, val_images=4, image_size=(96, 128), seed=5
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -53,7 +55,9 @@ def test_synthetic_dataset_is_in_voc_layout(seg_root):
     with Image.open(seg_root / "SegmentationClass" / f"{train_ids[0]}.png") as png:
         assert png.mode == "P", "VOC masks are palette PNGs"
         assert png.getpalette()[: 3 * 3] == voc_palette()[: 3 * 3] == [0, 0, 0, 128, 0, 0, 0, 128, 0]
-    values = np.unique(np.concatenate([read_mask(seg_root / "SegmentationClass" / f"{i}.png").ravel() for i in train_ids]))
+    values = np.unique(
+        np.concatenate([read_mask(seg_root / "SegmentationClass" / f"{i}.png").ravel() for i in train_ids])
+    )
     assert set(values) <= {0, 1, 2, 3, IGNORE_INDEX} and 0 in values and IGNORE_INDEX in values
     assert len(set(values) - {0, IGNORE_INDEX}) >= 2, "objects of several classes"
 
@@ -146,7 +150,11 @@ def test_eval_transform_and_collate_pad_with_ignore():
     out = transform(image=np.zeros((50, 60, 3), dtype=np.uint8), mask=masks[0])
     assert out["image"].shape == (3, 64, 64)
     out["mask"] = np.asarray(out["mask"])
-    assert (out["mask"][:50, :60] == 1).all() and (out["mask"][50:] == IGNORE_INDEX).all() and (out["mask"][:, 60:] == IGNORE_INDEX).all()
+    assert (
+        (out["mask"][:50, :60] == 1).all()
+        and (out["mask"][50:] == IGNORE_INDEX).all()
+        and (out["mask"][:, 60:] == IGNORE_INDEX).all()
+    )
     plain = segmentation_eval_transform()
     batch = [tuple(plain(image=np.zeros((*m.shape, 3), dtype=np.uint8), mask=m).values()) for m in masks]
     images, targets = segmentation_collate(batch)
@@ -172,7 +180,11 @@ def test_miou_from_accumulated_confusion_matrix_matches_numpy():
         metric.update(torch.from_numpy(pred), torch.from_numpy(true))
         all_pred.append(pred.ravel())
         all_true.append(true.ravel())
-        per_batch.append(segmentation_scores(segmentation_confusion_matrix(num_classes)(torch.from_numpy(pred), torch.from_numpy(true)))["mIoU"])
+        per_batch.append(
+            segmentation_scores(
+                segmentation_confusion_matrix(num_classes)(torch.from_numpy(pred), torch.from_numpy(true))
+            )["mIoU"]
+        )
     pred, true = np.concatenate(all_pred), np.concatenate(all_true)
     keep = true != IGNORE_INDEX
     pred, true = pred[keep], true[keep]
@@ -235,7 +247,9 @@ def test_tiny_deeplab_overfits_a_few_images(seg_root):
 
 
 def test_datamodule_batches(seg_root):
-    dm = SegmentationDataModule(seg_root, num_classes=NUM_SHAPES + 1, image_size=64, batch_size=4, num_workers=0, eval_pad_size=None)
+    dm = SegmentationDataModule(
+        seg_root, num_classes=NUM_SHAPES + 1, image_size=64, batch_size=4, num_workers=0, eval_pad_size=None
+    )
     dm.setup("fit")
     images, masks = next(iter(dm.train_dataloader()))
     assert images.shape == (4, 3, 64, 64) and masks.shape == (4, 64, 64) and masks.dtype == torch.int64
@@ -251,10 +265,20 @@ def _deeplab_overrides(root) -> list[str]:
 
 def test_deeplab_task_trains_and_evaluates(seg_root, tmp_path):
     overrides = _deeplab_overrides(seg_root)
-    cfg = compose_config("train", overrides + ["callbacks.progress_bar=null", "callbacks.model_summary=null"], tmp_path / "train")
+    cfg = compose_config(
+        "train", overrides + ["callbacks.progress_bar=null", "callbacks.model_summary=null"], tmp_path / "train"
+    )
     result = train(cfg)
     metrics = result["metrics"]
-    assert {"train/loss", "val/loss", "val/mIoU", "val/pixel_acc", "val/mean_acc", "val/IoU/background", "val/IoU/triangle"} <= set(metrics)
+    assert {
+        "train/loss",
+        "val/loss",
+        "val/mIoU",
+        "val/pixel_acc",
+        "val/mean_acc",
+        "val/IoU/background",
+        "val/IoU/triangle",
+    } <= set(metrics)
     assert 0.0 <= metrics["val/mIoU"] <= 1.0
 
     eval_cfg = compose_config("eval", overrides + [f"ckpt_path={result['best_checkpoint']}"], tmp_path / "eval")
@@ -265,7 +289,8 @@ def test_deeplab_task_trains_and_evaluates(seg_root, tmp_path):
 
     mf_cfg = compose_config(
         "eval",
-        overrides + [f"ckpt_path={result['best_checkpoint']}", "module.eval_scales=[0.75,1.0,1.25]", "module.eval_flip=true"],
+        overrides
+        + [f"ckpt_path={result['best_checkpoint']}", "module.eval_scales=[0.75,1.0,1.25]", "module.eval_flip=true"],
         tmp_path / "eval_mf",
     )
     mf_metrics = evaluate(mf_cfg)
@@ -290,5 +315,7 @@ def test_voc_recipe_composes(tmp_path):
     assert cfg.model.output_stride == 16 and cfg.module.scheduler_interval == "step"
     assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.PolynomialLR" and cfg.scheduler.power == 0.9
     assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.lr == 0.007
-    custom = compose_config("train", ["task=deeplabv3", "data=voc_custom", "data.root=/x", "data.num_classes=3"], tmp_path)
+    custom = compose_config(
+        "train", ["task=deeplabv3", "data=voc_custom", "data.root=/x", "data.num_classes=3"], tmp_path
+    )
     assert custom.data.num_classes == 3 and custom.model.num_classes == 3

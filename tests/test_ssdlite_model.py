@@ -77,7 +77,10 @@ def test_backbone_weights_from_torchvision_and_from_a_classifier_checkpoint(tmp_
     again = ssdlite_mobilenet_v2(num_classes=3, backbone_weights=det_path)
     assert torch.equal(again.backbone.backbone.features[0][0].weight, from_ckpt.backbone.backbone.features[0][0].weight)
     full = ssdlite_mobilenet_v2(num_classes=3, weights=det_path)
-    assert torch.equal(full.head.classification_head.module_list[0][1].weight, from_ckpt.head.classification_head.module_list[0][1].weight)
+    assert torch.equal(
+        full.head.classification_head.module_list[0][1].weight,
+        from_ckpt.head.classification_head.module_list[0][1].weight,
+    )
 
     with pytest.raises(WeightsError, match="shape mismatch"):
         ssdlite_mobilenet_v2(num_classes=5, weights=det_path)

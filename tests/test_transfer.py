@@ -94,7 +94,9 @@ def test_freezing_stages_and_batch_norm():
 
 
 def test_classification_checkpoint_starts_an_ssdlite_run(tiny_cls_root, tmp_path):
-    cls_cfg = compose_config("train", tiny_classification_overrides(tiny_cls_root) + ["trainer.max_epochs=1"], tmp_path / "cls")
+    cls_cfg = compose_config(
+        "train", tiny_classification_overrides(tiny_cls_root) + ["trainer.max_epochs=1"], tmp_path / "cls"
+    )
     checkpoint = train(cls_cfg)["last_checkpoint"]
     classifier_backbone = {
         k.removeprefix("model.backbone."): v
@@ -120,7 +122,9 @@ def test_classification_checkpoint_starts_an_ssdlite_run(tiny_cls_root, tmp_path
 
 
 def test_backbone_learning_rate_multiplier(tmp_path):
-    cfg = compose_config("train", ["task=deeplabv3", "backbone.width_mult=0.35", "module.backbone_lr_mult=0.1"], tmp_path)
+    cfg = compose_config(
+        "train", ["task=deeplabv3", "backbone.width_mult=0.35", "module.backbone_lr_mult=0.1"], tmp_path
+    )
     _, module, _ = build(cfg, with_loggers=False)
     optimizer = configure_optimizers(module, module.optimizer_factory, None, backbone_lr_mult=module.backbone_lr_mult)
     backbone = {id(p) for p in module.model.backbone.parameters()}
@@ -133,9 +137,13 @@ def test_backbone_learning_rate_multiplier(tmp_path):
 
 def test_finetune_presets_compose(tmp_path):
     det = compose_config(
-        "train", ["experiment=finetune_ssdlite_custom", "data.root=/x", "data.num_classes=3", "init_from=IMAGENET1K_V1"], tmp_path
+        "train",
+        ["experiment=finetune_ssdlite_custom", "data.root=/x", "data.num_classes=3", "init_from=IMAGENET1K_V1"],
+        tmp_path,
     )
     assert det.module.init_from == "IMAGENET1K_V1" and det.model.freeze_backbone == 2 and det.model.frozen_bn
     assert det.module.backbone_lr_mult == 0.1 and det.model.num_classes == 3 and det.data.image_size == 320
-    seg = compose_config("train", ["experiment=finetune_deeplabv3_custom", "data.root=/x", "data.num_classes=4"], tmp_path)
+    seg = compose_config(
+        "train", ["experiment=finetune_deeplabv3_custom", "data.root=/x", "data.num_classes=4"], tmp_path
+    )
     assert seg.model.num_classes == 4 and seg.module.scheduler_interval == "step" and seg.data.eval_pad_size == 513

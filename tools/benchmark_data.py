@@ -78,15 +78,20 @@ def main(argv=None) -> int:
         f"| decode every image (reference) | {decode:.2f} | {len(paths) / decode:,.0f} | 1.00 |",
     ]
     for mode in ("none", "quick", "full"):
-        seconds = _best_seconds(lambda: check_image_files(paths, mode), args.repeats)
-        lines.append(f"| `data.check_images={mode}` | {seconds:.2f} | {len(paths) / seconds:,.0f} | {seconds / decode:.2f} |")
+        seconds = _best_seconds(lambda mode=mode: check_image_files(paths, mode), args.repeats)
+        lines.append(
+            f"| `data.check_images={mode}` | {seconds:.2f} | {len(paths) / seconds:,.0f} | {seconds / decode:.2f} |"
+        )
 
     # Per-sample seeding against loading one SSD training sample, single thread, same samples.
     dataset = CocoDetection(coco_root / "train2017", coco_root / "annotations" / "instances_train2017.json",
                             SSDTrainTransform(192, zoom_out_prob=0.3, max_zoom_out=2.0, crop_prob=0.5, hflip=0.5))  # fmt: skip
     count = min(200, len(dataset))
     load = _best_seconds(lambda: [dataset[i] for i in range(count)], args.repeats) / count
-    seed = _best_seconds(lambda: [seed_transform(dataset, sample_seed(42, 1, i)) for i in range(count)], args.repeats) / count
+    seed = (
+        _best_seconds(lambda: [seed_transform(dataset, sample_seed(42, 1, i)) for i in range(count)], args.repeats)
+        / count
+    )
     lines += [
         "",
         "| per training sample (SSDLite augmentation, 1 thread) | microseconds | ratio |",

@@ -27,8 +27,12 @@ from vision_mnv2.models import deeplabv3_mobilenet_v2, largest_activations, mobi
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--groups", type=int, default=4)
-    parser.add_argument("--first-blocks", type=int, default=None,
-                        help="split only the first N blocks (where the large tensors are); default all")
+    parser.add_argument(
+        "--first-blocks",
+        type=int,
+        default=None,
+        help="split only the first N blocks (where the large tensors are); default all",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seg-size", type=int, default=1024)
     parser.add_argument("--output", default="docs/BENCHMARKS.md")
@@ -42,7 +46,8 @@ def main(argv=None) -> int:
         "",
         f"Command: `python tools/benchmark_memory.py {' '.join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))}`  ",
         f"Machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
-        + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else "") + f"; {time.strftime('%Y-%m-%d')}. "
+        + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else "")
+        + f"; {time.strftime('%Y-%m-%d')}. "
         "Peak memory: the most bytes held by tensors during one forward above the weights and the input (CUDA: "
         "the caching allocator's peak; CPU: PyTorch's profiler memory timeline). The output tensor is the same on "
         "both paths and included. Resident set growth (CPU only): the process high-water mark in a fresh process, "
@@ -57,10 +62,16 @@ def main(argv=None) -> int:
         ("MobileNetV2 classifier", mobilenet_v2(), 224),
         ("DeepLabv3 mobile head, OS16", deeplabv3_mobilenet_v2(aspp=False), args.seg_size),
     ):
-        result = compare_memory_efficient(model, size, groups, args.device, label=f"memory-efficient k={args.groups}{scope}")
+        result = compare_memory_efficient(
+            model, size, groups, args.device, label=f"memory-efficient k={args.groups}{scope}"
+        )
         (standard, efficient) = result.values()
         for path, r in result.items():
-            peak_ratio = "" if r is standard or not standard["peak_mb"] or r["peak_mb"] is None else f"{r['peak_mb'] / standard['peak_mb']:.2f}"
+            peak_ratio = (
+                ""
+                if r is standard or not standard["peak_mb"] or r["peak_mb"] is None
+                else f"{r['peak_mb'] / standard['peak_mb']:.2f}"
+            )
             time_ratio = "" if r is standard else f"{r['latency_ms'] / standard['latency_ms']:.2f}"
             peak = "-" if r["peak_mb"] is None else f"{r['peak_mb']:.1f}"
             lines.append(
@@ -73,7 +84,11 @@ def main(argv=None) -> int:
         records = largest_activations(model, torch.rand(1, 3, size, size))
         set_expansion_groups(model, 1)
         table3.append((name, size, records))
-    lines += ["", "Largest tensor materialised at each resolution (16-bit, KB; paper Table 3 counts the same for 224):", ""]
+    lines += [
+        "",
+        "Largest tensor materialised at each resolution (16-bit, KB; paper Table 3 counts the same for 224):",
+        "",
+    ]
     for name, size, records in table3:
         lines += [f"{name} at {size}x{size}:", "", "| resolution | standard | memory-efficient |", "|---|---|---|"]
         for (h, w), v in records.items():
@@ -86,7 +101,12 @@ def main(argv=None) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        _write_section(Path(args.output), f"memory_efficient_{args.device}_k{args.groups}" + ("" if args.first_blocks is None else f"_first{args.first_blocks}"), text)
+        _write_section(
+            Path(args.output),
+            f"memory_efficient_{args.device}_k{args.groups}"
+            + ("" if args.first_blocks is None else f"_first{args.first_blocks}"),
+            text,
+        )
     return 0
 
 

@@ -50,9 +50,17 @@ def reference_model(task: str) -> tuple[str, nn.Module, int]:
     if task == "classification":
         return "torchvision mobilenet_v2", mobilenet_v2(), 224
     if task == "detection":
-        return "torchvision ssdlite320_mobilenet_v3_large", ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None), 320
+        return (
+            "torchvision ssdlite320_mobilenet_v3_large",
+            ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None),
+            320,
+        )
     if task == "segmentation":
-        return "torchvision deeplabv3_mobilenet_v3_large", deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21), 513
+        return (
+            "torchvision deeplabv3_mobilenet_v3_large",
+            deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21),
+            513,
+        )
     raise ValueError(f"unknown task {task!r}")
 
 
@@ -175,7 +183,14 @@ def measure(
         onnx_latency = time_call(lambda: session.run(None, feed_one), warmup, iters) * 1000
         onnx_throughput = batch / time_call(lambda: session.run(None, feed_many), 1, max(2, iters // 3))
     return Measurement(
-        name, count_parameters(model), macs, eager_latency * 1000, batch / eager_batch, onnx_latency, onnx_throughput, peak
+        name,
+        count_parameters(model),
+        macs,
+        eager_latency * 1000,
+        batch / eager_batch,
+        onnx_latency,
+        onnx_throughput,
+        peak,
     )
 
 
@@ -200,7 +215,10 @@ def cpu_peak_tensor_mb(function: nn.Module, images: torch.Tensor) -> float:
     from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
 
     activities = [ProfilerActivity.CPU]
-    with torch.no_grad(), profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=True) as prof:
+    with (
+        torch.no_grad(),
+        profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=True) as prof,
+    ):
         function(images)
     handle, path = tempfile.mkstemp(suffix=".json")
     os.close(handle)
@@ -217,7 +235,13 @@ def cpu_peak_tensor_mb(function: nn.Module, images: torch.Tensor) -> float:
 
 @torch.no_grad()
 def compare_memory_efficient(
-    model: nn.Module, image_size: int, groups, device: str = "cpu", iters: int = 10, repeats: int = 3, label: str | None = None
+    model: nn.Module,
+    image_size: int,
+    groups,
+    device: str = "cpu",
+    iters: int = 10,
+    repeats: int = 3,
+    label: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """``groups``: as :func:`set_expansion_groups` takes it. Batch-1 peak memory added by a forward
     (CPU: live tensors by the profiler, and the resident set in a fresh process; CUDA: the
@@ -241,7 +265,13 @@ def compare_memory_efficient(
             peak = cpu_peak_tensor_mb(model, images)
         output_mb = output.numel() * output.element_size() / 2**20
         rss = peak_rss_delta_mb(model.cpu(), image_size, torch.get_num_threads()) if device == "cpu" else None
-        result[name] = {"peak_mb": peak, "rss_mb": rss, "output_mb": output_mb, "max_abs_diff": error, "latency_ms": float("inf")}
+        result[name] = {
+            "peak_mb": peak,
+            "rss_mb": rss,
+            "output_mb": output_mb,
+            "max_abs_diff": error,
+            "latency_ms": float("inf"),
+        }
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(repeats):
         for name, k in paths:

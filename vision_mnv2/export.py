@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.ssd import SSD
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
 __all__ = ["ImageNormalize", "SSDExportWrapper", "export_onnx", "detection_postprocess", "fold_batch_norm"]

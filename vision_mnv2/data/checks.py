@@ -36,7 +36,6 @@ _TAIL_BYTES = 1024
 _SHOWN = 5  # problems quoted in an error or warning; the rest are counted (and logged one by one)
 
 
-
 class DatasetError(ValueError):
     """A dataset that cannot be used as given; the message names the path and the problem."""
 
@@ -80,7 +79,9 @@ def image_problem(path: str | os.PathLike, check: str = "quick") -> tuple[str | 
     return None, size
 
 
-def check_image_files(paths: Sequence[str | os.PathLike], check: str = "quick") -> list[tuple[str | None, tuple[int, int] | None]]:
+def check_image_files(
+    paths: Sequence[str | os.PathLike], check: str = "quick"
+) -> list[tuple[str | None, tuple[int, int] | None]]:
     """:func:`image_problem` of many files, in parallel."""
     return parallel_map(lambda path: image_problem(path, check), list(paths))
 

@@ -209,7 +209,10 @@ class CocoDetection(Dataset):
         if self.stats.dropped:
             log.info(
                 "%s: dropped %d boxes under a pixel once clipped (e.g. %s), clipped %d",
-                self.annotation_file, self.stats.dropped, "; ".join(self.stats.dropped_examples[:3]), self.stats.clipped,
+                self.annotation_file,
+                self.stats.dropped,
+                "; ".join(self.stats.dropped_examples[:3]),
+                self.stats.clipped,
             )
 
     def _screen_image_files(self, data: dict, check: str) -> dict:

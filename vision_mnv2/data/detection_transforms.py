@@ -106,7 +106,9 @@ class SSDTrainTransform:
         )
         self.geometric = A.Compose(
             [A.HorizontalFlip(p=hflip), A.Resize(image_size, image_size)],
-            bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True, min_area=1.0, min_visibility=0.0),
+            bbox_params=A.BboxParams(
+                format="pascal_voc", label_fields=["labels"], clip=True, min_area=1.0, min_visibility=0.0
+            ),
         )
 
     def set_random_seed(self, seed: int) -> None:

@@ -76,10 +76,14 @@ def render_background(rng: np.random.Generator, height: int, width: int) -> np.n
     image = c0[None, None, :] * (1 - ramp[..., None]) + c1[None, None, :] * ramp[..., None]
     # Smooth blobs: a coarse random grid upsampled.
     coarse = rng.uniform(-40, 40, size=(4, 4, 3)).astype(np.float32)
-    blobs = np.asarray(
-        Image.fromarray(((coarse + 40) * 3.1875).astype(np.uint8)).resize((width, height), Image.BILINEAR),
-        dtype=np.float32,
-    ) / 3.1875 - 40
+    blobs = (
+        np.asarray(
+            Image.fromarray(((coarse + 40) * 3.1875).astype(np.uint8)).resize((width, height), Image.BILINEAR),
+            dtype=np.float32,
+        )
+        / 3.1875
+        - 40
+    )
     image += blobs
     # Stripes at a random frequency and direction.
     freq = rng.uniform(0.05, 0.4)
@@ -125,7 +129,20 @@ def render_shape_mask(
         draw.polygon(_polygon(cx, cy, r, 6, rotation), fill=255)
     elif kind == "cross":
         w = 0.32 * r
-        pts = [(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w), (-w, -w)]
+        pts = [
+            (-w, -r),
+            (w, -r),
+            (w, -w),
+            (r, -w),
+            (r, w),
+            (w, w),
+            (w, r),
+            (-w, r),
+            (-w, w),
+            (-r, w),
+            (-r, -w),
+            (-w, -w),
+        ]
         c, s = math.cos(rotation), math.sin(rotation)
         draw.polygon([(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts], fill=255)
     elif kind == "ring":
@@ -138,7 +155,15 @@ def render_shape_mask(
         ox, oy = cx + off * math.cos(rotation), cy + off * math.sin(rotation)
         draw.ellipse([ox - 0.85 * r, oy - 0.85 * r, ox + 0.85 * r, oy + 0.85 * r], fill=0)
     elif kind == "arrow":
-        pts = [(-r, -0.22 * r), (0.2 * r, -0.22 * r), (0.2 * r, -0.6 * r), (r, 0), (0.2 * r, 0.6 * r), (0.2 * r, 0.22 * r), (-r, 0.22 * r)]
+        pts = [
+            (-r, -0.22 * r),
+            (0.2 * r, -0.22 * r),
+            (0.2 * r, -0.6 * r),
+            (r, 0),
+            (0.2 * r, 0.6 * r),
+            (0.2 * r, 0.22 * r),
+            (-r, 0.22 * r),
+        ]
         c, s = math.cos(rotation), math.sin(rotation)
         draw.polygon([(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts], fill=255)
     else:
@@ -291,9 +316,7 @@ def write_classification_dataset(
     return _write_atomically(Path(root), {"kind": "classification", **asdict(spec)}, build)
 
 
-def _render_labelled(
-    rng: np.random.Generator, image_size: int, label: int, distractors: list[int]
-) -> np.ndarray:
+def _render_labelled(rng: np.random.Generator, image_size: int, label: int, distractors: list[int]) -> np.ndarray:
     """Small distractor shapes first, then the labelled shape large and on top."""
     height = width = image_size
     if distractors:

@@ -19,12 +19,24 @@ __all__ = ["COCO_STAT_NAMES", "CocoEvaluator", "evaluate_coco_results"]
 
 # The 12 numbers COCOeval.summarize() prints, in its order.
 COCO_STAT_NAMES = (
-    "mAP", "mAP_50", "mAP_75", "mAP_small", "mAP_medium", "mAP_large",
-    "mAR_1", "mAR_10", "mAR_100", "mAR_small", "mAR_medium", "mAR_large",
+    "mAP",
+    "mAP_50",
+    "mAP_75",
+    "mAP_small",
+    "mAP_medium",
+    "mAP_large",
+    "mAR_1",
+    "mAR_10",
+    "mAR_100",
+    "mAR_small",
+    "mAR_medium",
+    "mAR_large",
 )
 
 
-def evaluate_coco_results(coco_gt: COCO, results: list[dict], image_ids: Iterable[int] | None = None) -> dict[str, float]:
+def evaluate_coco_results(
+    coco_gt: COCO, results: list[dict], image_ids: Iterable[int] | None = None
+) -> dict[str, float]:
     """Run COCOeval (bbox) on detections in COCO results format; returns the 12 summary numbers.
 
     ``image_ids`` restricts evaluation to the images that were predicted (all of them by default).

@@ -39,7 +39,9 @@ def segmentation_scores(confusion: Tensor, class_names: Sequence[str] | None = N
     predicted = confusion.sum(dim=0)
     union = ground_truth + predicted - true_positive
     iou = torch.where(union > 0, true_positive / union.clamp(min=1), torch.full_like(union, float("nan")))
-    accuracy = torch.where(ground_truth > 0, true_positive / ground_truth.clamp(min=1), torch.full_like(union, float("nan")))
+    accuracy = torch.where(
+        ground_truth > 0, true_positive / ground_truth.clamp(min=1), torch.full_like(union, float("nan"))
+    )
     total = confusion.sum()
     scores = {
         "mIoU": float(iou.nanmean()) if (union > 0).any() else float("nan"),

@@ -2,7 +2,12 @@
 
 from .classification import mobilenet_v2
 from .deeplabv3 import DeepLabV3, deeplabv3_mobilenet_v2, multi_scale_probabilities
-from .memory_efficient import largest_activations, memory_efficient_inference, set_expansion_groups, split_expansion_forward
+from .memory_efficient import (
+    largest_activations,
+    memory_efficient_inference,
+    set_expansion_groups,
+    split_expansion_forward,
+)
 from .mobilenetv2 import FeatureInfo, InvertedResidual, MobileNetV2, MobileNetV2Backbone, make_divisible
 from .ssdlite import SSDLiteMobileNetV2Extractor, TFSSDAnchorGenerator, ssdlite_mobilenet_v2
 from .weights import (

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from .mobilenetv2 import MobileNetV2
 from .memory_efficient import set_expansion_groups
+from .mobilenetv2 import MobileNetV2
 from .weights import load_weights
 
 __all__ = ["mobilenet_v2"]
@@ -35,9 +35,7 @@ def mobilenet_v2(
         expansion_groups: memory-efficient inference (paper section 5.1): k channel groups per
             expansion, one k or one per block; ``None`` the standard path. Eval mode only.
     """
-    model = MobileNetV2(
-        num_classes=num_classes, width_mult=width_mult, output_stride=output_stride, dropout=dropout
-    )
+    model = MobileNetV2(num_classes=num_classes, width_mult=width_mult, output_stride=output_stride, dropout=dropout)
     if weights is not None:
         load_weights(model, weights)
     if freeze_backbone is not False or frozen_bn:

@@ -12,13 +12,12 @@ import os
 from collections.abc import Sequence
 
 import torch
-
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-from .mobilenetv2 import MobileNetV2Backbone
 from .memory_efficient import set_expansion_groups
+from .mobilenetv2 import MobileNetV2Backbone
 from .weights import load_backbone_weights, load_weights
 
 __all__ = ["DeepLabV3", "deeplabv3_mobilenet_v2", "multi_scale_probabilities"]
@@ -31,7 +30,9 @@ ASPP_RATES_OS16 = (6, 12, 18)
 class DeepLabV3(nn.Module):
     """Backbone tap -> ASPP -> 1x1 classifier -> bilinear upsampling to the input size."""
 
-    def __init__(self, backbone: MobileNetV2Backbone, num_classes: int, atrous_rates: tuple[int, ...], channels: int = 256):
+    def __init__(
+        self, backbone: MobileNetV2Backbone, num_classes: int, atrous_rates: tuple[int, ...], channels: int = 256
+    ):
         super().__init__()
         self.backbone = backbone
         (in_channels,) = backbone.out_channels.values()

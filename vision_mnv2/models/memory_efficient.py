@@ -106,7 +106,9 @@ def set_expansion_groups(model: nn.Module, groups: int | Sequence[int] | Mapping
 
 
 @contextmanager
-def memory_efficient_inference(model: nn.Module, groups: int | Sequence[int] | Mapping[int, int] = 4) -> Iterator[nn.Module]:
+def memory_efficient_inference(
+    model: nn.Module, groups: int | Sequence[int] | Mapping[int, int] = 4
+) -> Iterator[nn.Module]:
     """``with memory_efficient_inference(model, 4): model(x)``; restores the previous choice after."""
     blocks = _blocks(model)
     previous = [getattr(b, "expansion_groups", 1) for b in blocks]
@@ -119,7 +121,9 @@ def memory_efficient_inference(model: nn.Module, groups: int | Sequence[int] | M
 
 
 @torch.no_grad()
-def largest_activations(model: nn.Module, images: Tensor, bytes_per_element: int = 2) -> dict[tuple[int, int], dict[str, int]]:
+def largest_activations(
+    model: nn.Module, images: Tensor, bytes_per_element: int = 2
+) -> dict[tuple[int, int], dict[str, int]]:
     """Paper Table 3: per spatial resolution, the largest tensor that must be materialised, in bytes
     (16-bit floats by default), on the standard path and on the memory-efficient one (where an
     expanded tensor only exists one group at a time). Measured with hooks on one forward."""
@@ -134,6 +138,7 @@ def largest_activations(model: nn.Module, images: Tensor, bytes_per_element: int
     blocks = set(map(id, _blocks(model)))
     for module in model.modules():
         if id(module) in blocks:
+
             def hook(block, inputs, output):
                 (x,) = inputs
                 k = max(1, getattr(block, "expansion_groups", 1))

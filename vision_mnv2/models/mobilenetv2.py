@@ -110,9 +110,7 @@ class InvertedResidual(nn.Module):
             activation_layer=nn.ReLU6,
         )
         # Linear bottleneck: no activation after the projection (paper section 3.2).
-        self.project = Conv2dNormActivation(
-            hidden, out_channels, kernel_size=1, norm_layer=_bn, activation_layer=None
-        )
+        self.project = Conv2dNormActivation(hidden, out_channels, kernel_size=1, norm_layer=_bn, activation_layer=None)
 
     def forward_with_expansion(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Return the block output and the expansion output (the input of the depthwise conv)."""
@@ -164,9 +162,7 @@ class MobileNetV2Backbone(nn.Module):
         if not isinstance(width_mult, (int, float)) or width_mult <= 0:
             raise ValueError(f"width_mult must be a positive number, got {width_mult!r}")
         if output_stride not in VALID_OUTPUT_STRIDES:
-            raise ValueError(
-                f"output_stride must be one of {VALID_OUTPUT_STRIDES}, got {output_stride!r}"
-            )
+            raise ValueError(f"output_stride must be one of {VALID_OUTPUT_STRIDES}, got {output_stride!r}")
         self.width_mult = float(width_mult)
         self.output_stride = output_stride
 
@@ -174,9 +170,7 @@ class MobileNetV2Backbone(nn.Module):
         self.last_channels = make_divisible(LAST_CHANNELS * max(1.0, width_mult), round_nearest)
 
         layers: list[nn.Module] = [
-            Conv2dNormActivation(
-                3, in_channels, kernel_size=3, stride=2, norm_layer=_bn, activation_layer=nn.ReLU6
-            )
+            Conv2dNormActivation(3, in_channels, kernel_size=3, stride=2, norm_layer=_bn, activation_layer=nn.ReLU6)
         ]
         infos: list[FeatureInfo] = [FeatureInfo("layer1", in_channels, 2, 0)]
         current_stride, dilation = 2, 1
@@ -195,9 +189,7 @@ class MobileNetV2Backbone(nn.Module):
                 layers.append(block)
                 reduction_in = current_stride // stride  # stride at the block's input
                 if block.expand is not None:
-                    infos.append(
-                        FeatureInfo(f"layer{index + 1}/expansion", block.hidden_channels, reduction_in, index)
-                    )
+                    infos.append(FeatureInfo(f"layer{index + 1}/expansion", block.hidden_channels, reduction_in, index))
                 infos.append(FeatureInfo(f"layer{index + 1}", out_channels, current_stride, index))
                 in_channels = out_channels
         layers.append(
@@ -213,9 +205,7 @@ class MobileNetV2Backbone(nn.Module):
         self.out_features: tuple[str, ...] = tuple(out_features) if out_features else (last,)
         unknown = [name for name in self.out_features if name not in self.feature_info]
         if unknown:
-            raise ValueError(
-                f"unknown feature tap(s) {unknown}; available: {list(self.feature_info)}"
-            )
+            raise ValueError(f"unknown feature tap(s) {unknown}; available: {list(self.feature_info)}")
         if drop_unused:
             deepest = max(self.feature_info[name].module_index for name in self.out_features)
             self.features = self.features[: deepest + 1]
@@ -282,9 +272,7 @@ class MobileNetV2Backbone(nn.Module):
         """Return the requested taps by name, running only as many layers as they need."""
         wanted = {self.feature_info[name].module_index for name in self.out_features}
         expansion_taps = {
-            self.feature_info[name].module_index: name
-            for name in self.out_features
-            if name.endswith("/expansion")
+            self.feature_info[name].module_index: name for name in self.out_features if name.endswith("/expansion")
         }
         taps: dict[str, Tensor] = {}
         for index, layer in enumerate(self.features):
@@ -316,9 +304,7 @@ class MobileNetV2(nn.Module):
         self.backbone = MobileNetV2Backbone(width_mult=width_mult, output_stride=output_stride)
         self.num_classes = num_classes
         # Same layout as torchvision's classifier (Dropout at index 0, Linear at 1).
-        self.classifier = nn.Sequential(
-            nn.Dropout(p=dropout), nn.Linear(self.backbone.last_channels, num_classes)
-        )
+        self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(self.backbone.last_channels, num_classes))
         nn.init.normal_(self.classifier[1].weight, 0, 0.01)
         nn.init.zeros_(self.classifier[1].bias)
 

@@ -20,8 +20,8 @@ from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.ssdlite import SSDLiteHead, _extra_block, _normal_init
 from torchvision.ops import batched_nms, clip_boxes_to_image, sigmoid_focal_loss
 
-from .mobilenetv2 import MobileNetV2Backbone, make_divisible
 from .memory_efficient import set_expansion_groups
+from .mobilenetv2 import MobileNetV2Backbone, make_divisible
 from .weights import load_backbone_weights, load_weights
 
 __all__ = ["FocalLossSSD", "SSDLiteMobileNetV2Extractor", "TFSSDAnchorGenerator", "ssdlite_mobilenet_v2"]
@@ -111,7 +111,9 @@ class FocalLossSSD(SSD):
     def postprocess_detections(self, head_outputs, image_anchors, image_shapes) -> list[dict[str, Tensor]]:
         scores_all = torch.sigmoid(head_outputs["cls_logits"][..., 1:])
         detections = []
-        for boxes, scores, anchors, shape in zip(head_outputs["bbox_regression"], scores_all, image_anchors, image_shapes):
+        for boxes, scores, anchors, shape in zip(
+            head_outputs["bbox_regression"], scores_all, image_anchors, image_shapes
+        ):
             boxes = clip_boxes_to_image(self.box_coder.decode_single(boxes, anchors), shape)
             flat = scores.flatten()
             keep = torch.where(flat > self.score_thresh)[0]

@@ -88,15 +88,11 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt zip, pickle with code, truncated download, ...
-        raise WeightsError(
-            f"cannot read weights file {str(path)!r}: {type(exc).__name__}: {exc}".strip()
-        ) from exc
+        raise WeightsError(f"cannot read weights file {str(path)!r}: {type(exc).__name__}: {exc}".strip()) from exc
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
         if any(k.startswith(TASK_MODEL_PREFIX) for k in obj):
-            obj = {
-                k[len(TASK_MODEL_PREFIX) :]: v for k, v in obj.items() if k.startswith(TASK_MODEL_PREFIX)
-            }
+            obj = {k[len(TASK_MODEL_PREFIX) :]: v for k, v in obj.items() if k.startswith(TASK_MODEL_PREFIX)}
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise WeightsError(f"weights file {str(path)!r} does not hold a state dict of tensors")
     return dict(obj)
@@ -107,9 +103,7 @@ _TV_CONV = re.compile(r"^features\.(\d+)\.(\d+\..+)$")
 
 
 def is_torchvision_mobilenet_v2(state_dict: Mapping[str, Tensor]) -> bool:
-    return any(_TV_BLOCK.match(k) for k in state_dict) and not any(
-        k.startswith("backbone.") for k in state_dict
-    )
+    return any(_TV_BLOCK.match(k) for k in state_dict) and not any(k.startswith("backbone.") for k in state_dict)
 
 
 def from_torchvision_mobilenet_v2(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -157,7 +151,9 @@ def _read_in_project_layout(path: str | os.PathLike) -> dict[str, Tensor]:
     return from_torchvision_mobilenet_v2(state_dict) if is_torchvision_mobilenet_v2(state_dict) else state_dict
 
 
-def _check_fit(own: Mapping[str, Tensor], state_dict: Mapping[str, Tensor], path, target: str, unexpected_too: bool) -> None:
+def _check_fit(
+    own: Mapping[str, Tensor], state_dict: Mapping[str, Tensor], path, target: str, unexpected_too: bool
+) -> None:
     """Raise :class:`WeightsError` naming every missing, unexpected (if asked) or mis-shaped key."""
     missing = sorted(k for k in own if k not in state_dict)
     unexpected = sorted(k for k in state_dict if k not in own) if unexpected_too else []
@@ -202,7 +198,9 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
         )
     prefix = prefixes[0]
     own = backbone.state_dict()
-    backbone_keys = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix) and k[len(prefix) :] in own}
+    backbone_keys = {
+        k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix) and k[len(prefix) :] in own
+    }
     _check_fit(own, backbone_keys, path, "the backbone", unexpected_too=False)
     backbone.load_state_dict(backbone_keys)
 
@@ -229,7 +227,9 @@ class TransferReport:
 def _backbone_prefix(keys, where: str) -> str:
     prefixes = sorted({k[: -len(_STEM_KEY)] for k in keys if k.endswith(_STEM_KEY)})
     if len(prefixes) != 1:
-        raise WeightsError(f"{where} holds {len(prefixes)} MobileNetV2 backbones (under {prefixes or 'no prefix'}); expected one")
+        raise WeightsError(
+            f"{where} holds {len(prefixes)} MobileNetV2 backbones (under {prefixes or 'no prefix'}); expected one"
+        )
     return prefixes[0]
 
 
