@@ -1,37 +1,38 @@
-"""``tools/benchmark.py``: this project's network against torchvision's counterpart, and the task's
-full training loop against its model step alone, all measured in one run; results go to
-docs/BENCHMARKS.md between markers for the task, with the command that produced them."""
+"""``tools/benchmark.py``: this project's network (random weights, or a checkpoint's) against
+torchvision's counterpart, and the task's full training loop against its model step alone, all
+measured in one run. The report goes to the run folder; ``benchmark.update_docs=true`` also
+replaces the task's section of docs/BENCHMARKS.md."""
 
 from __future__ import annotations
 
 import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
-from vision_mnv2.benchmark import measure, reference_model
+from vision_mnv2.benchmark import Measurement, measure
+from vision_mnv2.complexity import count_parameters
+from vision_mnv2.pipelines import PIPELINES, Pipeline, describe
+from vision_mnv2.reports import command_line, write_report, write_section
 
-from .inference import task_kind
+from .checkpoints import checkpoint_model, evaluation_data, open_pipeline, task_of_config
 
 __all__ = ["run_benchmark", "training_throughput"]
 
-# Class counts of the reference models, so both sides predict the same number of outputs.
-REFERENCE_CLASSES = {"classification": 1000, "detection": 90, "segmentation": 21}
 
-
-def _model_for(cfg: DictConfig, kind: str, image_size: int):
-    kwargs = {"num_classes": REFERENCE_CLASSES[kind]}
-    if kind == "detection":
+def _random_pipeline(cfg: DictConfig, task: str, image_size: int, classes: int) -> Pipeline:
+    """The configured network with random weights, with torchvision's class count and input size."""
+    kwargs = {"num_classes": classes}
+    if task == "detection":
         kwargs["image_size"] = image_size
-    for key in ("weights", "backbone_weights", "init_from"):
+    for key in ("weights", "backbone_weights"):
         if key in cfg.model:
             kwargs[key] = None
-    return instantiate(cfg.model, **kwargs)
+    model = instantiate(cfg.model, **kwargs).eval()
+    return PIPELINES[task](describe(task, model, {"image_size": image_size}), model)
 
 
 def training_throughput(cfg: DictConfig, steps: int) -> dict[str, float]:
@@ -39,7 +40,11 @@ def training_throughput(cfg: DictConfig, steps: int) -> dict[str, float]:
     forward, backward, optimiser step) and of the model step alone on one batch held in memory: when
     the first is much lower, data loading is the bottleneck."""
     datamodule = instantiate(cfg.data)
-    module = instantiate(cfg.module)
+    if cfg.get("ckpt_path"):
+        model, _ = checkpoint_model(cfg)
+        module = instantiate(cfg.module, model=model.train(), init_from=None)
+    else:
+        module = instantiate(cfg.module)
     datamodule.prepare_data()
     datamodule.setup("fit")
     module.setup("fit")
@@ -77,7 +82,7 @@ def training_throughput(cfg: DictConfig, steps: int) -> dict[str, float]:
     return {"full_loop": full, "model_step": alone, "batch_size": batch_size}
 
 
-def _best(rows):
+def _best(rows: list[Measurement]) -> Measurement:
     """Each figure at its best over the repeats: the least disturbed measurement of each."""
 
     def pick(field, best):
@@ -85,7 +90,7 @@ def _best(rows):
         return best(values) if values else None
 
     first = rows[0]
-    return type(first)(
+    return Measurement(
         first.name, first.params, first.macs,
         pick("eager_latency_ms", min), pick("eager_throughput", max),
         pick("onnx_latency_ms", min), pick("onnx_throughput", max), pick("peak_memory_mb", min),
@@ -101,28 +106,43 @@ def _ratio(ours, theirs):
 
 
 def run_benchmark(cfg: DictConfig) -> str:
-    kind = task_kind(cfg)
+    task = task_of_config(cfg)
     torch.set_num_threads(int(cfg.benchmark.threads or torch.get_num_threads()))
-    ref_name, ref_model, ref_size = reference_model(kind)
-    size = int(cfg.benchmark.image_size or ref_size)
-    ours = _model_for(cfg, kind, size)
+    pipeline_class = PIPELINES[task]
+    ref_name, ref_function, ref_params, ref_size = pipeline_class.reference()
+    if cfg.get("ckpt_path"):
+        with open_dict(cfg):
+            if cfg.benchmark.image_size:
+                cfg.image_size = int(cfg.benchmark.image_size)
+        ours = open_pipeline(cfg)
+        size = int(cfg.benchmark.image_size or (ours.meta.input_size or [ref_size])[0])
+        label = f"vision-mnv2 {ours.meta.builder} ({Path(cfg.ckpt_path).name})"
+    else:
+        size = int(cfg.benchmark.image_size or ref_size)
+        ours = _random_pipeline(cfg, task, size, pipeline_class.reference_classes)
+        label = f"vision-mnv2 {ours.meta.builder}"
+    if task == "detection" and size != ref_size:
+        from vision_mnv2.pipelines import DetectionExportModule  # noqa: PLC0415
+
+        ref_function = DetectionExportModule(ref_function.ssd, size, nms=False)
+    # Detection timed without NMS on both sides: the networks' work, not the selection's.
+    ours_function = ours.export_module(nms=False) if task == "detection" else ours.export_module()
+    ours_params = count_parameters(ours.model)
     args = dict(
-        batch=int(cfg.benchmark.batch),
-        warmup=int(cfg.benchmark.warmup),
-        iters=int(cfg.benchmark.iters),
+        batch=int(cfg.benchmark.batch), warmup=int(cfg.benchmark.warmup), iters=int(cfg.benchmark.iters),
         onnx=bool(cfg.benchmark.onnx),
-    )
+    )  # fmt: skip
     rows = []
     # Alternate the two models so that drifting machine load hits both alike.
     for _ in range(int(cfg.benchmark.repeats)):
-        rows.append(measure(f"vision-mnv2 {cfg.task_name}", ours, kind, size, **args))
-        rows.append(measure(ref_name, ref_model, kind, size, **args))
+        rows.append(measure(label, ours_function, ours_params, size, **args))
+        rows.append(measure(ref_name, ref_function, ref_params, size, **args))
     ours_m, ref_m = _best(rows[0::2]), _best(rows[1::2])
 
     lines = [
-        f"### {cfg.task_name} ({kind}) at {size}x{size}, {torch.get_num_threads()} threads",
+        f"### {cfg.task_name} ({task}) at {size}x{size}, {torch.get_num_threads()} threads",
         "",
-        f"Command: `python tools/benchmark.py {' '.join(shlex.quote(a) for a in sys.argv[1:] if not a.startswith('hydra.'))}`  ",
+        f"Command: `{command_line('benchmark.py')}`  ",
         f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}. "
         f"Each figure the best of {cfg.benchmark.repeats} alternating repeats (latency: median of {cfg.benchmark.iters} calls); "
         "no NMS in either detector. Ratios: latency and memory below 1, throughput above 1 mean ours is better.",
@@ -143,6 +163,9 @@ def run_benchmark(cfg: DictConfig) -> str:
         f"| {_ratio(ours_m.peak_memory_mb, ref_m.peak_memory_mb)} |"
     )
     if cfg.benchmark.train_steps:
+        if cfg.get("ckpt_path"):
+            with open_dict(cfg):
+                cfg.data = evaluation_data(cfg, ours.meta)
         train = training_throughput(cfg, int(cfg.benchmark.train_steps))
         lines += [
             "",
@@ -153,26 +176,9 @@ def run_benchmark(cfg: DictConfig) -> str:
         ]
     text = "\n".join(lines) + "\n"
     print(text)
-    if cfg.benchmark.write:
-        _write_section(Path(cfg.benchmark.output), cfg.task_name, text)
+    report = write_report(Path(cfg.paths.output_dir) / "benchmark.md", text)
+    print(f"report written to {report}")
+    if cfg.benchmark.update_docs:
+        write_section(Path(cfg.benchmark.docs), cfg.task_name, text)
+        print(f"section {cfg.task_name!r} of {cfg.benchmark.docs} replaced")
     return text
-
-
-def _write_section(path: Path, name: str, text: str) -> None:
-    start, end = f"<!-- benchmark:{name} -->", f"<!-- /benchmark:{name} -->"
-    current = (
-        path.read_text()
-        if path.is_file()
-        else "# Benchmarks\n\nWritten by `tools/benchmark.py`; each section is replaced when its command runs again.\n"
-    )
-    block = f"{start}\n{text}{end}"
-    if start in current and end in current:
-        before, rest = current.split(start, 1)
-        _, after = rest.split(end, 1)
-        current = before + block + after
-    else:
-        current = current.rstrip("\n") + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(current)
-    tmp.replace(path)

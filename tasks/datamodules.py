@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from vision_mnv2.data.segmentation_transforms import (
     segmentation_eval_transform,
     segmentation_train_transform,
 )
+from vision_mnv2.models.normalization import resolve_normalization
 
 __all__ = ["ClassificationDataModule", "DetectionDataModule", "SegmentationDataModule", "detection_collate"]
 
@@ -161,6 +163,13 @@ class _DataModuleBase(L.LightningDataModule):
         elif not self.root.is_dir():
             raise DatasetError(f"data.root {str(self.root)!r} does not exist")
 
+    def describe(self) -> dict[str, Any]:
+        """What a model trained on this data must carry to be used without it: class names (and
+        dataset category ids), and ``hints`` about evaluation preprocessing. Sets up the
+        validation split if needed."""
+        self.setup("validate")
+        return {"class_names": list(self.val_set.class_names), "hints": {}}
+
     @property
     def skipped(self) -> dict[str, int]:
         """Bad samples left out of each split that is set up (``skip_bad``)."""
@@ -195,7 +204,7 @@ class _DataModuleBase(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            collate_fn=type(self).collate_fn,
+            collate_fn=self.collate_fn,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -251,6 +260,13 @@ class ClassificationDataModule(_DataModuleBase):
     def class_names(self) -> list[str]:
         self.setup("fit")
         return list(self.train_set.classes)
+
+    def describe(self) -> dict[str, Any]:
+        self.setup("validate")
+        return {
+            "class_names": list(self.val_set.classes),
+            "hints": {"image_size": self.image_size, "crop_fraction": self.crop_fraction},
+        }
 
     def setup(self, stage: str | None = None) -> None:
         self._generate_if_missing()
@@ -326,6 +342,15 @@ class DetectionDataModule(_DataModuleBase):
         }
         self.augment = dict(augment or {})
 
+    def describe(self) -> dict[str, Any]:
+        self.setup("validate")
+        mapping = self.val_set.label_to_category_id
+        return {
+            "class_names": list(self.val_set.class_names),
+            "category_ids": [int(mapping[label]) for label in sorted(mapping)],
+            "hints": {},
+        }
+
     def _dataset(self, split: str, transform) -> CocoDetection:
         images, annotations = self.paths[split]
         dataset = CocoDetection(images, annotations, transform, self.skip_bad, self.check_images)
@@ -360,10 +385,10 @@ class SegmentationDataModule(_DataModuleBase):
         eval_pad_size: validation images are padded (ignored pixels) to this size so that batches
             stack; ``None`` when they all have one size already.
         class_names: names in label order; default ``class_names.txt`` in ``root``, else VOC's.
+        normalization: the model's input normalisation (``model.normalization``); padding is its
+            mean pixel, which the network sees as zero.
         options: loader and checking options shared by every datamodule (:class:`_DataModuleBase`).
     """
-
-    collate_fn = staticmethod(segmentation_collate)
 
     def __init__(
         self,
@@ -380,9 +405,12 @@ class SegmentationDataModule(_DataModuleBase):
         hflip: float = 0.5,
         eval_pad_size: int | None = 513,
         class_names: list[str] | None = None,
+        normalization: str | dict | list | None = "imagenet",
         **options,
     ) -> None:
         super().__init__(root, num_classes, image_size, batch_size, **options)
+        self.fill = tuple(255.0 * m for m in resolve_normalization(normalization).mean)
+        self.collate_fn = partial(segmentation_collate, fill=self.fill)
         self.splits = {"train": (train_split, mask_dir), "val": (val_split, val_mask_dir or mask_dir)}
         self.image_dir = image_dir
         self.scale = tuple(scale)
@@ -407,7 +435,12 @@ class SegmentationDataModule(_DataModuleBase):
     def setup(self, stage: str | None = None) -> None:
         self._generate_if_missing()
         if stage in (None, "fit") and self.train_set is None:
-            transform = segmentation_train_transform(self.image_size, self.scale, self.hflip)
+            transform = segmentation_train_transform(self.image_size, self.scale, self.hflip, self.fill)
             self.train_set = self._dataset("train", transform)
         if self.val_set is None:
-            self.val_set = self._dataset("val", segmentation_eval_transform(self.eval_pad_size))
+            self.val_set = self._dataset("val", segmentation_eval_transform(self.eval_pad_size, self.fill))
+
+    def describe(self) -> dict[str, Any]:
+        description = super().describe()
+        description["hints"] = {"pad_to": self.eval_pad_size}
+        return description

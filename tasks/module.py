@@ -13,7 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from vision_mnv2.checkpoint import META_KEY, ModelMeta
 from vision_mnv2.models import transfer_weights
+from vision_mnv2.models.registry import build_config
+from vision_mnv2.pipelines import describe
 
 from .optim import configure_optimizers
 
@@ -55,6 +58,10 @@ class TaskModule(L.LightningModule):
         nonfinite_loss: str = "raise",
     ) -> None:
         super().__init__()
+        # Where this model comes from (run name, data configuration), for its checkpoints; the
+        # runner sets it (a constructor argument would be instantiated by Hydra: it holds configs).
+        self.run_info: dict = {}
+        self.data_description: dict = {}
         if nonfinite_loss not in ("raise", "skip"):
             raise ValueError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
         self.nonfinite_loss = nonfinite_loss
@@ -74,6 +81,29 @@ class TaskModule(L.LightningModule):
         # NHWC convolutions: about 1.5x faster training on CPU (oneDNN) and the layout tensor cores want.
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        # Class names, category ids and evaluation preprocessing come from the data; the datamodule
+        # says them once, and every checkpoint carries them.
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "describe"):
+            self.data_description = datamodule.describe()
+
+    def model_meta(self) -> ModelMeta | None:
+        """The description of the network as it is now (``None`` for a network not built by one of
+        this project's builders)."""
+        if build_config(self.model) is None:
+            return None
+        info = self.data_description
+        training = {**self.run_info}
+        if self._trainer is not None:
+            training.update(epoch=int(self.current_epoch), global_step=int(self.global_step))
+        return describe(
+            build_config(self.model)["task"],
+            self.model,
+            info.get("hints"),
+            class_names=info.get("class_names"),
+            category_ids=info.get("category_ids"),
+            training=training,
+        )
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # With a run seed, the random draws of each training step (dropout, ...) depend on (seed,
@@ -88,16 +118,13 @@ class TaskModule(L.LightningModule):
             torch.manual_seed(step_seed)  # CUDA generators too
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Class names (and COCO category ids) travel with the weights, for prediction and export.
-        dataset = getattr(getattr(self.trainer, "datamodule", None), "val_set", None)
-        names = getattr(dataset, "class_names", None) or getattr(dataset, "classes", None)
-        meta = {}
-        if names:
-            meta["class_names"] = [str(name) for name in names]
-        if getattr(dataset, "label_to_category_id", None):
-            mapping = dataset.label_to_category_id
-            meta["category_ids"] = [int(mapping[label]) for label in sorted(mapping)]
-        checkpoint["vision_mnv2"] = meta
+        # The model describes itself: builder and arguments, preprocessing, classes, where it came
+        # from; predict / eval / export / quantize need nothing else (vision_mnv2.checkpoint).
+        meta = self.model_meta()
+        if meta is None:
+            info = self.data_description
+            meta = ModelMeta(class_names=info.get("class_names"), category_ids=info.get("category_ids"))
+        checkpoint[META_KEY] = meta.as_dict()
 
     def checked_loss(self, loss: torch.Tensor, batch, batch_idx: int) -> torch.Tensor | None:
         """The loss if it is finite. Otherwise, by ``nonfinite_loss``: ``"raise"`` stops the run with

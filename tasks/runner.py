@@ -13,7 +13,11 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
+
+from vision_mnv2.checkpoint import read_checkpoint
+
+from .checkpoints import checkpoint_model, evaluation_data, run_info, task_of_config
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,7 @@ def build(cfg: DictConfig, with_loggers: bool = True) -> tuple[L.LightningDataMo
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module)
+    module.run_info = run_info(cfg)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger")) if with_loggers else []
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -70,6 +75,10 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then report the validation metrics of the best checkpoint. Returns metrics and paths."""
     ckpt_path = resume_checkpoint(cfg)
+    if ckpt_path:
+        # The project's own message for a file that is not a checkpoint, holds code, or is another
+        # task's model (Lightning's would dump key names or suggest unsafe loading).
+        read_checkpoint(ckpt_path, task_of_config(cfg))
     datamodule, module, trainer = build(cfg)
     if ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
         # A resumed run keeps its checkpoints where they were: in another folder Lightning would
@@ -103,16 +112,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Validate the checkpoint ``cfg.ckpt_path`` on the validation split; print and write the metrics."""
+def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, float]:
+    """Validate the checkpoint ``cfg.ckpt_path`` on a validation split; print and write the metrics.
+
+    The checkpoint gives the task, the network and, when it was trained here, the data; explicit
+    ``overrides`` (Hydra's, by default) are checked against it (:mod:`tasks.checkpoints`)."""
     if not cfg.get("ckpt_path"):
         raise ValueError("evaluation needs ckpt_path=PATH (a checkpoint written by tools/train.py)")
     ckpt = Path(cfg.ckpt_path).expanduser()
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint {str(ckpt)!r} does not exist")
-    datamodule, module, trainer = build(cfg, with_loggers=False)
-    # Our checkpoints hold only tensors and plain values, so they load without running pickled code.
-    trainer.validate(module, datamodule=datamodule, ckpt_path=str(ckpt), weights_only=True)
+    model, meta = checkpoint_model(cfg, overrides)
+    with open_dict(cfg):
+        cfg.data = evaluation_data(cfg, meta, overrides)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    module = instantiate(cfg.module, model=model, init_from=None)
+    trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")), logger=False)
+    # The network already holds the checkpoint's weights (read with weights_only=True).
+    trainer.validate(module, datamodule=datamodule, verbose=False)  # printed once, below
     metrics = _metrics(trainer)
     if not trainer.is_global_zero:  # under DDP every process holds the same synchronised numbers
         return metrics

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from vision_mnv2.data import write_classification_dataset
@@ -27,10 +28,15 @@ def tiny_cls_root(tmp_path_factory) -> Path:
 
 
 def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    """Compose a real entry config as ``tools/*.py`` would, with the run folder pinned to ``output_dir``."""
+    """Compose a real entry config as ``tools/*.py`` would, with the run folder pinned to ``output_dir``.
+
+    Hydra's own config is registered as ``@hydra.main`` does, so the code under test sees which
+    overrides were given explicitly (the tools check them against checkpoints)."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides)
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
+        del cfg["hydra"]
         cfg.paths.output_dir = str(output_dir)
         cfg.paths.cache_dir = str(output_dir / "cache")
     return cfg

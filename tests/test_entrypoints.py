@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 
 from tasks.runner import evaluate, train
+from vision_mnv2.checkpoint import CheckpointError
 
 from .conftest import REPO_ROOT, compose_config, tiny_classification_overrides
 
@@ -48,7 +49,7 @@ def test_eval_without_a_checkpoint_is_a_clear_error(tiny_cls_root, tmp_path):
         tiny_classification_overrides(tiny_cls_root, quiet_callbacks=False) + [f"ckpt_path={tmp_path}/none.ckpt"],
         tmp_path,
     )
-    with pytest.raises(FileNotFoundError, match="none.ckpt"):
+    with pytest.raises(CheckpointError, match="checkpoint file .*none.ckpt' does not exist"):
         evaluate(cfg)
 
 
@@ -80,8 +81,9 @@ def test_command_line_train_and_eval(tiny_cls_root, tmp_path):
     assert (run_dir / ".hydra" / "config.yaml").is_file(), "every run saves its config"
     last = run_dir / "checkpoints" / "last.ckpt"
     assert last.is_file()
+    # The checkpoint alone: task, model and data come from it.
     out = subprocess.run(
-        [sys.executable, "tools/eval.py", *common, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'eval'}"],
+        [sys.executable, "tools/eval.py", f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'eval'}"],
         cwd=REPO_ROOT,
         env=env,
         check=True,

@@ -1,4 +1,5 @@
-"""int8 static quantisation through onnxruntime: the quantised graph runs and stays close to fp32."""
+"""int8 static quantisation through onnxruntime: the quantised graph runs and stays close to fp32,
+and tools/quantize.py scores both from the checkpoint alone."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from tasks.checkpoints import with_task_from_checkpoint
 from tasks.quantize import run_quantize
-from vision_mnv2.data import write_segmentation_dataset
-from vision_mnv2.export import export_onnx
-from vision_mnv2.models import deeplabv3_mobilenet_v2, mobilenet_v2
+from vision_mnv2.checkpoint import save_model
+from vision_mnv2.data import write_detection_dataset
+from vision_mnv2.models import mobilenet_v2, ssdlite_mobilenet_v2
+from vision_mnv2.pipelines import ClassificationPipeline, describe
 from vision_mnv2.quantize import quantize_static_onnx
 
 from .conftest import compose_config, realistic_batch_norm
@@ -18,7 +21,8 @@ from .conftest import compose_config, realistic_batch_norm
 def test_int8_classifier_agrees_with_fp32(tmp_path):
     torch.manual_seed(0)
     model = realistic_batch_norm(mobilenet_v2(width_mult=0.5, num_classes=10))
-    fp32 = export_onnx(model, "classification", tmp_path / "fp32.onnx", 64)
+    pipeline = ClassificationPipeline(describe("classification", model, {"image_size": 64}), model)
+    fp32 = pipeline.export_onnx(tmp_path / "fp32.onnx")
     rng = np.random.default_rng(0)
     int8 = quantize_static_onnx(
         fp32, tmp_path / "int8.onnx", (rng.random((1, 3, 64, 64), dtype=np.float32) for _ in range(16))
@@ -31,37 +35,20 @@ def test_int8_classifier_agrees_with_fp32(tmp_path):
     assert np.corrcoef(quantised.ravel(), reference.ravel())[0, 1] > 0.9
 
 
-def test_quantize_tool_reports_accuracy_and_latency(tmp_path):
-    root = write_segmentation_dataset(
-        tmp_path / "voc", num_classes=2, train_images=6, val_images=3, image_size=(64, 96), seed=2
-    )
-    model = deeplabv3_mobilenet_v2(num_classes=3, width_mult=0.35, aspp=False)
-    ckpt = tmp_path / "seg.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in realistic_batch_norm(model).state_dict().items()}}, ckpt)
-    overrides = [
-        "task=deeplabv3", f"data.root={root}", "data.generate=null", "data.num_classes=3", "data.num_workers=0",
-        "backbone.width_mult=0.35", f"ckpt_path={ckpt}", "quantize.calibration_images=4", "quantize.iters=2",
-        "quantize.repeats=1", "quantize.write=false",
-    ]  # fmt: skip
-    text = run_quantize(compose_config("quantize", overrides, tmp_path / "run"))
-    assert "| fp32 | " in text and "| int8 | " in text and "**int8 vs fp32**" in text
-    assert (tmp_path / "run" / "deeplabv3_int8.onnx").is_file() and (tmp_path / "run" / "deeplabv3_fp32.onnx").is_file()
-
-
 def test_quantize_tool_scores_detection_with_cocoeval(tmp_path):
-    from vision_mnv2.data import write_detection_dataset  # noqa: PLC0415
-    from vision_mnv2.models import ssdlite_mobilenet_v2  # noqa: PLC0415
-
+    """Data given explicitly (the checkpoint was not trained here): the NMS graph is scored by
+    COCOeval, fp32 and int8, and the report stays in the run folder."""
     root = write_detection_dataset(
         tmp_path / "coco", num_classes=2, train_images=4, val_images=3, image_size=(96, 128), seed=3
     )
     model = realistic_batch_norm(ssdlite_mobilenet_v2(num_classes=2, width_mult=0.35, image_size=96))
-    ckpt = tmp_path / "det.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, ckpt)
+    ckpt = save_model(tmp_path / "det.ckpt", model, describe("detection", model, {}, category_ids=[1, 3]))
     overrides = [
-        "task=ssdlite", f"data.root={root}", "data.generate=null", "data.num_classes=2", "data.image_size=96",
-        "data.num_workers=0", "backbone.width_mult=0.35", f"ckpt_path={ckpt}", "quantize.calibration_images=3",
-        "quantize.iters=2", "quantize.repeats=1", "quantize.write=false",
+        f"ckpt_path={ckpt}", f"data.root={root}", "data.generate=null", "data.num_workers=0",
+        "quantize.calibration_images=3", "quantize.iters=2", "quantize.repeats=1",
     ]  # fmt: skip
-    text = run_quantize(compose_config("quantize", overrides, tmp_path / "run"))
-    assert "| graph | mAP |" in text and "**int8 vs fp32**" in text
+    cfg = compose_config("quantize", with_task_from_checkpoint(["tool", *overrides])[1:], tmp_path / "run")
+    text = run_quantize(cfg)
+    assert "| graph | mAP |" in text and "**int8 vs fp32**" in text and "NMS inside the graph" in text
+    assert (tmp_path / "run" / "ssdlite_mobilenet_v2_int8.onnx").is_file()
+    assert (tmp_path / "run" / "quantize.md").is_file()

@@ -26,11 +26,13 @@ from vision_mnv2.data.segmentation_transforms import (
     segmentation_eval_transform,
     segmentation_train_transform,
 )
-from vision_mnv2.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vision_mnv2.metrics import segmentation_confusion_matrix, segmentation_scores
 from vision_mnv2.models import deeplabv3_mobilenet_v2, multi_scale_probabilities
+from vision_mnv2.models.normalization import NORMALIZATIONS
 
 from .conftest import compose_config, tiny_task_overrides
+
+IMAGENET_MEAN = NORMALIZATIONS["imagenet"].mean
 
 NUM_SHAPES = 3
 
@@ -100,10 +102,10 @@ def test_bad_masks_and_lists_give_errors_naming_the_file(tmp_path):
         VOCSegmentation(root, "train", 3)
 
 
-def _denormalise(tensor: torch.Tensor) -> np.ndarray:
-    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-    std = torch.tensor(IMAGENET_STD)[:, None, None]
-    return ((tensor * std + mean) * 255).round().clamp(0, 255).permute(1, 2, 0).numpy().astype(np.uint8)
+def _to_pixels(tensor: torch.Tensor) -> np.ndarray:
+    """A [0, 1] image tensor (what the pipelines give the network) back to uint8 pixels."""
+    assert 0.0 <= float(tensor.min()) and float(tensor.max()) <= 1.0
+    return (tensor * 255).round().clamp(0, 255).permute(1, 2, 0).numpy().astype(np.uint8)
 
 
 def _same_label_around(mask: np.ndarray) -> np.ndarray:
@@ -131,7 +133,7 @@ def test_train_transform_moves_image_and_mask_together():
         out = transform(image=image, mask=mask)
         tensor, result = out["image"], np.asarray(out["mask"])
         assert tensor.shape == (3, 72, 72) and result.shape == (72, 72)
-        pixels = _denormalise(tensor)[..., 0].astype(int)
+        pixels = _to_pixels(tensor)[..., 0].astype(int)
         padded = result == IGNORE_INDEX
         saw_padding |= bool(padded.any())
         saw_scaled |= bool((result == 2).sum() > (mask == 2).sum())
@@ -161,6 +163,9 @@ def test_eval_transform_and_collate_pad_with_ignore():
     assert images.shape == (2, 3, 50, 70) and targets.shape == (2, 50, 70) and targets.dtype == torch.int64
     assert (targets[0, :, 60:] == IGNORE_INDEX).all() and (targets[1, 40:] == IGNORE_INDEX).all()
     assert (targets[1, :40] == 2).all()
+    # Images are padded with the normalisation's mean pixel (zero once the network normalises).
+    assert torch.allclose(images[0, :, 0, 65], torch.tensor(IMAGENET_MEAN), atol=1e-6)
+    assert torch.allclose(images[1, :, 45, 0], torch.tensor(IMAGENET_MEAN), atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -3,10 +3,13 @@
 Parameters, MACs, latency at batch 1 and throughput at ``benchmark.batch`` in eager PyTorch and in
 onnxruntime, peak memory, and the training loop's throughput; written to docs/BENCHMARKS.md."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from tasks.benchmark import run_benchmark
+from tasks.checkpoints import with_task_from_checkpoint
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="benchmark")
@@ -15,4 +18,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = with_task_from_checkpoint(sys.argv)  # compose the checkpoint's task when none is named
     main()

@@ -1,8 +1,11 @@
 """Evaluate a checkpoint: ``python tools/eval.py task=classification ckpt_path=PATH [overrides...]``."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
+from tasks.checkpoints import with_task_from_checkpoint
 from tasks.runner import evaluate
 
 
@@ -12,4 +15,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = with_task_from_checkpoint(sys.argv)  # compose the checkpoint's task when none is named
     main()

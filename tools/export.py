@@ -1,8 +1,11 @@
 """Export a checkpoint to ONNX: ``python tools/export.py task=deeplabv3 ckpt_path=PATH [export_file=model.onnx]``."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
+from tasks.checkpoints import with_task_from_checkpoint
 from tasks.inference import export
 
 
@@ -12,4 +15,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = with_task_from_checkpoint(sys.argv)  # compose the checkpoint's task when none is named
     main()

@@ -3,9 +3,12 @@
 Writes drawn images (boxes / mask overlays) and ``predictions.json`` (COCO results format for
 detection, top-5 for classification, masks for segmentation) into ``output_dir`` or the run folder."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
+from tasks.checkpoints import with_task_from_checkpoint
 from tasks.inference import predict
 
 
@@ -15,4 +18,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = with_task_from_checkpoint(sys.argv)  # compose the checkpoint's task when none is named
     main()

@@ -5,9 +5,12 @@
 Exports fp32 ONNX, quantises it (static, calibrated on training images), scores both on the
 validation split and times both at batch 1; writes the table into docs/BENCHMARKS.md."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
+from tasks.checkpoints import with_task_from_checkpoint
 from tasks.quantize import run_quantize
 
 
@@ -17,4 +20,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = with_task_from_checkpoint(sys.argv)  # compose the checkpoint's task when none is named
     main()

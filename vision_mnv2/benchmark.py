@@ -12,7 +12,6 @@ import gc
 import os
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,10 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .complexity import count_macs, count_parameters
-from .export import IMAGENET_MEAN, IMAGENET_STD, ImageNormalize, SSDExportWrapper
+from .complexity import count_macs
 
-__all__ = ["Measurement", "reference_model", "as_tensor_function", "measure", "time_call", "peak_rss_delta_mb"]
+__all__ = ["Measurement", "measure", "time_call", "peak_rss_delta_mb"]
 
 
 @dataclass
@@ -41,58 +39,15 @@ class Measurement:
         return asdict(self)
 
 
-def reference_model(task: str) -> tuple[str, nn.Module, int]:
-    """torchvision's counterpart of each task (random weights: speed does not depend on them)."""
-    from torchvision.models import mobilenet_v2  # noqa: PLC0415
-    from torchvision.models.detection import ssdlite320_mobilenet_v3_large  # noqa: PLC0415
-    from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large  # noqa: PLC0415
-
-    if task == "classification":
-        return "torchvision mobilenet_v2", mobilenet_v2(), 224
-    if task == "detection":
-        return (
-            "torchvision ssdlite320_mobilenet_v3_large",
-            ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None),
-            320,
-        )
-    if task == "segmentation":
-        return (
-            "torchvision deeplabv3_mobilenet_v3_large",
-            deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21),
-            513,
-        )
-    raise ValueError(f"unknown task {task!r}")
-
-
-class _OutTensor(nn.Module):
-    """torchvision's segmentation models return ``{"out": ...}``; export and time the tensor."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        out = self.model(x)
-        return out["out"] if isinstance(out, dict) else out
-
-
-def as_tensor_function(model: nn.Module, task: str, image_size: int) -> nn.Module:
-    """The network as ``images in [0, 1] -> tensors``, the form that is both timed and exported."""
-    if task == "detection":
-        return SSDExportWrapper(model.eval(), image_size).eval()
-    return ImageNormalize(_OutTensor(model.eval()), IMAGENET_MEAN, IMAGENET_STD).eval()
-
-
 def time_call(fn: Callable[[], object], warmup: int, iters: int) -> float:
-    """Median seconds per call."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median seconds per call of ``iters`` timed calls after ``warmup`` untimed ones, with
+    ``torch.utils.benchmark.Timer`` (which synchronises CUDA and keeps the thread count fixed)."""
+    from torch.utils import benchmark  # noqa: PLC0415
+
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    if warmup:
+        timer.timeit(warmup)
+    return statistics.median(timer.timeit(1).median for _ in range(max(1, iters)))
 
 
 _PEAK_SCRIPT = """
@@ -157,8 +112,8 @@ def _onnx_session(function: nn.Module, image_size: int, threads: int):
 @torch.no_grad()
 def measure(
     name: str,
-    model: nn.Module,
-    task: str,
+    function: nn.Module,
+    params: int,
     image_size: int,
     batch: int = 16,
     warmup: int = 3,
@@ -166,9 +121,11 @@ def measure(
     onnx: bool = True,
     threads: int | None = None,
 ) -> Measurement:
-    """Parameters, MACs, eager and onnxruntime latency (batch 1) and throughput (``batch``)."""
+    """MACs, eager and onnxruntime latency (batch 1) and throughput (``batch``) of ``function``, a
+    network as ``images in [0, 1] -> tensors`` (a pipeline's export module); ``params`` is the
+    network's parameter count."""
     threads = threads or torch.get_num_threads()
-    function = as_tensor_function(model, task, image_size)
+    function = function.eval()
     one = torch.rand(1, 3, image_size, image_size)
     many = torch.rand(batch, 3, image_size, image_size)
     macs = count_macs(function, (image_size, image_size))
@@ -183,14 +140,7 @@ def measure(
         onnx_latency = time_call(lambda: session.run(None, feed_one), warmup, iters) * 1000
         onnx_throughput = batch / time_call(lambda: session.run(None, feed_many), 1, max(2, iters // 3))
     return Measurement(
-        name,
-        count_parameters(model),
-        macs,
-        eager_latency * 1000,
-        batch / eager_batch,
-        onnx_latency,
-        onnx_throughput,
-        peak,
+        name, params, macs, eager_latency * 1000, batch / eager_batch, onnx_latency, onnx_throughput, peak
     )
 
 

@@ -1,4 +1,7 @@
-"""Albumentations pipelines. Numbers come from configs; these functions only assemble them."""
+"""Albumentations pipelines. Numbers come from configs; these functions only assemble them.
+
+They end with RGB float tensors in [0, 1]: the networks normalise their input themselves (their
+``normalization`` setting), so the data pipeline does not depend on the weights' statistics."""
 
 from __future__ import annotations
 
@@ -7,27 +10,25 @@ from collections.abc import Sequence
 import albumentations as A
 from albumentations.pytorch import ToTensorV2
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "classification_train_transform", "classification_eval_transform"]
+__all__ = ["classification_train_transform", "classification_eval_transform", "to_unit_tensor"]
 
-# torchvision's ImageNet statistics: its pretrained MobileNetV2 expects them.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+
+def to_unit_tensor() -> list:
+    """uint8 H x W x 3 -> float32 3 x H x W in [0, 1]."""
+    return [A.ToFloat(max_value=255.0), ToTensorV2()]
 
 
 def classification_train_transform(
     image_size: int,
     scale: Sequence[float] = (0.08, 1.0),
     hflip: float = 0.5,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
 ) -> A.Compose:
-    """Inception-style training crop (random area and aspect ratio), flip, normalise."""
+    """Inception-style training crop (random area and aspect ratio), flip, [0, 1] tensor."""
     return A.Compose(
         [
             A.RandomResizedCrop(size=(image_size, image_size), scale=tuple(scale)),
             A.HorizontalFlip(p=hflip),
-            A.Normalize(mean=mean, std=std),
-            ToTensorV2(),
+            *to_unit_tensor(),
         ]
     )
 
@@ -35,8 +36,6 @@ def classification_train_transform(
 def classification_eval_transform(
     image_size: int,
     crop_fraction: float = 0.875,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
 ) -> A.Compose:
     """Resize the short side to ``image_size / crop_fraction`` and take the central square.
 
@@ -48,7 +47,6 @@ def classification_eval_transform(
         [
             A.SmallestMaxSize(max_size=int(round(image_size / crop_fraction))),
             A.CenterCrop(height=image_size, width=image_size),
-            A.Normalize(mean=mean, std=std),
-            ToTensorV2(),
+            *to_unit_tensor(),
         ]
     )

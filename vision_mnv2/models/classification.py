@@ -6,11 +6,13 @@ import os
 
 from .memory_efficient import set_expansion_groups
 from .mobilenetv2 import MobileNetV2
-from .weights import load_weights
+from .registry import register_model
+from .weights import load_backbone_weights, load_weights
 
 __all__ = ["mobilenet_v2"]
 
 
+@register_model("mobilenet_v2", task="classification")
 def mobilenet_v2(
     width_mult: float = 1.0,
     num_classes: int = 1000,
@@ -20,6 +22,8 @@ def mobilenet_v2(
     freeze_backbone: bool | int = False,
     frozen_bn: bool = False,
     expansion_groups: int | list[int] | None = None,
+    normalization: str | dict | list | None = "imagenet",
+    backbone_weights: str | os.PathLike | None = None,
 ) -> MobileNetV2:
     """MobileNetV2 classifier (paper Table 2), optionally loaded from a weight file.
 
@@ -28,14 +32,21 @@ def mobilenet_v2(
         num_classes: number of output logits.
         weights: ``None``; a torchvision ``mobilenet_v2`` state-dict file (e.g. the
             ``mobilenet_v2-7ebf99e0.pth`` torchvision caches); or a checkpoint / state dict of this
-            project. Every key must fit: missing or unexpected keys raise ``WeightsError`` naming them.
+            project's classifier. Every key must fit: missing or unexpected keys raise ``WeightsError``
+            naming them.
         output_stride: 32, or 16 / 8 by dilation (same weights).
         dropout: dropout before the linear layer (0.2 in the paper).
         freeze_backbone / frozen_bn: see :meth:`MobileNetV2Backbone.freeze` (fine-tuning).
         expansion_groups: memory-efficient inference (paper section 5.1): k channel groups per
             expansion, one k or one per block; ``None`` the standard path. Eval mode only.
+        normalization: the input statistics the weights expect (``"imagenet"``, ``"tf"`` or
+            ``{mean, std}``); the model takes RGB in [0, 1] and normalises itself.
+        backbone_weights: only the backbone, from a torchvision ``mobilenet_v2`` file or a checkpoint
+            of any task of this project (the classifier layer stays initialised).
     """
-    model = MobileNetV2(num_classes=num_classes, width_mult=width_mult, output_stride=output_stride, dropout=dropout)
+    model = MobileNetV2(num_classes, width_mult, output_stride, dropout, normalization=normalization)
+    if backbone_weights is not None:
+        load_backbone_weights(model.backbone, backbone_weights)
     if weights is not None:
         load_weights(model, weights)
     if freeze_backbone is not False or frozen_bn:

@@ -18,6 +18,8 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from .memory_efficient import set_expansion_groups
 from .mobilenetv2 import MobileNetV2Backbone
+from .normalization import InputNormalization, Normalization
+from .registry import register_model
 from .weights import load_backbone_weights, load_weights
 
 __all__ = ["DeepLabV3", "deeplabv3_mobilenet_v2", "multi_scale_probabilities"]
@@ -28,24 +30,36 @@ ASPP_RATES_OS16 = (6, 12, 18)
 
 
 class DeepLabV3(nn.Module):
-    """Backbone tap -> ASPP -> 1x1 classifier -> bilinear upsampling to the input size."""
+    """Input normalisation -> backbone tap -> ASPP -> 1x1 classifier -> bilinear upsampling to the
+    input size. Takes RGB images in [0, 1] of any size."""
 
     def __init__(
-        self, backbone: MobileNetV2Backbone, num_classes: int, atrous_rates: tuple[int, ...], channels: int = 256
+        self,
+        backbone: MobileNetV2Backbone,
+        num_classes: int,
+        atrous_rates: tuple[int, ...],
+        channels: int = 256,
+        normalization=None,
     ):
         super().__init__()
+        self.normalize = InputNormalization(normalization)
         self.backbone = backbone
         (in_channels,) = backbone.out_channels.values()
         self.aspp = ASPP(in_channels, list(atrous_rates), channels)
         self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1)
         self.num_classes = num_classes
 
+    @property
+    def normalization(self) -> Normalization:
+        return self.normalize.normalization
+
     def forward(self, x: Tensor) -> Tensor:
-        (features,) = self.backbone(x).values()
+        (features,) = self.backbone(self.normalize(x)).values()
         logits = self.classifier(self.aspp(features))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+@register_model("deeplabv3_mobilenet_v2", task="segmentation")
 def deeplabv3_mobilenet_v2(
     num_classes: int = 21,
     width_mult: float = 1.0,
@@ -56,6 +70,7 @@ def deeplabv3_mobilenet_v2(
     freeze_backbone: bool | int = False,
     frozen_bn: bool = False,
     expansion_groups: int | list[int] | None = None,
+    normalization: str | dict | list | None = "imagenet",
 ) -> DeepLabV3:
     """DeepLabv3 + MobileNetV2 (paper Table 7: 4.52M parameters with ASPP, 2.11M without).
 
@@ -68,6 +83,8 @@ def deeplabv3_mobilenet_v2(
         freeze_backbone / frozen_bn: see :meth:`MobileNetV2Backbone.freeze` (fine-tuning).
         expansion_groups: memory-efficient inference (paper section 5.1): k channel groups per
             expansion, one k or one per block; ``None`` the standard path. Eval mode only.
+        normalization: the input statistics the weights expect (``"imagenet"``, ``"tf"`` or
+            ``{mean, std}``); the model takes RGB in [0, 1] and normalises itself.
     """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
@@ -77,7 +94,7 @@ def deeplabv3_mobilenet_v2(
     if backbone_weights is not None:
         load_backbone_weights(backbone, backbone_weights)
     rates = tuple(r * 16 // output_stride for r in ASPP_RATES_OS16) if aspp else ()
-    model = DeepLabV3(backbone, num_classes, rates)
+    model = DeepLabV3(backbone, num_classes, rates, normalization=normalization)
     if weights is not None:
         load_weights(model, weights)
     if freeze_backbone is not False or frozen_bn:

@@ -74,9 +74,9 @@ def split_expansion_forward(block: nn.Module, x: Tensor, groups: int) -> Tensor:
 
 
 def _blocks(model: nn.Module) -> list[nn.Module]:
-    from .mobilenetv2 import InvertedResidual  # noqa: PLC0415
-
-    return [m for m in model.modules() if isinstance(m, InvertedResidual)]
+    # Inverted residual blocks are the modules that have an ``expansion_groups`` setting (found by
+    # it rather than by class, so that mobilenetv2.py, which uses this module, is not imported here).
+    return [m for m in model.modules() if hasattr(m, "expansion_groups") and hasattr(m, "hidden_channels")]
 
 
 def set_expansion_groups(model: nn.Module, groups: int | Sequence[int] | Mapping[int, int] | None) -> list[int]:

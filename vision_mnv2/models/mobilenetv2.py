@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torchvision.ops.misc import Conv2dNormActivation
 
 from .memory_efficient import split_expansion_forward
+from .normalization import InputNormalization, Normalization
 
 __all__ = [
     "BOTTLENECK_SETTINGS",
@@ -289,7 +290,8 @@ class MobileNetV2Backbone(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    """The MobileNetV2 ImageNet classifier: backbone, global average pool, dropout, linear."""
+    """The MobileNetV2 ImageNet classifier: input normalisation, backbone, global average pool,
+    dropout, linear. Takes RGB images in [0, 1]."""
 
     def __init__(
         self,
@@ -297,10 +299,12 @@ class MobileNetV2(nn.Module):
         width_mult: float = 1.0,
         output_stride: int = 32,
         dropout: float = 0.2,
+        normalization=None,
     ) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        self.normalize = InputNormalization(normalization)
         self.backbone = MobileNetV2Backbone(width_mult=width_mult, output_stride=output_stride)
         self.num_classes = num_classes
         # Same layout as torchvision's classifier (Dropout at index 0, Linear at 1).
@@ -308,7 +312,11 @@ class MobileNetV2(nn.Module):
         nn.init.normal_(self.classifier[1].weight, 0, 0.01)
         nn.init.zeros_(self.classifier[1].bias)
 
+    @property
+    def normalization(self) -> Normalization:
+        return self.normalize.normalization
+
     def forward(self, x: Tensor) -> Tensor:
-        (features,) = self.backbone(x).values()
+        (features,) = self.backbone(self.normalize(x)).values()
         pooled = torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1)
         return self.classifier(pooled)

@@ -14,17 +14,19 @@ from functools import partial
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.ssdlite import SSDLiteHead, _extra_block, _normal_init
-from torchvision.ops import batched_nms, clip_boxes_to_image, sigmoid_focal_loss
+from torchvision.ops import clip_boxes_to_image, sigmoid_focal_loss
 
+from .detection_postprocess import multiclass_nms
 from .memory_efficient import set_expansion_groups
 from .mobilenetv2 import MobileNetV2Backbone, make_divisible
+from .normalization import resolve_normalization
+from .registry import register_model
 from .weights import load_backbone_weights, load_weights
 
-__all__ = ["FocalLossSSD", "SSDLiteMobileNetV2Extractor", "TFSSDAnchorGenerator", "ssdlite_mobilenet_v2"]
+__all__ = ["FocalLossSSD", "SSDLite", "SSDLiteMobileNetV2Extractor", "TFSSDAnchorGenerator", "ssdlite_mobilenet_v2"]
 
 # TF OD API `ssdlite_mobilenet_v2_coco`: the two backbone maps and the depths of the 4 extra layers.
 BACKBONE_TAPS = ("layer15/expansion", "layer19")
@@ -82,8 +84,42 @@ class TFSSDAnchorGenerator(DefaultBoxGenerator):
         return [len(pairs) for pairs in self._wh_pairs]
 
 
-class FocalLossSSD(SSD):
-    """torchvision's SSD with sigmoid focal loss (Lin et al., 2017) instead of softmax + hard negative
+class SSDLite(SSD):
+    """torchvision's ``SSD`` (matching, box coding, hard negative mining, loss) whose detections come
+    from :func:`multiclass_nms`, the function the exported graph runs too. ``class_scores`` turns
+    the head's logits into per-class scores (background dropped): softmax here."""
+
+    def __init__(self, *args, normalization=None, **kwargs) -> None:
+        self.normalization = resolve_normalization(normalization)
+        super().__init__(
+            *args, image_mean=list(self.normalization.mean), image_std=list(self.normalization.std), **kwargs
+        )
+
+    def class_scores(self, logits: Tensor) -> Tensor:
+        """``... x (C + 1)`` logits -> ``... x C`` scores of the object classes."""
+        return logits.softmax(-1)[..., 1:]
+
+    def postprocess_detections(self, head_outputs, image_anchors, image_shapes) -> list[dict[str, Tensor]]:
+        detections = []
+        all_scores = self.class_scores(head_outputs["cls_logits"])
+        for regression, scores, anchors, shape in zip(
+            head_outputs["bbox_regression"], all_scores, image_anchors, image_shapes
+        ):
+            boxes = clip_boxes_to_image(self.box_coder.decode_single(regression, anchors), shape)
+            boxes, scores, labels, (count,) = multiclass_nms(
+                boxes[None],
+                scores[None],
+                self.score_thresh,
+                self.nms_thresh,
+                self.detections_per_img,
+                self.topk_candidates,
+            )
+            detections.append({"boxes": boxes[0, :count], "scores": scores[0, :count], "labels": labels[0, :count]})
+        return detections
+
+
+class FocalLossSSD(SSDLite):
+    """SSDLite with sigmoid focal loss (Lin et al., 2017) instead of softmax + hard negative
     mining: every anchor counts, normalised by the number of matched anchors; scores are per-class
     sigmoids (column 0, the softmax background, is unused). Box regression is unchanged."""
 
@@ -94,6 +130,9 @@ class FocalLossSSD(SSD):
         # Prior for rare foreground (RetinaNet): start every class near probability 0.01.
         for block in self.head.classification_head.module_list:
             nn.init.constant_(block[-1].bias, -math.log((1 - 0.01) / 0.01))
+
+    def class_scores(self, logits: Tensor) -> Tensor:
+        return torch.sigmoid(logits[..., 1:])
 
     def compute_loss(self, targets, head_outputs, anchors, matched_idxs) -> dict[str, Tensor]:
         losses = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
@@ -108,23 +147,8 @@ class FocalLossSSD(SSD):
         )
         return losses
 
-    def postprocess_detections(self, head_outputs, image_anchors, image_shapes) -> list[dict[str, Tensor]]:
-        scores_all = torch.sigmoid(head_outputs["cls_logits"][..., 1:])
-        detections = []
-        for boxes, scores, anchors, shape in zip(
-            head_outputs["bbox_regression"], scores_all, image_anchors, image_shapes
-        ):
-            boxes = clip_boxes_to_image(self.box_coder.decode_single(boxes, anchors), shape)
-            flat = scores.flatten()
-            keep = torch.where(flat > self.score_thresh)[0]
-            top = flat[keep].topk(det_utils._topk_min(flat[keep], self.topk_candidates * scores.shape[1], 0))
-            keep = keep[top.indices]
-            anchor_idx, labels = keep // scores.shape[1], keep % scores.shape[1] + 1
-            kept = batched_nms(boxes[anchor_idx], top.values, labels, self.nms_thresh)[: self.detections_per_img]
-            detections.append({"boxes": boxes[anchor_idx][kept], "scores": top.values[kept], "labels": labels[kept]})
-        return detections
 
-
+@register_model("ssdlite_mobilenet_v2", task="detection")
 def ssdlite_mobilenet_v2(
     num_classes: int = 80,
     width_mult: float = 1.0,
@@ -138,8 +162,12 @@ def ssdlite_mobilenet_v2(
     freeze_backbone: bool | int = False,
     frozen_bn: bool = False,
     expansion_groups: int | list[int] | None = None,
+    normalization: str | dict | list | None = "imagenet",
+    anchor_min_scale: float = 0.2,
+    anchor_max_scale: float = 0.95,
+    anchor_lowest_scale: float = 0.1,
     **kwargs,
-) -> SSD:
+) -> SSDLite:
     """SSDLite + MobileNetV2 (paper Table 6: 4.3M parameters, 0.8B MACs at 320x320, 80 classes).
 
     Args:
@@ -154,17 +182,26 @@ def ssdlite_mobilenet_v2(
         freeze_backbone / frozen_bn: see :meth:`MobileNetV2Backbone.freeze` (fine-tuning).
         expansion_groups: memory-efficient inference (paper section 5.1): k channel groups per
             expansion, one k or one per block; ``None`` the standard path. Eval mode only.
+        normalization: the input statistics the weights expect (``"imagenet"``, ``"tf"`` or
+            ``{mean, std}``); the model takes RGB in [0, 1] and normalises itself.
+        anchor_min_scale / anchor_max_scale / anchor_lowest_scale: anchor scales (fractions of the
+            image side) of the first and last layer, and of the lowest layer's extra square box.
         kwargs: passed to torchvision's ``SSD`` (``topk_candidates``, ``positive_fraction``, ...).
     """
+    for key in ("image_mean", "image_std"):
+        if key in kwargs:
+            raise ValueError(f"{key} is set by normalization=imagenet|tf|{{mean, std}}, not directly")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    detectors = {"hard_negative_mining": SSD, "focal": FocalLossSSD}
+    detectors = {"hard_negative_mining": SSDLite, "focal": FocalLossSSD}
     if classification_loss not in detectors:
         raise ValueError(f"classification_loss must be one of {sorted(detectors)}, got {classification_loss!r}")
     extractor = SSDLiteMobileNetV2Extractor(width_mult)
     if backbone_weights is not None:
         load_backbone_weights(extractor.backbone, backbone_weights)
-    anchors = TFSSDAnchorGenerator()
+    anchors = TFSSDAnchorGenerator(
+        min_ratio=anchor_min_scale, max_ratio=anchor_max_scale, lowest_scale=anchor_lowest_scale
+    )
     head = SSDLiteHead(extractor.out_channels, anchors.num_anchors_per_location(), num_classes + 1, _head_norm())
     model = detectors[classification_loss](
         extractor,
@@ -175,9 +212,7 @@ def ssdlite_mobilenet_v2(
         score_thresh=score_thresh,
         nms_thresh=nms_thresh,
         detections_per_img=detections_per_img,
-        # torchvision's ImageNet statistics, so ImageNet-pretrained backbones see what they saw.
-        image_mean=[0.485, 0.456, 0.406],
-        image_std=[0.229, 0.224, 0.225],
+        normalization=normalization,
         **kwargs,
     )
     if weights is not None:

@@ -20,8 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
+
+from ..files import UnreadableFile, load_torch_file
 
 __all__ = [
     "TransferReport",
@@ -83,12 +84,12 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     Lightning checkpoints are unwrapped (``state_dict``) and their ``model.`` prefix is removed.
     """
     path = resolve_weights(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file {str(path)!r} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt zip, pickle with code, truncated download, ...
-        raise WeightsError(f"cannot read weights file {str(path)!r}: {type(exc).__name__}: {exc}".strip()) from exc
+        obj = load_torch_file(path)
+    except FileNotFoundError:
+        raise WeightsError(f"weights file {str(path)!r} does not exist") from None
+    except UnreadableFile as error:
+        raise WeightsError(f"cannot read weights file {str(path)!r}: {error}") from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
         if any(k.startswith(TASK_MODEL_PREFIX) for k in obj):

@@ -1,0 +1,281 @@
+"""Hydra glue between a command's configuration and a checkpoint that describes its own model.
+
+The tools (eval, predict, export, quantize, benchmark) take the task, the network and its
+preprocessing from the checkpoint. What the user writes on the command line is checked against it:
+an override that contradicts the trained network (``data.num_classes``, ``backbone.width_mult``,
+``head.aspp``, ``model.<argument>``) is an error naming both values; an input size or a
+post-processing threshold given on purpose is used and logged. Only *explicit* overrides count
+(Hydra's list of them): a config default never contradicts a checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from vision_mnv2.checkpoint import CheckpointError, ModelMeta, read_checkpoint
+from vision_mnv2.models import load_weights
+from vision_mnv2.models.registry import plain
+from vision_mnv2.pipelines import INFERENCE_OPTIONS, PIPELINES, Pipeline, contradictions, describe, load
+
+__all__ = [
+    "TASK_CONFIGS",
+    "run_info",
+    "checkpoint_model",
+    "evaluation_data",
+    "explicit_overrides",
+    "open_pipeline",
+    "task_of_config",
+    "with_task_from_checkpoint",
+]
+
+log = logging.getLogger(__name__)
+
+# The task config (configs/task/) of each task.
+TASK_CONFIGS = {"classification": "classification", "detection": "ssdlite", "segmentation": "deeplabv3"}
+MODULE_TASKS = {
+    "tasks.classification.ClassificationTask": "classification",
+    "tasks.detection.DetectionTask": "detection",
+    "tasks.segmentation.SegmentationTask": "segmentation",
+}
+# Command-line keys that the task configs wire to an argument of the model's builder.
+BUILDER_KEYS = {
+    "data.num_classes": "num_classes",
+    "backbone.width_mult": "width_mult",
+    "backbone.output_stride": "output_stride",
+    "head.aspp": "aspp",
+    "head.classification_loss": "classification_loss",
+    "head.score_thresh": "score_thresh",
+    "head.nms_thresh": "nms_thresh",
+    "head.detections_per_img": "detections_per_img",
+}
+# Where a stored data configuration may point: this project's datamodules and generators only, so
+# a checkpoint cannot make Hydra instantiate anything else.
+DATA_TARGETS = ("tasks.datamodules.", "vision_mnv2.data.")
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def explicit_overrides() -> list[str]:
+    """The command line's overrides (``key=value``), when Hydra ran or composed with them."""
+    if HydraConfig.initialized():
+        return list(HydraConfig.get().overrides.task)
+    return []
+
+
+def with_task_from_checkpoint(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``task=<the checkpoint's task>`` added when it names a checkpoint and no task or
+    experiment, so that Hydra composes the right task's defaults. Used by the tools before Hydra."""
+    argv = list(argv)
+    keys = {_key(a) for a in argv[1:] if "=" in a}
+    paths = [a.split("=", 1)[1] for a in argv[1:] if _key(a) == "ckpt_path"]
+    if "task" in keys or "experiment" in keys or not paths or not paths[-1]:
+        return argv
+    path = Path(paths[-1]).expanduser()
+    try:
+        if path.suffix.lower() == ".onnx":
+            from vision_mnv2.pipelines.base import read_onnx_meta  # noqa: PLC0415
+
+            task = read_onnx_meta(path)[0].task
+        else:
+            task = read_checkpoint(path)[1].task
+    except Exception:
+        return argv  # the tool reports an unreadable file with its own message
+    return [*argv, f"task={TASK_CONFIGS[task]}"] if task in TASK_CONFIGS else argv
+
+
+def task_of_config(cfg: DictConfig) -> str:
+    target = cfg.module._target_
+    if target not in MODULE_TASKS:
+        raise ValueError(f"unknown task module {target!r}; expected one of {sorted(MODULE_TASKS)}")
+    return MODULE_TASKS[target]
+
+
+def _given(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, tuple[str, Any]]:
+    """Builder arguments set on the command line: ``{argument: (override key, value)}``."""
+    given: dict[str, tuple[str, Any]] = {}
+    for override in overrides:
+        key = _key(override)
+        argument = BUILDER_KEYS.get(key) or (key[len("model.") :] if key.startswith("model.") else None)
+        if argument and "." not in argument:
+            value = OmegaConf.select(cfg, key)
+            given[argument] = (key, plain(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value))
+    return given
+
+
+def _expected_task(cfg: DictConfig, overrides: Sequence[str]) -> str | None:
+    """The task the user asked for explicitly (task= or experiment=), else None: any task is fine."""
+    keys = {_key(o) for o in overrides}
+    return task_of_config(cfg) if keys & {"task", "experiment"} else None
+
+
+def _image_size(cfg: DictConfig, overrides: Sequence[str]) -> int | None:
+    if cfg.get("image_size"):
+        return int(cfg.image_size)
+    if "data.image_size" in {_key(o) for o in overrides}:
+        return int(cfg.data.image_size)
+    return None
+
+
+def _check(meta: ModelMeta, given: dict[str, tuple[str, Any]], path: Path) -> dict[str, Any]:
+    """Raise on contradicting overrides (naming the command line's key); return the inference
+    options given."""
+    found = contradictions(meta, {argument: value for argument, (_, value) in given.items()})
+    if found:
+        names = {argument: key for argument, (key, _) in given.items()}
+        raise CheckpointError(
+            "; ".join(
+                f"{names[argument]}={value!r} contradicts the checkpoint, whose model has {argument}={stored!r}"
+                for argument, value, stored in found
+            )
+            + f" ({path}); leave it out: the checkpoint says what its model is"
+        )
+    return {argument: value for argument, (_, value) in given.items() if argument in INFERENCE_OPTIONS}
+
+
+def _legacy_model(cfg: DictConfig, path: Path) -> torch.nn.Module:
+    """A checkpoint without a model description (vision-mnv2 0.1): the network of the command's
+    configuration, as that version did."""
+    log.warning(
+        "%s was written before checkpoints described their model; building the network from the command's "
+        "configuration (task, data.num_classes, backbone.*, head.* must match the training run)",
+        path,
+    )
+    with open_dict(cfg):
+        for key in ("weights", "backbone_weights"):
+            if key in cfg.model:
+                cfg.model[key] = None
+    model = instantiate(cfg.model)
+    load_weights(model, path)
+    return model.eval()
+
+
+def checkpoint_model(cfg: DictConfig, overrides: Sequence[str] | None = None) -> tuple[torch.nn.Module, ModelMeta]:
+    """The checkpoint's network (weights loaded, eval mode, batch norm not folded) and description,
+    with the command's explicit overrides checked against it. For evaluation and training tools."""
+    from vision_mnv2.checkpoint import load_model  # noqa: PLC0415
+
+    overrides = explicit_overrides() if overrides is None else list(overrides)
+    path = Path(cfg.ckpt_path).expanduser()
+    _, meta = read_checkpoint(path, _expected_task(cfg, overrides) or task_of_config(cfg))
+    if meta.builder is None:
+        model = _legacy_model(cfg, path)
+        return model, describe(
+            meta.task or task_of_config(cfg),
+            model,
+            _hints(cfg),
+            class_names=meta.class_names,
+            category_ids=meta.category_ids,
+        )
+    changes = _check(meta, _given(cfg, overrides), path)
+    size = _image_size(cfg, overrides)
+    if size and meta.task == "detection":
+        changes["image_size"] = size
+    return load_model(path, meta.task, **changes)
+
+
+def _hints(cfg: DictConfig) -> dict[str, Any]:
+    data = cfg.get("data") or {}
+    return {
+        "image_size": data.get("image_size"),
+        "crop_fraction": data.get("crop_fraction", 0.875),
+        "pad_to": data.get("eval_pad_size"),
+    }
+
+
+def open_pipeline(cfg: DictConfig, overrides: Sequence[str] | None = None, **pipeline_options: Any) -> Pipeline:
+    """The checkpoint (or ONNX export) ``cfg.ckpt_path`` as a ready pipeline, with the command's
+    explicit overrides checked against it and its inference options applied. For predict, export,
+    quantize and benchmark."""
+    overrides = explicit_overrides() if overrides is None else list(overrides)
+    if not cfg.get("ckpt_path"):
+        raise ValueError("needs ckpt_path=PATH (a checkpoint written by tools/train.py or tools/convert.py)")
+    path = Path(cfg.ckpt_path).expanduser()
+    expected = _expected_task(cfg, overrides)
+    if path.suffix.lower() == ".onnx":
+        return load(path, expected, threads=cfg.get("threads"), pipeline_options=pipeline_options)
+    _, meta = read_checkpoint(path, expected)
+    if meta.task == "segmentation" and "module" in cfg:
+        pipeline_options.setdefault("scales", list(cfg.module.get("eval_scales", [1.0])))
+        pipeline_options.setdefault("flip", bool(cfg.module.get("eval_flip", False)))
+    if meta.builder is None:
+        model = _legacy_model(cfg, path)
+        if cfg.get("fold_bn", True):
+            from vision_mnv2.export import fold_batch_norm  # noqa: PLC0415
+
+            fold_batch_norm(model)
+        legacy = describe(
+            meta.task or task_of_config(cfg),
+            model,
+            _hints(cfg),
+            class_names=meta.class_names,
+            category_ids=meta.category_ids,
+        )
+        return PIPELINES[legacy.task](legacy, model, **pipeline_options)
+    changes = _check(meta, _given(cfg, overrides), path)
+    pipeline = load(
+        path,
+        meta.task,
+        image_size=_image_size(cfg, overrides),
+        fold_bn=bool(cfg.get("fold_bn", True)),
+        pipeline_options=pipeline_options,
+        **changes,
+    )
+    if cfg.get("module") is not None and cfg.module.get("channels_last", False) and pipeline.model is not None:
+        pipeline.model.to(memory_format=torch.channels_last)
+    return pipeline
+
+
+def evaluation_data(cfg: DictConfig, meta: ModelMeta, overrides: Sequence[str] | None = None) -> DictConfig:
+    """The data configuration to score a checkpoint on: the command's when it names data (``data=``,
+    ``data.*``, ``experiment=``), else the one the model was trained with (stored in the checkpoint),
+    else the task's default. Class count and evaluation sizes come from the model."""
+    overrides = explicit_overrides() if overrides is None else list(overrides)
+    keys = {_key(o) for o in overrides}
+    named = any(k == "data" or k.startswith("data.") or k == "experiment" for k in keys)
+    stored = (meta.training or {}).get("data")
+    if named or not isinstance(stored, dict):
+        data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
+    else:
+        _check_targets(stored, Path(cfg.ckpt_path))
+        data = OmegaConf.create(stored)
+        log.info(
+            "evaluating on the data the model was trained with (%s; data=... / data.root=... to change)",
+            stored.get("root"),
+        )
+    with open_dict(data):
+        if meta.num_classes is not None and "data.num_classes" not in keys:
+            data.num_classes = int(meta.num_classes)
+        if meta.task == "classification" and meta.input_size and "data.image_size" not in keys:
+            data.image_size = int(meta.input_size[0])
+            data.crop_fraction = float(meta.preprocessing.get("crop_fraction", data.get("crop_fraction", 0.875)))
+    return data
+
+
+def _check_targets(config: Any, path: Path) -> None:
+    if isinstance(config, dict):
+        target = config.get("_target_")
+        if target is not None and not str(target).startswith(DATA_TARGETS):
+            raise CheckpointError(
+                f"{path}: its data configuration names {target!r}, which is not this project's; refused"
+            )
+        for value in config.values():
+            _check_targets(value, path)
+    elif isinstance(config, list):
+        for value in config:
+            _check_targets(value, path)
+
+
+def run_info(cfg: DictConfig) -> dict[str, Any]:
+    """What a training run's checkpoints record about the run: its name and data configuration."""
+    data = OmegaConf.to_container(cfg.data, resolve=True, throw_on_missing=False) if "data" in cfg else None
+    return {"task_name": cfg.get("task_name"), "data": plain(data)}

@@ -1,0 +1,311 @@
+"""What a task is outside training: preprocessing, the network as an exportable tensor function,
+post-processing, output records, drawing and scoring against ground truth.
+
+A :class:`Pipeline` runs on one of two *runners* that compute the same function: the PyTorch export
+module (the network wrapped exactly as it is exported) or an ONNX Runtime session of the exported
+file. Pre- and post-processing are shared, so a model predicts the same in PyTorch and from its
+export, and the tools (predict, export, quantize, benchmark) need no per-task branches: each task
+is one subclass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..checkpoint import ModelMeta
+from ..models.normalization import InputNormalization, resolve_normalization
+
+__all__ = ["ExportedNetwork", "OnnxRunner", "Pipeline", "TorchRunner"]
+
+log = logging.getLogger(__name__)
+
+ONNX_META_KEY = "vision_mnv2"
+
+
+class TorchRunner:
+    """Runs a PyTorch tensor function (no gradients) on a device; returns CPU tensors."""
+
+    def __init__(self, module: nn.Module, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.module = module.eval().to(self.device)
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor) -> tuple[Tensor, ...]:
+        out = self.module(images.to(self.device))
+        out = out if isinstance(out, tuple) else (out,)
+        return tuple(t.cpu() for t in out)
+
+
+class OnnxRunner:
+    """Runs an ONNX Runtime session whose input is ``images``; returns CPU tensors."""
+
+    def __init__(self, path_or_session: str | os.PathLike | Any, threads: int | None = None) -> None:
+        if isinstance(path_or_session, (str, os.PathLike)):
+            import onnxruntime as ort  # noqa: PLC0415
+
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = int(threads)
+            path_or_session = ort.InferenceSession(str(path_or_session), options, providers=["CPUExecutionProvider"])
+        self.session = path_or_session
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, images: Tensor) -> tuple[Tensor, ...]:
+        outputs = self.session.run(None, {"images": np.ascontiguousarray(images.numpy(), dtype=np.float32)})
+        return tuple(torch.from_numpy(np.asarray(o)) for o in outputs)
+
+
+class ExportedNetwork(nn.Module):
+    """A network exported as it is (it normalises its own input): one module level above it, so
+    that the graph's node names say which nodes are the network's (``/model/...``) and which the
+    export's own (int8 quantisation keeps the latter in float)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images)
+
+
+class Normalized(nn.Module):
+    """A torchvision network that takes ImageNet-normalised input, as a function of [0, 1] images
+    returning a tensor (segmentation models return ``{"out": ...}``), so that it is timed and
+    exported doing the same work as ours."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.normalize = InputNormalization("imagenet")
+
+    def forward(self, images: Tensor) -> Tensor:
+        out = self.model(self.normalize(images))
+        return out["out"] if isinstance(out, dict) else out
+
+
+def to_tensor(image: np.ndarray) -> Tensor:
+    """H x W x 3 uint8 RGB -> 3 x H x W float32 in [0, 1] (a copy: images read from files are often
+    read-only arrays, which torch would warn about)."""
+    return torch.from_numpy(np.array(image, dtype=np.float32, copy=True)).permute(2, 0, 1).div_(255.0)
+
+
+class Pipeline:
+    """A trained model of one task, ready to use: ``pipeline(image)`` predicts.
+
+    Subclasses define the task: :meth:`preprocess`, :meth:`export_module` (with
+    :attr:`output_names`), :meth:`postprocess`, :meth:`records`, :meth:`draw`, :meth:`evaluate`.
+
+    Args:
+        meta: the model's description (from its checkpoint or export).
+        model: the PyTorch network (eval mode), or ``None`` with ``runner`` given.
+        runner: what computes the exported function; default the PyTorch export module.
+        export_options: options of the export module (detection: ``nms``).
+    """
+
+    task: ClassVar[str]
+
+    def __init__(
+        self,
+        meta: ModelMeta,
+        model: nn.Module | None = None,
+        runner: Callable[[Tensor], tuple[Tensor, ...]] | None = None,
+        device: str | torch.device = "cpu",
+        **export_options: Any,
+    ) -> None:
+        if model is None and runner is None:
+            raise ValueError("a pipeline needs a model or a runner")
+        self.meta = meta
+        self.model = model.eval() if model is not None else None
+        self.export_options = export_options
+        self.normalization = resolve_normalization(meta.normalization)
+        self.runner = runner or TorchRunner(self.export_module(**export_options), device)
+
+    # -- description ---------------------------------------------------------------------------
+
+    @property
+    def class_names(self) -> list[str]:
+        names = list(self.meta.class_names or [])
+        count = self.num_classes
+        if len(names) != count:
+            names = [f"class_{i}" for i in range(count)]
+        return names
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta.builder_args.get("num_classes") or len(self.meta.class_names or []))
+
+    @classmethod
+    def preprocessing(cls, builder_args: dict[str, Any], hints: dict[str, Any]) -> dict[str, Any]:
+        """The preprocessing description stored in checkpoints and exports, from the builder
+        arguments and what the data pipeline says about evaluation (``hints``)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(builder={self.meta.builder}, classes={self.num_classes}, "
+            f"input={self.meta.input_size or 'any size'}, normalization={self.normalization.name or 'custom'})"
+        )
+
+    # -- the three stages ----------------------------------------------------------------------
+
+    def preprocess(self, image: np.ndarray) -> tuple[Tensor, dict[str, Any]]:
+        """One H x W x 3 uint8 RGB image -> (3 x h x w float tensor in [0, 1] as the network takes
+        it, context that :meth:`postprocess` needs to map outputs back to the image)."""
+        raise NotImplementedError
+
+    def collate(self, tensors: Sequence[Tensor]) -> Tensor:
+        return torch.stack(list(tensors))
+
+    def export_module(self, **options: Any) -> nn.Module:
+        """The network as an exportable function: images N x 3 x H x W in [0, 1] -> a tuple of
+        tensors named :meth:`output_names`."""
+        raise NotImplementedError
+
+    def output_names(self, **options: Any) -> list[str]:
+        raise NotImplementedError
+
+    def postprocess(self, outputs: tuple[Tensor, ...], contexts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The runner's outputs for a batch -> one prediction per image, in that image's pixels."""
+        raise NotImplementedError
+
+    def run(self, batch: Tensor) -> tuple[Tensor, ...]:
+        """The network's outputs for a preprocessed batch (through the runner)."""
+        return self.runner(batch)
+
+    def predict(self, images: np.ndarray | Sequence[np.ndarray], batch_size: int = 8) -> list[dict[str, Any]]:
+        """Predictions for RGB uint8 images (one array or a list)."""
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            images = [images]
+        results: list[dict[str, Any]] = []
+        for start in range(0, len(images), batch_size):
+            prepared = [self.preprocess(image) for image in images[start : start + batch_size]]
+            outputs = self.run(self.collate([tensor for tensor, _ in prepared]))
+            results += self.postprocess(outputs, [context for _, context in prepared])
+        return results
+
+    __call__ = predict
+
+    # -- outputs a user sees -------------------------------------------------------------------
+
+    def records(self, prediction: dict[str, Any], image: dict[str, Any]) -> list[dict[str, Any]]:
+        """JSON records of one prediction; ``image`` holds ``id``, ``file`` and the size."""
+        raise NotImplementedError
+
+    def draw(self, image: np.ndarray, prediction: dict[str, Any], **options: Any) -> dict[str, np.ndarray]:
+        """Drawn pictures of a prediction, by file-name suffix (``{"": drawn}`` or several)."""
+        raise NotImplementedError
+
+    def write_extra(self, folder: str | os.PathLike, stem: str, prediction: dict[str, Any]) -> None:
+        """Files of a prediction besides the drawn pictures (segmentation: the mask)."""
+
+    def summary(self, prediction: dict[str, Any]) -> str:
+        """One line for the log."""
+        return ""
+
+    # -- scoring -------------------------------------------------------------------------------
+
+    def evaluate(self, dataset: Any, limit: int | None = None) -> dict[str, float]:
+        """Metrics of this pipeline on a dataset of this project (its validation split)."""
+        raise NotImplementedError
+
+    def raw_image(self, dataset: Any, index: int) -> np.ndarray:
+        """Image ``index`` of a dataset of this project, as it is on disk (RGB uint8)."""
+        raise NotImplementedError
+
+    def raw_images(self, dataset: Any) -> Iterator[np.ndarray]:
+        for index in range(len(dataset)):
+            yield self.raw_image(dataset, index)
+
+    def calibration_batches(self, dataset: Any, count: int, seed: int = 0) -> Iterator[np.ndarray]:
+        """Network inputs (1 x 3 x h x w float32) of ``count`` images drawn from ``dataset``, for
+        int8 calibration."""
+        for index in np.random.default_rng(seed).permutation(len(dataset))[:count]:
+            tensor, _ = self.preprocess(self.raw_image(dataset, int(index)))
+            yield self.collate([tensor]).numpy()
+
+    # -- benchmarks ----------------------------------------------------------------------------
+
+    # Classes of torchvision's counterpart, so both sides of a benchmark predict as many outputs.
+    reference_classes: ClassVar[int]
+
+    @classmethod
+    def reference(cls) -> tuple[str, nn.Module, int, int]:
+        """torchvision's counterpart of this task's network, for benchmarks: its name, the network as
+        an ``images in [0, 1] -> tensors`` function (as :meth:`export_module` makes ours), its
+        parameter count and its input size. Random weights: speed does not depend on them."""
+        raise NotImplementedError
+
+    # -- export --------------------------------------------------------------------------------
+
+    def example_input(self, batch: int = 2) -> Tensor:
+        height, width = self.meta.input_size or (224, 224)
+        return torch.rand(batch, 3, int(height), int(width))
+
+    def dynamic_axes(self, **options: Any) -> dict[str, dict[int, str]]:
+        axes = {"images": {0: "batch"}}
+        for name in self.output_names(**options):
+            axes[name] = {0: "batch"}
+        return axes
+
+    def onnx_metadata(self, **options: Any) -> dict[str, str]:
+        """ONNX ``metadata_props``: the model's description, readable by any ONNX runtime."""
+        meta = self.meta.as_dict()
+        meta["export"] = {"outputs": self.output_names(**options), **options}
+        return {
+            ONNX_META_KEY: json.dumps(meta),
+            "task": str(self.meta.task),
+            "class_names": json.dumps(self.class_names),
+            "category_ids": json.dumps(self.meta.category_ids),
+            "input_size": json.dumps(self.meta.input_size),
+            "input": "images: float32 N x 3 x H x W, RGB scaled to [0, 1] (pixel / 255); normalised inside",
+            "normalization": json.dumps(self.normalization.as_dict()),
+            "preprocessing": json.dumps(self.meta.preprocessing),
+            "outputs": json.dumps(self.output_names(**options)),
+        }
+
+    def export_onnx(self, path: str | os.PathLike, opset: int = 17, **options: Any) -> Path:
+        """Write the network as ONNX with dynamic batch (and the sizes :meth:`dynamic_axes` gives)
+        and the model's description in ``metadata_props``. Returns the path."""
+        from ..export import write_onnx  # noqa: PLC0415
+
+        if self.model is None:
+            raise ValueError("export needs the PyTorch model; this pipeline runs an exported file")
+        options = {**self.export_options, **options}
+        return write_onnx(
+            self.export_module(**options),
+            path,
+            self.example_input(),
+            self.output_names(**options),
+            self.dynamic_axes(**options),
+            self.onnx_metadata(**options),
+            opset,
+        )
+
+
+def read_onnx_meta(path: str | os.PathLike) -> tuple[ModelMeta, dict[str, Any]]:
+    """The model description and export options stored in an ONNX file written by this project."""
+    import onnx  # noqa: PLC0415
+
+    model = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    if ONNX_META_KEY not in props:
+        raise ValueError(f"{path}: not an ONNX export of this project (no {ONNX_META_KEY!r} metadata)")
+    data = json.loads(props[ONNX_META_KEY])
+    export = data.pop("export", {})
+    return ModelMeta.from_dict(data), export
+
+
+def iterate(items: Iterable[Any], limit: int | None) -> Iterator[Any]:
+    for index, item in enumerate(items):
+        if limit is not None and index >= limit:
+            return
+        yield item
