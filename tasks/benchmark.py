@@ -109,24 +109,19 @@ def run_benchmark(cfg: DictConfig) -> str:
     task = task_of_config(cfg)
     torch.set_num_threads(int(cfg.benchmark.threads or torch.get_num_threads()))
     pipeline_class = PIPELINES[task]
-    ref_name, ref_function, ref_params, ref_size = pipeline_class.reference()
     if cfg.get("ckpt_path"):
         with open_dict(cfg):
             if cfg.benchmark.image_size:
                 cfg.image_size = int(cfg.benchmark.image_size)
         ours = open_pipeline(cfg)
-        size = int(cfg.benchmark.image_size or (ours.meta.input_size or [ref_size])[0])
+        size = cfg.benchmark.image_size or (ours.meta.input_size or [None])[0]
         label = f"vision-mnv2 {ours.meta.builder} ({Path(cfg.ckpt_path).name})"
     else:
-        size = int(cfg.benchmark.image_size or ref_size)
-        ours = _random_pipeline(cfg, task, size, pipeline_class.reference_classes)
+        size = cfg.benchmark.image_size or pipeline_class.reference_size
+        ours = _random_pipeline(cfg, task, int(size), pipeline_class.reference_classes)
         label = f"vision-mnv2 {ours.meta.builder}"
-    if task == "detection" and size != ref_size:
-        from vision_mnv2.pipelines import DetectionExportModule  # noqa: PLC0415
-
-        ref_function = DetectionExportModule(ref_function.ssd, size, nms=False)
-    # Detection timed without NMS on both sides: the networks' work, not the selection's.
-    ours_function = ours.export_module(nms=False) if task == "detection" else ours.export_module()
+    ref_name, ref_function, ref_params, size = pipeline_class.reference(int(size) if size else None)
+    ours_function = ours.export_module(**pipeline_class.benchmark_options)
     ours_params = count_parameters(ours.model)
     args = dict(
         batch=int(cfg.benchmark.batch), warmup=int(cfg.benchmark.warmup), iters=int(cfg.benchmark.iters),

@@ -77,9 +77,7 @@ def export(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     ``<run folder>/<builder>.onnx``) with its description in the file's metadata."""
     options = cfg.get("export") or {}
     pipeline = open_pipeline(cfg, overrides)
-    task_options = {"nms": bool(options.get("nms", True))} if pipeline.task == "detection" else {}
-    if pipeline.task == "segmentation":
-        task_options["dynamic_size"] = bool(options.get("dynamic_size", True))
+    task_options = pipeline.export_options_from(options)
     target = Path(options.get("file") or Path(cfg.paths.output_dir) / f"{pipeline.meta.builder}.onnx")
     path = pipeline.export_onnx(target, opset=int(options.get("opset", 17)), **task_options)
     size = pipeline.meta.input_size

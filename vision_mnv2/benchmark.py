@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import os
-import statistics
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -40,14 +39,13 @@ class Measurement:
 
 
 def time_call(fn: Callable[[], object], warmup: int, iters: int) -> float:
-    """Median seconds per call of ``iters`` timed calls after ``warmup`` untimed ones, with
-    ``torch.utils.benchmark.Timer`` (which synchronises CUDA and keeps the thread count fixed)."""
+    """Median seconds per call over about ``iters`` calls after ``warmup`` untimed ones, with
+    ``torch.utils.benchmark.Timer`` (blocks of calls, thread count fixed, CUDA synchronised)."""
     from torch.utils import benchmark  # noqa: PLC0415
 
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    if warmup:
-        timer.timeit(warmup)
-    return statistics.median(timer.timeit(1).median for _ in range(max(1, iters)))
+    per_call = timer.timeit(max(1, warmup)).mean  # the warm-up, timed to size the measurement
+    return timer.blocked_autorange(min_run_time=max(per_call * max(1, iters), 1e-3)).median
 
 
 _PEAK_SCRIPT = """

@@ -112,6 +112,10 @@ class Pipeline:
     """
 
     task: ClassVar[str]
+    # Options of export_module / dynamic_axes this task takes (detection: ``nms``), and their values
+    # for benchmarks, which time the network's own work.
+    export_option_names: ClassVar[tuple[str, ...]] = ()
+    benchmark_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
@@ -234,15 +238,22 @@ class Pipeline:
 
     # -- benchmarks ----------------------------------------------------------------------------
 
-    # Classes of torchvision's counterpart, so both sides of a benchmark predict as many outputs.
+    # Classes and input size of torchvision's counterpart, so both sides of a benchmark predict as
+    # many outputs from as many pixels.
     reference_classes: ClassVar[int]
+    reference_size: ClassVar[int]
 
     @classmethod
-    def reference(cls) -> tuple[str, nn.Module, int, int]:
+    def reference(cls, image_size: int | None = None) -> tuple[str, nn.Module, int, int]:
         """torchvision's counterpart of this task's network, for benchmarks: its name, the network as
         an ``images in [0, 1] -> tensors`` function (as :meth:`export_module` makes ours), its
-        parameter count and its input size. Random weights: speed does not depend on them."""
+        parameter count and the input size it was made for (or ``image_size``). Random weights:
+        speed does not depend on them."""
         raise NotImplementedError
+
+    def export_options_from(self, settings: Any) -> dict[str, Any]:
+        """This task's export options out of a settings mapping (a tool's ``export:`` config)."""
+        return {name: settings[name] for name in self.export_option_names if name in settings}
 
     # -- export --------------------------------------------------------------------------------
 

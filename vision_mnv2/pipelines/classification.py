@@ -22,14 +22,15 @@ class ClassificationPipeline(Pipeline):
 
     task = "classification"
     top_k = 5
+    reference_size = 224
     reference_classes = 1000
 
     @classmethod
-    def reference(cls) -> tuple[str, nn.Module, int, int]:
+    def reference(cls, image_size: int | None = None) -> tuple[str, nn.Module, int, int]:
         from torchvision.models import mobilenet_v2  # noqa: PLC0415
 
         model = mobilenet_v2()
-        return "torchvision mobilenet_v2", Normalized(model), count_parameters(model), 224
+        return "torchvision mobilenet_v2", Normalized(model), count_parameters(model), image_size or cls.reference_size
 
     @classmethod
     def preprocessing(cls, builder_args: dict[str, Any], hints: dict[str, Any]) -> dict[str, Any]:

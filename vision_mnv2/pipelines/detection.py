@@ -81,16 +81,20 @@ class DetectionPipeline(Pipeline):
     image's pixels), ``scores``, ``labels`` (1-based) and ``category_ids`` (the dataset's)."""
 
     task = "detection"
+    reference_size = 320
     reference_classes = 90
+    export_option_names = ("nms",)
+    # Timed without NMS on both sides in benchmarks: the networks' work, not the selection's.
+    benchmark_options = {"nms": False}
 
     @classmethod
-    def reference(cls) -> tuple[str, nn.Module, int, int]:
+    def reference(cls, image_size: int | None = None) -> tuple[str, nn.Module, int, int]:
         from torchvision.models.detection import ssdlite320_mobilenet_v3_large  # noqa: PLC0415
 
         model = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None).eval()
-        # Timed without NMS, as ours is in benchmarks: the network's work, not the selection's.
-        function = DetectionExportModule(model, 320, nms=False)
-        return "torchvision ssdlite320_mobilenet_v3_large", function, count_parameters(model), 320
+        size = image_size or cls.reference_size  # its anchors are computed for the size asked
+        function = DetectionExportModule(model, size, nms=False)
+        return "torchvision ssdlite320_mobilenet_v3_large", function, count_parameters(model), size
 
     @classmethod
     def preprocessing(cls, builder_args: dict[str, Any], hints: dict[str, Any]) -> dict[str, Any]:

@@ -32,14 +32,21 @@ class SegmentationPipeline(Pipeline):
     """
 
     task = "segmentation"
+    reference_size = 513
     reference_classes = 21
+    export_option_names = ("dynamic_size",)
 
     @classmethod
-    def reference(cls) -> tuple[str, nn.Module, int, int]:
+    def reference(cls, image_size: int | None = None) -> tuple[str, nn.Module, int, int]:
         from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large  # noqa: PLC0415
 
         model = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21)
-        return "torchvision deeplabv3_mobilenet_v3_large", Normalized(model), count_parameters(model), 513
+        return (
+            "torchvision deeplabv3_mobilenet_v3_large",
+            Normalized(model),
+            count_parameters(model),
+            image_size or cls.reference_size,
+        )
 
     def __init__(self, *args, scales: Sequence[float] = (1.0,), flip: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
