@@ -1,7 +1,9 @@
-"""Benchmark a task's network against torchvision's: ``python tools/benchmark.py task=classification``.
+"""Benchmark a task's network against torchvision's:
+``python tools/benchmark.py task=classification`` (random weights) or ``ckpt_path=PATH``.
 
 Parameters, MACs, latency at batch 1 and throughput at ``benchmark.batch`` in eager PyTorch and in
-onnxruntime, peak memory, and the training loop's throughput; written to docs/BENCHMARKS.md."""
+onnxruntime, peak memory, and the training loop's throughput; the report goes to the run folder
+(``benchmark.update_docs=true`` replaces the task's section of docs/BENCHMARKS.md)."""
 
 import sys
 

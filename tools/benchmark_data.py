@@ -1,6 +1,6 @@
 """Cost of the data safeguards, measured in one run against what they sit beside:
 
-    python tools/benchmark_data.py [--images 'DIR/*.jpg'] [--repeats 3] [--no-write]
+    python tools/benchmark_data.py [--images 'DIR/*.jpg'] [--repeats 3] [--update-docs]
 
 - set-up image checks (``data.check_images``: none / quick / full) against decoding every image;
 - per-sample augmentation seeding (what makes resumed runs exact) against loading one SSD
@@ -20,15 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from tasks.benchmark import _write_section  # noqa: E402
-from tasks.datamodules import sample_seed, seed_transform  # noqa: E402
-from vision_mnv2.data import CocoDetection, DatasetError, read_rgb, write_detection_dataset  # noqa: E402
-from vision_mnv2.data.checks import check_image_files, parallel_map  # noqa: E402
-from vision_mnv2.data.detection_transforms import SSDTrainTransform  # noqa: E402
+from tasks.datamodules import sample_seed, seed_transform
+from vision_mnv2.data import CocoDetection, DatasetError, read_rgb, write_detection_dataset
+from vision_mnv2.data.checks import check_image_files, parallel_map
+from vision_mnv2.data.detection_transforms import SSDTrainTransform
+from vision_mnv2.reports import write_section
 
 
 def _best_seconds(function, repeats: int) -> float:
@@ -51,8 +49,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", default=None, help="glob of image files; default the synthetic COCO train split")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--output", default="docs/BENCHMARKS.md")
-    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--update-docs", action="store_true", help="replace this measurement's section of --docs")
+    parser.add_argument("--docs", default="docs/BENCHMARKS.md")
     args = parser.parse_args(argv)
 
     cache = Path(os.environ.get("VISION_MNV2_CACHE", Path.home() / ".cache" / "vision_mnv2"))
@@ -101,8 +99,8 @@ def main(argv=None) -> int:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    if not args.no_write:
-        _write_section(Path(args.output), "data_safeguards" + ("" if not args.images else "_custom"), text)
+    if args.update_docs:
+        write_section(Path(args.docs), "data_safeguards" + ("" if not args.images else "_custom"), text)
     return 0
 
 

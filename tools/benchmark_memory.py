@@ -1,6 +1,6 @@
 """Memory-efficient inference (paper section 5.1) against the standard path, batch 1:
 
-    python tools/benchmark_memory.py [--groups 4] [--device cpu|cuda] [--no-write]
+    python tools/benchmark_memory.py [--groups 4] [--device cpu|cuda] [--update-docs]
 
 Classification at 224 and DeepLabv3 (mobile head, OS16) at 1024x1024: peak memory a forward adds,
 latency, the largest tensor materialised at each resolution (paper Table 3), and the output
@@ -15,13 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from tasks.benchmark import _write_section  # noqa: E402
-from vision_mnv2.benchmark import compare_memory_efficient  # noqa: E402
-from vision_mnv2.models import deeplabv3_mobilenet_v2, largest_activations, mobilenet_v2, set_expansion_groups  # noqa: E402
+from vision_mnv2.benchmark import compare_memory_efficient
+from vision_mnv2.models import deeplabv3_mobilenet_v2, largest_activations, mobilenet_v2, set_expansion_groups
+from vision_mnv2.reports import write_section
 
 
 def main(argv=None) -> int:
@@ -35,8 +33,8 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seg-size", type=int, default=1024)
-    parser.add_argument("--output", default="docs/BENCHMARKS.md")
-    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--update-docs", action="store_true", help="replace this measurement's section of --docs")
+    parser.add_argument("--docs", default="docs/BENCHMARKS.md")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     groups = args.groups if args.first_blocks is None else {i: args.groups for i in range(args.first_blocks)}
@@ -100,9 +98,9 @@ def main(argv=None) -> int:
         lines.append("")
     text = "\n".join(lines) + "\n"
     print(text)
-    if not args.no_write:
-        _write_section(
-            Path(args.output),
+    if args.update_docs:
+        write_section(
+            Path(args.docs),
             f"memory_efficient_{args.device}_k{args.groups}"
             + ("" if args.first_blocks is None else f"_first{args.first_blocks}"),
             text,

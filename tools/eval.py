@@ -1,4 +1,7 @@
-"""Evaluate a checkpoint: ``python tools/eval.py task=classification ckpt_path=PATH [overrides...]``."""
+"""Evaluate a checkpoint: ``python tools/eval.py ckpt_path=PATH [data=... data.root=...]``.
+
+Task and model come from the checkpoint; the data too when it was trained here. Prints the metrics
+and writes ``metrics.json`` into the run folder."""
 
 import sys
 

@@ -1,4 +1,7 @@
-"""Export a checkpoint to ONNX: ``python tools/export.py task=deeplabv3 ckpt_path=PATH [export_file=model.onnx]``."""
+"""Export a checkpoint to ONNX: ``python tools/export.py ckpt_path=PATH [export.file=model.onnx] [export.nms=true]``.
+
+The file describes its model in its metadata (task, classes, category ids, input size, normalisation);
+detection graphs have NMS inside, segmentation graphs take any size."""
 
 import sys
 

@@ -1,7 +1,8 @@
-"""Predict on your images: ``python tools/predict.py task=ssdlite ckpt_path=PATH input=IMAGE_OR_FOLDER``.
+"""Predict on your images: ``python tools/predict.py ckpt_path=PATH input=IMAGE|FOLDER|COCO.json|LIST.txt``.
 
-Writes drawn images (boxes / mask overlays) and ``predictions.json`` (COCO results format for
-detection, top-5 for classification, masks for segmentation) into ``output_dir`` or the run folder."""
+Task, model and preprocessing come from the checkpoint (or an ONNX export of this project). Writes
+drawn images (boxes / mask overlays) and ``predictions.json`` (COCO results format for detection,
+top-5 for classification, masks for segmentation) into ``output_dir`` or the run folder."""
 
 import sys
 

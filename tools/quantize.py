@@ -1,9 +1,10 @@
 """int8 post-training quantisation through onnxruntime, with its accuracy and speed measured:
 
-    python tools/quantize.py task=deeplabv3 ckpt_path=PATH [quantize.calibration_images=256]
+    python tools/quantize.py ckpt_path=PATH [quantize.calibration_images=256] [quantize.update_docs=true]
 
 Exports fp32 ONNX, quantises it (static, calibrated on training images), scores both on the
-validation split and times both at batch 1; writes the table into docs/BENCHMARKS.md."""
+validation split (the checkpoint's own data unless ``data=...`` is given) and times both at batch 1;
+the report goes to the run folder."""
 
 import sys
 

@@ -13,10 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vision_mnv2.data import DatasetError  # noqa: E402
-from vision_mnv2.data.voc_xml import voc_xml_to_coco, write_coco_json  # noqa: E402
+from vision_mnv2.data import DatasetError
+from vision_mnv2.data.voc_xml import voc_xml_to_coco, write_coco_json
 
 
 def main(argv: list[str] | None = None) -> int:
