@@ -16,10 +16,11 @@ def detector():
 
 
 def test_size_matches_paper_table6(detector):
+    """Exact counts at 320x320 with 80 classes; the paper's Table 6 rounds them to 4.3M and 0.8B."""
     params = count_parameters(detector)
     macs = count_macs(detector, (320, 320))
-    assert abs(params - 4.3e6) / 4.3e6 < 0.05
-    assert abs(macs - 0.8e9) / 0.8e9 < 0.10
+    assert params == 4_337_013 and macs == 788_830_144
+    assert round(params / 1e6, 1) == 4.3 and round(macs / 1e9, 1) == 0.8
 
 
 def test_feature_maps_and_anchor_layout(detector):

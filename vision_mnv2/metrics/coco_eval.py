@@ -45,7 +45,8 @@ def evaluate_coco_results(
     if not results:
         return {name: 0.0 for name in COCO_STAT_NAMES}
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(results)
+        # loadRes adds keys (id, area, ...) to the dicts it is given: give it copies.
+        coco_dt = coco_gt.loadRes([dict(result) for result in results])
         evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
         if image_ids is not None:
             evaluator.params.imgIds = sorted(set(int(i) for i in image_ids))
