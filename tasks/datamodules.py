@@ -71,22 +71,24 @@ class EpochSeededSampler(DistributedSampler):
 
 class TrainingSamples(Dataset):
     """Takes the ``(index, seed)`` keys of :class:`EpochSeededSampler`: seeds the dataset's
-    augmentation with ``seed``, then returns ``dataset[index]``.
+    augmentation with ``seed``, then returns ``dataset[index]``. A bare index (Lightning's
+    ``overfit_batches`` swaps in a sequential sampler) gets the seed of epoch 0 under ``seed``.
 
     With ``skip_bad`` a sample that fails to load (a file that broke after the set-up checks, or
     decodes wrong past its header) is replaced by the next one and logged, instead of ending a long
     run. Validation never substitutes (it would count an image twice).
     """
 
-    def __init__(self, dataset, skip_bad: bool = False, max_tries: int = 16) -> None:
+    def __init__(self, dataset, seed: int, skip_bad: bool = False, max_tries: int = 16) -> None:
         self.dataset = dataset
+        self.seed = seed
         self.tries = max_tries if skip_bad else 1
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]):
-        index, seed = key
+    def __getitem__(self, key: tuple[int, int] | int):
+        index, seed = key if isinstance(key, tuple) else (key, sample_seed(self.seed, 0, key))
         seed_transform(self.dataset, seed)
         for attempt in range(self.tries):
             try:
@@ -173,7 +175,7 @@ class _DataModuleBase(L.LightningDataModule):
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         if shuffle:
-            dataset = TrainingSamples(dataset, self.skip_bad)
+            dataset = TrainingSamples(dataset, self.seed, self.skip_bad)
             sampler = EpochSeededSampler(dataset, self.seed)
         else:
             # Under DDP Lightning would give evaluation a DistributedSampler, which pads the split with

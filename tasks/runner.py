@@ -13,6 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,9 @@ def build(cfg: DictConfig, with_loggers: bool = True) -> tuple[L.LightningDataMo
     module = instantiate(cfg.module)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger")) if with_loggers else []
+    if not loggers:
+        # The learning-rate monitor only writes to loggers, and Lightning refuses it without one (logger=none).
+        callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return datamodule, module, trainer
 
