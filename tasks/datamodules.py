@@ -208,7 +208,22 @@ class _DataModuleBase(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
             loader.sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
+        if len(loader) == 0:
+            # Lightning would warn "no training batches", train nothing, write no checkpoint and exit 0.
+            raise DatasetError(self._too_few_samples(loader.sampler))
         return loader
+
+    def _too_few_samples(self, sampler: DistributedSampler) -> str:
+        samples = f"the training split has {len(self.train_set)} sample(s)"
+        if sampler.num_replicas > 1:
+            samples += f", {len(sampler)} per process on {sampler.num_replicas} processes"
+        skipped = self.skipped.get("train")
+        if skipped:
+            samples += f" once the {skipped} bad one(s) are left out"
+        return (
+            f"{samples}: fewer than one batch of data.batch_size={self.batch_size}, and the incomplete last "
+            "batch is dropped, so nothing would be trained; lower data.batch_size or add samples"
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
