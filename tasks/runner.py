@@ -16,6 +16,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig
 
+from vision_mnv2.files import atomic_write_text
+
+from .checkpoint_io import AtomicCheckpointIO
+
 log = logging.getLogger(__name__)
 
 __all__ = ["build", "train", "evaluate", "resume_checkpoint"]
@@ -39,7 +43,8 @@ def build(cfg: DictConfig, with_loggers: bool = True) -> tuple[L.LightningDataMo
     if not loggers:
         # The learning-rate monitor only writes to loggers, and Lightning refuses it without one (logger=none).
         callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # Checkpoints replaced atomically in their own folder (Lightning stages them in $TMPDIR).
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     return datamodule, module, trainer
 
 
@@ -48,10 +53,7 @@ def _metrics(trainer: L.Trainer) -> dict[str, float]:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # unique per process, then an atomic rename
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def resume_checkpoint(cfg: DictConfig) -> str | None:

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
 from tasks.datamodules import ClassificationDataModule
-from tasks.runner import train
+from tasks.runner import build, train
 from vision_mnv2.data import DatasetError
+from vision_mnv2.files import temporary_name
 
 from .conftest import compose_config, tiny_classification_overrides
 
@@ -65,3 +72,54 @@ def test_under_ddp_a_batch_is_counted_per_process(tiny_cls_root, monkeypatch):
     monkeypatch.setattr(torch.distributed, "get_rank", lambda *args: 0)
     with pytest.raises(DatasetError, match=r"32 sample\(s\), 16 per process on 2 processes: fewer than one batch"):
         datamodule.train_dataloader()
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+@pytest.fixture
+def tmpdir_on_another_filesystem(tmp_path, monkeypatch):
+    """$TMPDIR on another filesystem than the run folder, where Lightning's staged move becomes a copy."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than the test folder")
+    folder = Path(tempfile.mkdtemp(dir=shm))
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_checkpoints_are_replaced_atomically_even_on_a_full_disk(
+    tiny_cls_root, tmp_path, monkeypatch, tmpdir_on_another_filesystem
+):
+    trainer = build(compose_config("train", tiny_classification_overrides(tiny_cls_root), tmp_path))[2]
+    checkpoint_io = trainer.strategy.checkpoint_io
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint_io.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(3)}}, last)
+    first = last.stat().st_ino
+    checkpoint_io.save_checkpoint({"epoch": 2, "state_dict": {"w": torch.full((3,), 2.0)}}, last)
+    assert last.stat().st_ino != first, "a new file renamed over the old one, not copied over it in place"
+
+    def disk_full(obj, file):
+        file.write(b"\0" * 100)  # part of the checkpoint reaches the disk, then it is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "save", disk_full)
+        with pytest.raises(OSError, match="No space left on device"):
+            checkpoint_io.save_checkpoint({"epoch": 3, "state_dict": {"w": torch.zeros(3)}}, last)
+    previous = torch.load(last, map_location="cpu", weights_only=True)
+    assert previous["epoch"] == 2 and torch.equal(previous["state_dict"]["w"], torch.full((3,), 2.0))
+    assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"], "the temporary file is removed"
+    assert not list(tmpdir_on_another_filesystem.iterdir())
+
+    # A writer killed mid-write leaves its temporary; the next save removes it, not a live writer's.
+    killed = last.parent / (temporary_name("last.ckpt").replace(f"@{os.getpid()}@", f"@{_dead_pid()}@") + "1a2b")
+    live = last.parent / (temporary_name("epoch_000.ckpt") + "5e6f")  # this process: alive
+    killed.write_bytes(b"\0" * 10)
+    live.write_bytes(b"\0" * 10)
+    checkpoint_io.save_checkpoint({"epoch": 4}, last)
+    assert not killed.exists() and live.exists()

@@ -15,6 +15,8 @@ import torch.distributed as dist
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..files import atomic_write_text
+
 __all__ = ["COCO_STAT_NAMES", "CocoEvaluator", "evaluate_coco_results"]
 
 # The 12 numbers COCOeval.summarize() prints, in its order.
@@ -102,12 +104,7 @@ class CocoEvaluator:
         self.image_ids = {image_id for _, image_ids in gathered for image_id in image_ids}
 
     def write_results(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.results))
-        tmp.replace(path)
-        return path
+        return atomic_write_text(path, json.dumps(self.results))
 
     def compute(self) -> dict[str, float]:
         return evaluate_coco_results(self.coco_gt, self.results, self.image_ids)
