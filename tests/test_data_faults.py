@@ -1,0 +1,64 @@
+"""Data that breaks in ways the set-up checks cannot see, data in layouts the loaders must accept, and
+the leftovers of a killed data generator."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.datamodules import SegmentationDataModule
+from vision_mnv2.data import DatasetError, VOCSegmentation, write_mask
+
+SIZE = (48, 32)  # width, height
+
+
+def _photo(path, seed=0, **save):
+    pixels = np.random.default_rng(seed).integers(0, 256, (SIZE[1], SIZE[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, **save)
+    return path
+
+
+def _voc_layout(root, photos: dict[str, str]):
+    """A VOC-layout folder whose photos are ``{id: file name}`` (any format), each with a mask."""
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for seed, (image_id, name) in enumerate(photos.items()):
+        if name:
+            _photo(root / "JPEGImages" / name, seed)
+        write_mask(root / "SegmentationClass" / f"{image_id}.png", np.full((SIZE[1], SIZE[0]), seed % 3, np.uint8))
+    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(photos) + "\n")
+    return root
+
+
+def test_voc_layout_photos_may_be_png_or_jpeg(tmp_path):
+    """CamVid-style sets keep PNG photos in the VOC layout; each id's photo is whatever file exists."""
+    root = _voc_layout(tmp_path, {"a": "a.png", "b": "b.jpeg", "c": "c.JPG", "d": "d.jpg"})
+    dataset = VOCSegmentation(root, "train", 3)
+    assert [path.name for path in dataset.images] == ["a.png", "b.jpeg", "c.JPG", "d.jpg"]
+    assert all(image.shape == (SIZE[1], SIZE[0], 3) for image, _ in (dataset.load(i) for i in range(4)))
+    datamodule = SegmentationDataModule(
+        root, num_classes=3, image_size=32, batch_size=2, num_workers=0, val_split="train"
+    )
+    datamodule.setup("fit")  # the training entry point reaches it too
+    assert len(datamodule.train_set) == 4
+
+
+@pytest.mark.parametrize(
+    "photos, message",
+    [
+        (
+            {"a": "a.png", "b": None},
+            r"JPEGImages/b: no image file for this id \(tried \.jpg, \.jpeg, \.png, any case\)",
+        ),
+        ({"a": "a.png", "b": "b.png", "b2": "b.jpg"}, r"JPEGImages/b: 2 image files for this id \(b\.jpg, b\.png\)"),
+    ],
+    ids=["missing", "two for one id"],
+)
+def test_voc_layout_names_the_id_without_a_single_photo(tmp_path, photos, message):
+    root = _voc_layout(tmp_path, photos)
+    if "b2" in photos:  # a second photo of id b, the list naming b only
+        (root / "ImageSets/Segmentation/train.txt").write_text("a\nb\n")
+    with pytest.raises(DatasetError, match=message):
+        VOCSegmentation(root, "train", 3)
+    assert [p.name for p in VOCSegmentation(root, "train", 3, skip_bad=True).images] == ["a.png"]
