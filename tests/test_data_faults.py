@@ -3,12 +3,18 @@ the leftovers of a killed data generator."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
+import time
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from tasks.datamodules import SegmentationDataModule
-from vision_mnv2.data import DatasetError, VOCSegmentation, write_mask
+from vision_mnv2.data import DatasetError, VOCSegmentation, write_classification_dataset, write_mask
+from vision_mnv2.files import temporary_name
 
 SIZE = (48, 32)  # width, height
 
@@ -62,3 +68,26 @@ def test_voc_layout_names_the_id_without_a_single_photo(tmp_path, photos, messag
     with pytest.raises(DatasetError, match=message):
         VOCSegmentation(root, "train", 3)
     assert [p.name for p in VOCSegmentation(root, "train", 3, skip_bad=True).images] == ["a.png"]
+
+
+def test_a_killed_generator_leaves_nothing_behind_at_the_next_run(tmp_path):
+    """Its hidden half-written folder is removed by the next generator; the folder of a generator that
+    is still running (here: this process's) is not."""
+    root = tmp_path / "synthetic"
+    big = {"num_classes": 8, "train_per_class": 1000, "image_size": 96}
+    # Forked: the generator starts at once, without importing torch again.
+    process = multiprocessing.get_context("fork").Process(target=write_classification_dataset, args=(root,), kwargs=big)
+    process.start()
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".synthetic.tmp*/train/*/*.jpg")) and time.monotonic() < deadline:
+        assert process.is_alive(), "the generator ended before it could be killed"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.join()
+    [killed] = tmp_path.glob(".synthetic.tmp*")
+    running = tmp_path / (temporary_name("synthetic") + "abcd")
+    (running / "train").mkdir(parents=True)
+
+    write_classification_dataset(root, num_classes=2, train_per_class=2, val_per_class=1, image_size=32)
+    assert not killed.exists() and running.is_dir()
+    assert len(list(root.rglob("*.jpg"))) == 6
