@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -75,14 +76,19 @@ class TrainingSamples(Dataset):
     ``overfit_batches`` swaps in a sequential sampler) gets the seed of epoch 0 under ``seed``.
 
     With ``skip_bad`` a sample that fails to load (a file that broke after the set-up checks, or
-    decodes wrong past its header) is replaced by the next one and logged, instead of ending a long
-    run. Validation never substitutes (it would count an image twice).
+    decodes wrong past its header) is replaced by the next one, logged and counted in ``replaced``
+    (shared with the loader's worker processes), instead of ending a long run. Without, the error
+    names the file and ends with ``hint``. Validation never substitutes (it would count an image twice).
     """
 
-    def __init__(self, dataset, seed: int, skip_bad: bool = False, max_tries: int = 16) -> None:
+    def __init__(
+        self, dataset, seed: int, skip_bad: bool = False, replaced=None, hint: str = "", max_tries: int = 16
+    ) -> None:
         self.dataset = dataset
         self.seed = seed
         self.tries = max_tries if skip_bad else 1
+        self.replaced = replaced if replaced is not None else multiprocessing.Value("q", 0)
+        self.hint = hint
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -95,8 +101,11 @@ class TrainingSamples(Dataset):
                 return self.dataset[(index + attempt) % len(self.dataset)]
             except DatasetError as error:
                 if self.tries == 1:
-                    raise
-                log.warning("skipping a training sample that failed to load: %s", error)
+                    raise DatasetError(f"{error}{self.hint}") from None
+                with self.replaced.get_lock():
+                    self.replaced.value += 1
+                    count = self.replaced.value
+                log.warning("replaced a training sample that failed to load (%d so far): %s", count, error)
         raise DatasetError(f"{self.tries} training samples in a row failed to load, the last as logged above")
 
 
@@ -155,6 +164,8 @@ class _DataModuleBase(L.LightningDataModule):
         self.generate = generate
         self.train_set = None
         self.val_set = None
+        # Training samples replaced by skip_bad; a shared counter, since workers do the replacing.
+        self._replaced = multiprocessing.Value("q", 0)
 
     def prepare_data(self) -> None:
         # Runs once per node before set-up: the place to write the synthetic dataset.
@@ -169,13 +180,18 @@ class _DataModuleBase(L.LightningDataModule):
         sets = {"train": self.train_set, "val": self.val_set}
         return {split: len(dataset.bad) for split, dataset in sets.items() if hasattr(dataset, "bad")}
 
+    @property
+    def replaced_samples(self) -> int:
+        """Training samples that failed to load during training and were replaced (``skip_bad``)."""
+        return int(self._replaced.value)
+
     def _generate_if_missing(self) -> None:
         if self.generate is not None and not self.root.is_dir():
             self.prepare_data()  # direct use, outside a Trainer
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         if shuffle:
-            dataset = TrainingSamples(dataset, self.seed, self.skip_bad)
+            dataset = TrainingSamples(dataset, self.seed, self.skip_bad, self._replaced, self._load_error_hint())
             sampler = EpochSeededSampler(dataset, self.seed)
         else:
             # Under DDP Lightning would give evaluation a DistributedSampler, which pads the split with
@@ -199,6 +215,14 @@ class _DataModuleBase(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             collate_fn=type(self).collate_fn,
         )
+
+    def _load_error_hint(self) -> str:
+        # A file can pass the set-up check and still fail to decode: "quick" reads headers and end
+        # markers only, so data corrupted in the middle of a JPEG shows when it is decoded.
+        hint = ". data.skip_bad=true replaces such samples with the next one and counts them"
+        if self.check_images != "full":
+            hint += f"; data.check_images=full (now {self.check_images}) decodes every image at set-up to find them all"
+        return hint
 
     def train_dataloader(self) -> DataLoader:
         loader = self._loader(self.train_set, self.batch_size, shuffle=True)

@@ -52,6 +52,14 @@ def _metrics(trainer: L.Trainer) -> dict[str, float]:
     return {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if torch.is_tensor(v) and v.numel() == 1}
 
 
+def _sum_over_processes(trainer: L.Trainer, value: float) -> float:
+    """``value`` summed over the DDP processes (each counts its own); every process must call this."""
+    if trainer.world_size > 1 and torch.distributed.is_initialized():
+        total = torch.tensor(float(value), device=trainer.strategy.root_device)
+        return float(trainer.strategy.reduce(total, reduce_op="sum"))
+    return value
+
+
 def _write_json(path: Path, payload: dict) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True))
 
@@ -102,6 +110,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     skipped = getattr(datamodule, "skipped", None)
     if skipped:
         result["skipped_samples"] = skipped  # data.skip_bad: bad samples left out, per split
+    if getattr(datamodule, "skip_bad", False):  # and training samples that failed to load later, replaced
+        result["replaced_samples"] = int(_sum_over_processes(trainer, datamodule.replaced_samples))
     if best and checkpoint.best_model_score is not None and not math.isnan(float(checkpoint.best_model_score)):
         result["best_score"] = {checkpoint.monitor: float(checkpoint.best_model_score)}
     if trainer.is_global_zero:  # under DDP every process gets here; one writes

@@ -3,8 +3,10 @@ the leftovers of a killed data generator."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import shutil
 import signal
 import time
 
@@ -13,8 +15,12 @@ import pytest
 from PIL import Image
 
 from tasks.datamodules import SegmentationDataModule
+from tasks.runner import train
 from vision_mnv2.data import DatasetError, VOCSegmentation, write_classification_dataset, write_mask
+from vision_mnv2.data.checks import image_problem
 from vision_mnv2.files import temporary_name
+
+from .conftest import compose_config, tiny_classification_overrides
 
 SIZE = (48, 32)  # width, height
 
@@ -91,3 +97,33 @@ def test_a_killed_generator_leaves_nothing_behind_at_the_next_run(tmp_path):
     write_classification_dataset(root, num_classes=2, train_per_class=2, val_per_class=1, image_size=32)
     assert not killed.exists() and running.is_dir()
     assert len(list(root.rglob("*.jpg"))) == 6
+
+
+def _corrupt_mid_stream(path):
+    """Write start-of-frame markers into the middle of a JPEG's entropy-coded data; its header and end
+    marker stay intact. (Other damage, such as zeroed bytes, often decodes to garbage without an error.)"""
+    data = bytearray(path.read_bytes())
+    start_of_scan = data.index(b"\xff\xda")
+    scan = start_of_scan + 2 + int.from_bytes(data[start_of_scan + 2 : start_of_scan + 4], "big")
+    middle = (scan + len(data) - 2) // 2
+    data[middle : middle + 16] = b"\xff\xc0" * 8
+    path.write_bytes(bytes(data))
+
+
+def test_a_jpeg_corrupted_mid_stream_is_named_or_replaced_and_counted(tiny_cls_root, tmp_path):
+    root = tmp_path / "cls"
+    shutil.copytree(tiny_cls_root, root)
+    victim = sorted((root / "train").rglob("*.jpg"))[5]
+    _corrupt_mid_stream(victim)
+    assert victim.read_bytes().endswith(b"\xff\xd9")
+    assert image_problem(victim, "quick") == (None, (64, 64)), "the default check reads headers and end markers"
+    assert image_problem(victim, "full")[0].startswith("cannot read image"), "decoding finds it"
+
+    overrides = tiny_classification_overrides(root) + ["trainer.max_epochs=1"]
+    with pytest.raises(DatasetError, match=rf"{victim}: cannot read image .*data\.check_images=full \(now quick\)"):
+        train(compose_config("train", overrides, tmp_path / "strict"))
+    # Replaced by the next sample, and counted across the loader's worker process.
+    skip = ["data.skip_bad=true", "data.num_workers=1"]
+    result = train(compose_config("train", overrides + skip, tmp_path / "skip"))
+    assert result["replaced_samples"] == 1
+    assert json.loads((tmp_path / "skip" / "train_metrics.json").read_text())["replaced_samples"] == 1

@@ -78,7 +78,9 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
                     "whose pixel values are class indices"
                 )
             return np.asarray(image, dtype=np.uint8).copy()
-    except (OSError, SyntaxError) as error:
+    except DatasetError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise DatasetError(f"{path}: cannot read mask ({error})") from None
 
 
