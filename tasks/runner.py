@@ -7,13 +7,14 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from omegaconf import DictConfig
 
 from vision_mnv2.files import atomic_write_text
@@ -92,10 +93,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for callback in trainer.checkpoint_callbacks:
             callback.dirpath = folder
         log.info("Resuming: checkpoints continue in %s", folder)
+    images_seen = _ImagesSeen()
+    trainer.callbacks.append(images_seen)
     log.info("Training %s; outputs in %s", cfg.get("task_name"), cfg.paths.output_dir)
+    started = time.perf_counter()
     # Resuming reads the checkpoint as data only: ours hold tensors and plain values, so a hostile
     # file cannot run code when it is loaded.
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    wall_time = time.perf_counter() - started
+    images = _sum_over_processes(trainer, images_seen.images)
     metrics = _metrics(trainer)
     # The monitored callback keeps the best; the unmonitored one (or save_last) keeps the latest.
     checkpoint = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)
@@ -106,6 +112,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "metrics": metrics,
         "best_checkpoint": best or None,
         "last_checkpoint": last or None,
+        "wall_time_s": round(wall_time, 3),  # of the fit, validation and checkpoints included
+        "images_per_s": round(images / wall_time, 3),  # training images processed per second of that
     }
     skipped = getattr(datamodule, "skipped", None)
     if skipped:
@@ -115,8 +123,41 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if best and checkpoint.best_model_score is not None and not math.isnan(float(checkpoint.best_model_score)):
         result["best_score"] = {checkpoint.monitor: float(checkpoint.best_model_score)}
     if trainer.is_global_zero:  # under DDP every process gets here; one writes
-        _write_json(Path(cfg.paths.output_dir) / "train_metrics.json", result)
+        metrics_file = Path(cfg.paths.output_dir) / "train_metrics.json"
+        _write_json(metrics_file, result)
+        log.info(_summary(result, metrics_file))
     return result
+
+
+class _ImagesSeen(Callback):
+    """Counts the training images this process runs through."""
+
+    def __init__(self) -> None:
+        self.images = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.images += len(batch[0])  # every task's batch is (images, targets)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
+
+
+def _summary(result: dict[str, Any], metrics_file: Path) -> str:
+    """The one line a finished run ends with."""
+    line = f"Training done in {_duration(result['wall_time_s'])} ({result['images_per_s']:.1f} images/s)"
+    if result.get("best_score"):
+        [(name, value)] = result["best_score"].items()
+        line += f"; best checkpoint {result['best_checkpoint']} ({name} {value:.4f})"
+    elif result["last_checkpoint"]:
+        line += f"; last checkpoint {result['last_checkpoint']}"
+    else:
+        line += "; no checkpoint written"
+    return f"{line}; metrics in {metrics_file}"
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import json
+import logging
 import os
 import shutil
 import subprocess
@@ -123,3 +125,18 @@ def test_checkpoints_are_replaced_atomically_even_on_a_full_disk(
     live.write_bytes(b"\0" * 10)
     checkpoint_io.save_checkpoint({"epoch": 4}, last)
     assert not killed.exists() and live.exists()
+
+
+def test_a_run_ends_with_a_summary_line_and_its_speed(tiny_cls_root, tmp_path, caplog):
+    overrides = tiny_classification_overrides(tiny_cls_root) + ["trainer.max_epochs=1"]
+    with caplog.at_level(logging.INFO, logger="tasks.runner"):
+        result = train(compose_config("train", overrides, tmp_path))
+    written = json.loads((tmp_path / "train_metrics.json").read_text())
+    assert written["wall_time_s"] == result["wall_time_s"] > 0
+    # one epoch of 32 training images
+    assert written["images_per_s"] * written["wall_time_s"] == pytest.approx(32, rel=0.01)
+    [summary] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Training done in")]
+    best = result["best_score"]["val/top1"]
+    assert f"best checkpoint {result['best_checkpoint']} (val/top1 {best:.4f})" in summary
+    assert summary.endswith(f"metrics in {tmp_path / 'train_metrics.json'}")
+    assert f"({written['images_per_s']:.1f} images/s)" in summary
