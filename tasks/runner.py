@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,11 @@ from omegaconf import DictConfig
 from vision_mnv2.files import atomic_write_text
 
 from .checkpoint_io import AtomicCheckpointIO
+from .resume import Start, is_lead_process, record_settings, start_point
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build", "train", "evaluate", "resume_checkpoint"]
+__all__ = ["build", "train", "evaluate"]
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -65,31 +65,27 @@ def _write_json(path: Path, payload: dict) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
-def resume_checkpoint(cfg: DictConfig) -> str | None:
-    """``cfg.ckpt_path``, where ``last`` means the newest ``last.ckpt`` of an earlier run of the same
-    task (a sibling of this run's folder). Lightning's own ``"last"`` looks only in this run's new,
-    empty folder and would silently start from scratch."""
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path != "last":
-        return ckpt_path
-    output_dir = Path(cfg.paths.output_dir).resolve()
-    runs = output_dir.parent
-    candidates = [p for p in runs.glob("*/checkpoints/last.ckpt") if p.parents[1].resolve() != output_dir]
-    if not candidates:
-        raise FileNotFoundError(f"ckpt_path=last: no earlier run under {runs}/ has checkpoints/last.ckpt")
-    newest = max(candidates, key=lambda p: p.stat().st_mtime)
-    log.info("ckpt_path=last: resuming from %s", newest)
-    return str(newest)
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, then report the validation metrics of the best checkpoint. Returns metrics and paths."""
-    ckpt_path = resume_checkpoint(cfg)
+    """Fit, then report the validation metrics of the best checkpoint. Returns metrics and paths.
+
+    ``cfg.ckpt_path`` resumes an earlier run (``last``: the newest that may be continued, see
+    :mod:`tasks.resume`); the run folder whose checkpoints are written stays locked while training."""
+    start = start_point(cfg)
+    try:
+        return _train(cfg, start)
+    finally:
+        start.release()
+
+
+def _train(cfg: DictConfig, start: Start) -> dict[str, Any]:
+    ckpt_path = start.checkpoint
+    if is_lead_process():  # the trainer knows its rank only once fitting starts
+        record_settings(cfg)  # before instantiating, which resolves some interpolations in place
     datamodule, module, trainer = build(cfg)
-    if ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
+    if start.run_dir != Path(cfg.paths.output_dir).resolve():
         # A resumed run keeps its checkpoints where they were: in another folder Lightning would
         # forget the best score so far, and the first epoch after the resume would become the "best".
-        folder = os.path.realpath(Path(ckpt_path).expanduser().parent)
+        folder = str(start.run_dir / "checkpoints")
         for callback in trainer.checkpoint_callbacks:
             callback.dirpath = folder
         log.info("Resuming: checkpoints continue in %s", folder)

@@ -6,6 +6,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from tasks.datamodules import ClassificationDataModule
+from tasks.resume import ResumeError, start_point
 from tasks.runner import build, train
 from vision_mnv2.data import DatasetError
 from vision_mnv2.files import temporary_name
@@ -140,3 +143,75 @@ def test_a_run_ends_with_a_summary_line_and_its_speed(tiny_cls_root, tmp_path, c
     assert f"best checkpoint {result['best_checkpoint']} (val/top1 {best:.4f})" in summary
     assert summary.endswith(f"metrics in {tmp_path / 'train_metrics.json'}")
     assert f"({written['images_per_s']:.1f} images/s)" in summary
+
+
+def test_ckpt_path_last_continues_only_a_run_with_the_same_settings(tiny_cls_root, tmp_path, caplog):
+    runs = tmp_path / "runs"
+    common = tiny_classification_overrides(tiny_cls_root) + ["logger=none"]
+    train(compose_config("train", common + ["trainer.max_epochs=1"], runs / "a"))
+    last = runs / "a" / "checkpoints" / "last.ckpt"
+
+    other_lr = common + ["optimizer.lr=0.01", "trainer.max_epochs=2"]
+    with pytest.raises(ResumeError, match=rf"{runs / 'a'}: settings differ \(optimizer\.lr: 0\.004 -> 0\.01\)"):
+        train(compose_config("train", other_lr + ["ckpt_path=last"], runs / "b"))
+    assert not (runs / "b" / "train_metrics.json").exists()
+
+    # More epochs is not another setting.
+    train(compose_config("train", common + ["trainer.max_epochs=2", "ckpt_path=last"], runs / "c"))
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+
+    # A file named explicitly is resumed whatever its run's settings; what differs is logged.
+    with caplog.at_level(logging.WARNING, logger="tasks.resume"):
+        train(compose_config("train", other_lr[:-1] + ["trainer.max_epochs=3", f"ckpt_path={last}"], runs / "d"))
+    assert "its run's settings differ from this run's: optimizer.lr: 0.004 -> 0.01" in caplog.text
+    assert torch.load(last, weights_only=True)["epoch"] == 2
+
+
+class _TryToJoinMidway(Callback):
+    """While its run trains, tries what another run would: resume it, or train into its folder."""
+
+    def __init__(self, others: dict) -> None:
+        self.others = others
+        self.outcomes: dict[str, str] = {}
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch != 1:  # by now epoch 0's last.ckpt is written
+            return
+        for name, cfg in self.others.items():
+            try:
+                start_point(cfg).release()
+                self.outcomes[name] = "allowed"
+            except ResumeError as error:
+                self.outcomes[name] = str(error)
+
+
+def test_a_run_that_is_still_training_is_never_resumed(tiny_cls_root, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    common = tiny_classification_overrides(tiny_cls_root) + ["logger=none", "trainer.max_epochs=2"]
+    last = runs / "a" / "checkpoints" / "last.ckpt"
+    probe = _TryToJoinMidway(
+        {
+            "last": compose_config("train", common + ["ckpt_path=last"], runs / "b"),
+            "by file": compose_config("train", common + [f"ckpt_path={last}"], runs / "b"),
+            "same folder": compose_config("train", common, runs / "a"),
+        }
+    )
+
+    def build_with_probe(cfg, *args, **kwargs):
+        datamodule, module, trainer = build(cfg, *args, **kwargs)
+        trainer.callbacks.append(probe)
+        return datamodule, module, trainer
+
+    monkeypatch.setattr("tasks.runner.build", build_with_probe)
+    train(compose_config("train", common, runs / "a"))
+    holder = rf"\(pid {os.getpid()} on .*\)"
+    assert re.search(
+        rf"under {runs}/ may be continued: {runs / 'a'}: still being trained {holder}", probe.outcomes["last"]
+    )
+    assert re.match(rf"{runs / 'a'} is still being trained {holder}", probe.outcomes["by file"])
+    assert probe.outcomes["same folder"].startswith(f"another run is training into {runs / 'a'}")
+    # Once it has ended (or been killed: the kernel drops the lock), it may be resumed.
+    monkeypatch.undo()
+    start = start_point(compose_config("train", common + ["ckpt_path=last"], runs / "b"))
+    start.release()
+    assert start.checkpoint == str(last)
