@@ -225,11 +225,16 @@ class _DataModuleBase(L.LightningDataModule):
         return hint
 
     def train_dataloader(self) -> DataLoader:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            # Each process drew its seed from its own generator, which differ with seed=null: their
+            # shuffled orders, and so their shards of the data, would overlap. Rank 0's seed counts.
+            self.seed = int(trainer.strategy.broadcast(self.seed, src=0))
+        log.info("training order and augmentation seed: %d", self.seed)
         loader = self._loader(self.train_set, self.batch_size, shuffle=True)
         # Lightning starts the loader's iterator before it calls set_epoch; with persistent workers
         # that iterator has already drawn its first indices, so a resumed run would replay epoch 0's
         # order in its first epoch. Set the epoch it resumes at (restored by now) beforehand.
-        trainer = getattr(self, "trainer", None)
         if trainer is not None:
             loader.sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
         if len(loader) == 0:
