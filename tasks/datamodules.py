@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 from collections.abc import Callable
 from functools import partial
@@ -73,30 +74,40 @@ class EpochSeededSampler(DistributedSampler):
 
 class TrainingSamples(Dataset):
     """Takes the ``(index, seed)`` keys of :class:`EpochSeededSampler`: seeds the dataset's
-    augmentation with ``seed``, then returns ``dataset[index]``.
+    augmentation with ``seed``, then returns ``dataset[index]``. A bare index (Lightning's
+    ``overfit_batches`` swaps in a sequential sampler) gets the seed of epoch 0 under ``seed``.
 
     With ``skip_bad`` a sample that fails to load (a file that broke after the set-up checks, or
-    decodes wrong past its header) is replaced by the next one and logged, instead of ending a long
-    run. Validation never substitutes (it would count an image twice).
+    decodes wrong past its header) is replaced by the next one, logged and counted in ``replaced``
+    (shared with the loader's worker processes), instead of ending a long run. Without, the error
+    names the file and ends with ``hint``. Validation never substitutes (it would count an image twice).
     """
 
-    def __init__(self, dataset, skip_bad: bool = False, max_tries: int = 16) -> None:
+    def __init__(
+        self, dataset, seed: int, skip_bad: bool = False, replaced=None, hint: str = "", max_tries: int = 16
+    ) -> None:
         self.dataset = dataset
+        self.seed = seed
         self.tries = max_tries if skip_bad else 1
+        self.replaced = replaced if replaced is not None else multiprocessing.Value("q", 0)
+        self.hint = hint
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]):
-        index, seed = key
+    def __getitem__(self, key: tuple[int, int] | int):
+        index, seed = key if isinstance(key, tuple) else (key, sample_seed(self.seed, 0, key))
         seed_transform(self.dataset, seed)
         for attempt in range(self.tries):
             try:
                 return self.dataset[(index + attempt) % len(self.dataset)]
             except DatasetError as error:
                 if self.tries == 1:
-                    raise
-                log.warning("skipping a training sample that failed to load: %s", error)
+                    raise DatasetError(f"{error}{self.hint}") from None
+                with self.replaced.get_lock():
+                    self.replaced.value += 1
+                    count = self.replaced.value
+                log.warning("replaced a training sample that failed to load (%d so far): %s", count, error)
         raise DatasetError(f"{self.tries} training samples in a row failed to load, the last as logged above")
 
 
@@ -155,6 +166,8 @@ class _DataModuleBase(L.LightningDataModule):
         self.generate = generate
         self.train_set = None
         self.val_set = None
+        # Training samples replaced by skip_bad; a shared counter, since workers do the replacing.
+        self._replaced = multiprocessing.Value("q", 0)
 
     def prepare_data(self) -> None:
         # Runs once per node before set-up: the place to write the synthetic dataset.
@@ -176,13 +189,18 @@ class _DataModuleBase(L.LightningDataModule):
         sets = {"train": self.train_set, "val": self.val_set}
         return {split: len(dataset.bad) for split, dataset in sets.items() if hasattr(dataset, "bad")}
 
+    @property
+    def replaced_samples(self) -> int:
+        """Training samples that failed to load during training and were replaced (``skip_bad``)."""
+        return int(self._replaced.value)
+
     def _generate_if_missing(self) -> None:
         if self.generate is not None and not self.root.is_dir():
             self.prepare_data()  # direct use, outside a Trainer
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         if shuffle:
-            dataset = TrainingSamples(dataset, self.skip_bad)
+            dataset = TrainingSamples(dataset, self.seed, self.skip_bad, self._replaced, self._load_error_hint())
             sampler = EpochSeededSampler(dataset, self.seed)
         else:
             # Under DDP Lightning would give evaluation a DistributedSampler, which pads the split with
@@ -207,15 +225,43 @@ class _DataModuleBase(L.LightningDataModule):
             collate_fn=self.collate_fn,
         )
 
+    def _load_error_hint(self) -> str:
+        # A file can pass the set-up check and still fail to decode: "quick" reads headers and end
+        # markers only, so data corrupted in the middle of a JPEG shows when it is decoded.
+        hint = ". data.skip_bad=true replaces such samples with the next one and counts them"
+        if self.check_images != "full":
+            hint += f"; data.check_images=full (now {self.check_images}) decodes every image at set-up to find them all"
+        return hint
+
     def train_dataloader(self) -> DataLoader:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            # Each process drew its seed from its own generator, which differ with seed=null: their
+            # shuffled orders, and so their shards of the data, would overlap. Rank 0's seed counts.
+            self.seed = int(trainer.strategy.broadcast(self.seed, src=0))
+        log.info("training order and augmentation seed: %d", self.seed)
         loader = self._loader(self.train_set, self.batch_size, shuffle=True)
         # Lightning starts the loader's iterator before it calls set_epoch; with persistent workers
         # that iterator has already drawn its first indices, so a resumed run would replay epoch 0's
         # order in its first epoch. Set the epoch it resumes at (restored by now) beforehand.
-        trainer = getattr(self, "trainer", None)
         if trainer is not None:
             loader.sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
+        if len(loader) == 0:
+            # Lightning would warn "no training batches", train nothing, write no checkpoint and exit 0.
+            raise DatasetError(self._too_few_samples(loader.sampler))
         return loader
+
+    def _too_few_samples(self, sampler: DistributedSampler) -> str:
+        samples = f"the training split has {len(self.train_set)} sample(s)"
+        if sampler.num_replicas > 1:
+            samples += f", {len(sampler)} per process on {sampler.num_replicas} processes"
+        skipped = self.skipped.get("train")
+        if skipped:
+            samples += f" once the {skipped} bad one(s) are left out"
+        return (
+            f"{samples}: fewer than one batch of data.batch_size={self.batch_size}, and the incomplete last "
+            "batch is dropped, so nothing would be trained; lower data.batch_size or add samples"
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.eval_batch_size, shuffle=False)

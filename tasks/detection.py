@@ -60,10 +60,10 @@ class DetectionTask(TaskModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        self.evaluator.synchronize()  # DDP: every process scores all detections, so all log the same
+        self.evaluator.synchronize()  # DDP: rank 0 gathers every process's detections
         if self.trainer.is_global_zero:
             self.evaluator.write_results(Path(self.trainer.default_root_dir) / self.hparams.results_file)
-        stats = self.evaluator.compute()
+        stats = self.evaluator.compute()  # COCOeval on rank 0; every process gets its numbers to log
         self.log("val/mAP", stats.pop("mAP"), prog_bar=True)
         self.log_dict({f"val/{k}": v for k, v in stats.items()})
 

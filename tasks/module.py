@@ -66,6 +66,7 @@ class TaskModule(L.LightningModule):
             raise ValueError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
         self.nonfinite_loss = nonfinite_loss
         self.skipped_steps = 0
+        self._drop_update = False  # set by checked_loss for a skipped step, cleared before the update
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -126,27 +127,48 @@ class TaskModule(L.LightningModule):
             meta = ModelMeta(class_names=info.get("class_names"), category_ids=info.get("category_ids"))
         checkpoint[META_KEY] = meta.as_dict()
 
-    def checked_loss(self, loss: torch.Tensor, batch, batch_idx: int) -> torch.Tensor | None:
+    def checked_loss(self, loss: torch.Tensor, batch, batch_idx: int) -> torch.Tensor:
         """The loss if it is finite. Otherwise, by ``nonfinite_loss``: ``"raise"`` stops the run with
-        the step and the batch's image ids (where the batch carries them), ``"skip"`` drops this step
-        (Lightning skips the backward and optimiser step for ``None``) and counts it."""
-        if bool(torch.isfinite(loss)):
+        the step and the batch's image ids (where the batch carries them), ``"skip"`` drops this
+        step's update and counts it.
+
+        Under DDP the processes agree first, so that all raise or all skip together: one process
+        leaving the step alone would leave the others waiting in the gradient all-reduce. Lightning
+        refuses the ``None`` that skips a step under DDP, so a skipped step returns a zero loss that
+        reaches every parameter (DDP expects a gradient for each) and its update is dropped in
+        :meth:`on_before_optimizer_step`."""
+        finite_here = bool(torch.isfinite(loss))
+        finite = finite_here
+        if self._trainer is not None and self.trainer.world_size > 1:
+            nonfinite = torch.tensor(0.0 if finite_here else 1.0, device=loss.device)
+            finite = float(self.trainer.strategy.reduce(nonfinite, reduce_op="sum")) == 0
+        if finite:
             return loss
         where = f"epoch {self.current_epoch}, step {self.global_step}, batch {batch_idx}"
         targets = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
         if isinstance(targets, (list, tuple)) and targets and isinstance(targets[0], dict) and "image_id" in targets[0]:
             where += f", image ids {[int(t['image_id']) for t in targets]}"
+        value = f"({float(loss)})" if not finite_here else "on another process"
         if self.nonfinite_loss == "raise":
             raise FloatingPointError(
-                f"non-finite training loss ({float(loss)}) at {where}; lower the learning rate, check the data, "
+                f"non-finite training loss {value} at {where}; lower the learning rate, check the data, "
                 "or set module.nonfinite_loss=skip to drop such steps"
             )
         self.skipped_steps += 1
-        log.warning(
-            "skipped a step with non-finite loss (%s) at %s; %d skipped so far", float(loss), where, self.skipped_steps
-        )
+        log.warning("skipped a step with non-finite loss %s at %s; %d skipped so far", value, where, self.skipped_steps)
         self.log("train/skipped_steps", float(self.skipped_steps))
-        return None
+        self._drop_update = True
+        zero = sum(parameter.sum() for parameter in self.parameters() if parameter.requires_grad) * 0.0
+        return torch.nan_to_num(zero)  # gradients of zero, also for parameters that hold NaN already
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # A skipped step: without gradients the optimiser leaves every parameter, and its own state
+        # (momentum, weight decay, step counts), as they were.
+        if self._drop_update:
+            for group in optimizer.param_groups:
+                for parameter in group["params"]:
+                    parameter.grad = None
+            self._drop_update = False
 
     def memory_format(self, images: torch.Tensor) -> torch.Tensor:
         """A 4-d image batch in the model's memory layout."""

@@ -6,22 +6,26 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from omegaconf import DictConfig, open_dict
 
 from vision_mnv2.checkpoint import read_checkpoint
+from vision_mnv2.files import atomic_write_text
 
+from .checkpoint_io import AtomicCheckpointIO
 from .checkpoints import checkpoint_model, evaluation_data, run_info, task_of_config
+from .resume import Start, is_lead_process, record_settings, start_point
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build", "train", "evaluate", "resume_checkpoint"]
+__all__ = ["build", "train", "evaluate"]
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -40,7 +44,11 @@ def build(cfg: DictConfig, with_loggers: bool = True) -> tuple[L.LightningDataMo
     module.run_info = run_info(cfg)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger")) if with_loggers else []
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if not loggers:
+        # The learning-rate monitor only writes to loggers, and Lightning refuses it without one (logger=none).
+        callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
+    # Checkpoints replaced atomically in their own folder (Lightning stages them in $TMPDIR).
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     return datamodule, module, trainer
 
 
@@ -48,49 +56,55 @@ def _metrics(trainer: L.Trainer) -> dict[str, float]:
     return {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if torch.is_tensor(v) and v.numel() == 1}
 
 
+def _sum_over_processes(trainer: L.Trainer, value: float) -> float:
+    """``value`` summed over the DDP processes (each counts its own); every process must call this."""
+    if trainer.world_size > 1 and torch.distributed.is_initialized():
+        total = torch.tensor(float(value), device=trainer.strategy.root_device)
+        return float(trainer.strategy.reduce(total, reduce_op="sum"))
+    return value
+
+
 def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # unique per process, then an atomic rename
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    tmp.replace(path)
-
-
-def resume_checkpoint(cfg: DictConfig) -> str | None:
-    """``cfg.ckpt_path``, where ``last`` means the newest ``last.ckpt`` of an earlier run of the same
-    task (a sibling of this run's folder). Lightning's own ``"last"`` looks only in this run's new,
-    empty folder and would silently start from scratch."""
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path != "last":
-        return ckpt_path
-    output_dir = Path(cfg.paths.output_dir).resolve()
-    runs = output_dir.parent
-    candidates = [p for p in runs.glob("*/checkpoints/last.ckpt") if p.parents[1].resolve() != output_dir]
-    if not candidates:
-        raise FileNotFoundError(f"ckpt_path=last: no earlier run under {runs}/ has checkpoints/last.ckpt")
-    newest = max(candidates, key=lambda p: p.stat().st_mtime)
-    log.info("ckpt_path=last: resuming from %s", newest)
-    return str(newest)
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, then report the validation metrics of the best checkpoint. Returns metrics and paths."""
-    ckpt_path = resume_checkpoint(cfg)
+    """Fit, then report the validation metrics of the best checkpoint. Returns metrics and paths.
+
+    ``cfg.ckpt_path`` resumes an earlier run (``last``: the newest that may be continued, see
+    :mod:`tasks.resume`); the run folder whose checkpoints are written stays locked while training."""
+    start = start_point(cfg)
+    try:
+        return _train(cfg, start)
+    finally:
+        start.release()
+
+
+def _train(cfg: DictConfig, start: Start) -> dict[str, Any]:
+    ckpt_path = start.checkpoint
     if ckpt_path:
         # The project's own message for a file that is not a checkpoint, holds code, or is another
         # task's model (Lightning's would dump key names or suggest unsafe loading).
         read_checkpoint(ckpt_path, task_of_config(cfg))
+    if is_lead_process():  # the trainer knows its rank only once fitting starts
+        record_settings(cfg)  # before instantiating, which resolves some interpolations in place
     datamodule, module, trainer = build(cfg)
-    if ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
+    if start.run_dir != Path(cfg.paths.output_dir).resolve():
         # A resumed run keeps its checkpoints where they were: in another folder Lightning would
         # forget the best score so far, and the first epoch after the resume would become the "best".
-        folder = os.path.realpath(Path(ckpt_path).expanduser().parent)
+        folder = str(start.run_dir / "checkpoints")
         for callback in trainer.checkpoint_callbacks:
             callback.dirpath = folder
         log.info("Resuming: checkpoints continue in %s", folder)
+    images_seen = _ImagesSeen()
+    trainer.callbacks.append(images_seen)
     log.info("Training %s; outputs in %s", cfg.get("task_name"), cfg.paths.output_dir)
+    started = time.perf_counter()
     # Resuming reads the checkpoint as data only: ours hold tensors and plain values, so a hostile
     # file cannot run code when it is loaded.
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    wall_time = time.perf_counter() - started
+    images = _sum_over_processes(trainer, images_seen.images)
     metrics = _metrics(trainer)
     # The monitored callback keeps the best; the unmonitored one (or save_last) keeps the latest.
     checkpoint = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)
@@ -101,15 +115,52 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "metrics": metrics,
         "best_checkpoint": best or None,
         "last_checkpoint": last or None,
+        "wall_time_s": round(wall_time, 3),  # of the fit, validation and checkpoints included
+        "images_per_s": round(images / wall_time, 3),  # training images processed per second of that
     }
     skipped = getattr(datamodule, "skipped", None)
     if skipped:
         result["skipped_samples"] = skipped  # data.skip_bad: bad samples left out, per split
+    if getattr(datamodule, "skip_bad", False):  # and training samples that failed to load later, replaced
+        result["replaced_samples"] = int(_sum_over_processes(trainer, datamodule.replaced_samples))
     if best and checkpoint.best_model_score is not None and not math.isnan(float(checkpoint.best_model_score)):
         result["best_score"] = {checkpoint.monitor: float(checkpoint.best_model_score)}
     if trainer.is_global_zero:  # under DDP every process gets here; one writes
-        _write_json(Path(cfg.paths.output_dir) / "train_metrics.json", result)
+        metrics_file = Path(cfg.paths.output_dir) / "train_metrics.json"
+        _write_json(metrics_file, result)
+        log.info(_summary(result, metrics_file))
     return result
+
+
+class _ImagesSeen(Callback):
+    """Counts the training images this process runs through."""
+
+    def __init__(self) -> None:
+        self.images = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.images += len(batch[0])  # every task's batch is (images, targets)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
+
+
+def _summary(result: dict[str, Any], metrics_file: Path) -> str:
+    """The one line a finished run ends with."""
+    line = f"Training done in {_duration(result['wall_time_s'])} ({result['images_per_s']:.1f} images/s)"
+    if result.get("best_score"):
+        [(name, value)] = result["best_score"].items()
+        line += f"; best checkpoint {result['best_checkpoint']} ({name} {value:.4f})"
+    elif result["last_checkpoint"]:
+        line += f"; last checkpoint {result['last_checkpoint']}"
+    else:
+        line += "; no checkpoint written"
+    return f"{line}; metrics in {metrics_file}"
 
 
 def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, float]:

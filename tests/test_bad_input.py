@@ -208,7 +208,10 @@ def _voc(tmp_path, break_it=None):
 
 VOC_CASES = {
     "truncated image": (lambda r: _truncate(r / "JPEGImages/b.jpg"), r"b\.jpg: cannot read image .*truncated"),
-    "missing image": (lambda r: (r / "JPEGImages/b.jpg").unlink(), r"b\.jpg: file does not exist"),
+    "missing image": (
+        lambda r: (r / "JPEGImages/b.jpg").unlink(),
+        r"JPEGImages/b: no image file for this id \(tried \.jpg, \.jpeg, \.png, any case\)",
+    ),
     "missing mask": (lambda r: (r / "SegmentationClass/b.png").unlink(), r"b\.png: file does not exist"),
     "mask size differs": (
         lambda r: write_mask(r / "SegmentationClass/b.png", np.ones((80, 90), dtype=np.uint8)),

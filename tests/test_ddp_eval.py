@@ -66,13 +66,15 @@ def test_two_process_evaluation_equals_one_process(task, tmp_path):
 
 def test_a_split_smaller_than_the_process_count_stops_every_process(tmp_path):
     """One validation image for two processes: one would get no batch, skip its evaluation loop and
-    leave the other waiting at the epoch-end synchronisation; both stop with a clear error instead."""
+    leave the other waiting at the epoch-end synchronisation; both stop with a clear error instead.
+    (Batches of 2, so that the 2 training images per process make a batch.)"""
     root = write_segmentation_dataset(
         tmp_path / "data", num_classes=3, train_images=4, val_images=1, image_size=(64, 64), seed=1
     )
     command = [
         sys.executable, "tools/train.py", *tiny_task_overrides("deeplabv3", root, 4, 64), "trainer=ddp", "trainer.devices=2",
-        "trainer.max_epochs=1", "++data.eval_pad_size=null", "callbacks.progress_bar=null", "callbacks.model_summary=null",
+        "trainer.max_epochs=1", "data.batch_size=2", "++data.eval_pad_size=null", "callbacks.progress_bar=null",
+        "callbacks.model_summary=null",
         f"hydra.run.dir={tmp_path / 'ddp'}",
     ]  # fmt: skip
     env = {**os.environ, "VISION_MNV2_CACHE": str(tmp_path / "cache")}

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .files import UnreadableFile, load_torch_file
+from .files import UnreadableFile, atomic_write, load_torch_file
 from .models.registry import BUILDERS, TASKS, build_config, build_model, plain
 
 __all__ = [
@@ -207,21 +207,11 @@ def load_model(
 
 def save_model(path: str | os.PathLike, model: nn.Module, meta: ModelMeta) -> Path:
     """Write ``model``'s weights and ``meta`` as a checkpoint of this project (the layout the
-    training runs write, without optimiser state), atomically: a temporary file in the same folder,
-    flushed to disk, then renamed over the target."""
+    training runs write, without optimiser state), atomically (:func:`vision_mnv2.files.atomic_write`)."""
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "state_dict": {MODEL_PREFIX + k: v.detach().cpu() for k, v in model.state_dict().items()},
         META_KEY: meta.as_dict(),
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda handle: torch.save(payload, handle))
     return path

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .files import atomic_write
+
 __all__ = ["fold_batch_norm", "write_onnx"]
 
 
@@ -44,34 +46,29 @@ def write_onnx(
     opset: int = 17,
 ) -> Path:
     """Export ``module`` (input ``images``) to ONNX with ``metadata`` in ``metadata_props``. The file
-    appears whole or not at all: written to a temporary name beside it, then renamed."""
+    appears whole or not at all (:func:`vision_mnv2.files.atomic_write`)."""
+    import io  # noqa: PLC0415
+
     import onnx  # noqa: PLC0415
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # The tracer notes every Python number taken from a tensor (shapes, thresholds): all of
-            # them are constants of the exported graph by design.
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            # Our advanced indices are never negative, the case this warning is about.
-            warnings.filterwarnings("ignore", message="Exporting aten::index operator")
-            torch.onnx.export(
-                module.eval(),
-                (example,),
-                str(tmp),
-                input_names=["images"],
-                output_names=list(output_names),
-                dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()},
-                opset_version=opset,
-                dynamo=False,  # the TorchScript exporter: no onnxscript needed, matches onnxruntime
-            )
-        if metadata:
-            graph = onnx.load(str(tmp))
-            onnx.helper.set_model_props(graph, dict(metadata))
-            onnx.save(graph, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer notes every Python number taken from a tensor (shapes, thresholds): all of
+        # them are constants of the exported graph by design.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # Our advanced indices are never negative, the case this warning is about.
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator")
+        torch.onnx.export(
+            module.eval(),
+            (example,),
+            buffer,
+            input_names=["images"],
+            output_names=list(output_names),
+            dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()},
+            opset_version=opset,
+            dynamo=False,  # the TorchScript exporter: no onnxscript needed, matches onnxruntime
+        )
+    graph = onnx.load_from_string(buffer.getvalue())
+    if metadata:
+        onnx.helper.set_model_props(graph, dict(metadata))
+    return atomic_write(path, lambda handle: handle.write(graph.SerializeToString()))

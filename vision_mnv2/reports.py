@@ -8,6 +8,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from .files import atomic_write_text
+
 __all__ = ["command_line", "write_report", "write_section"]
 
 HEADER = "# Benchmarks\n\nEach section is written by the command it names; running it again replaces the section.\n"
@@ -19,17 +21,10 @@ def command_line(tool: str, argv: list[str] | None = None) -> str:
     return f"python tools/{tool} " + " ".join(shlex.quote(a) for a in args if not a.startswith("hydra."))
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_report(path: str | os.PathLike, text: str) -> Path:
     """A measurement's report as its own file (a run folder's ``benchmark.md``, ...)."""
     path = Path(path)
-    _atomic_write(path, text)
+    atomic_write_text(path, text)
     return path
 
 
@@ -46,5 +41,5 @@ def write_section(path: str | os.PathLike, name: str, text: str) -> Path:
         current = before + block + after
     else:
         current = current.rstrip("\n") + "\n\n" + block + "\n"
-    _atomic_write(path, current)
+    atomic_write_text(path, current)
     return path

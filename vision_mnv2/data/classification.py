@@ -22,7 +22,7 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
-    except (OSError, SyntaxError) as error:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # as the set-up checks catch
         raise DatasetError(f"{path}: cannot read image ({error})") from None
 
 

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..files import remove_stale_temporaries, temporary_name
+
 __all__ = [
     "SHAPES",
     "SceneObject",
@@ -235,7 +237,8 @@ def render_scene(
 
 
 def _write_atomically(root: Path, manifest: dict, build: Callable[[Path], None]) -> Path:
-    """Build a dataset in a temporary sibling folder and rename it to ``root`` when complete.
+    """Build a dataset in a temporary sibling folder and rename it to ``root`` when complete. Such
+    folders left by a killed generator are removed first.
 
     An existing ``root`` with the same manifest is reused; one with another manifest is an error
     rather than silently overwritten (it may be a user's data).
@@ -253,7 +256,10 @@ def _write_atomically(root: Path, manifest: dict, build: Callable[[Path], None])
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists and is not a synthetic dataset of this project; not overwriting it")
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    # A generator killed mid-way leaves its hidden folder; its process id in the name tells it from
+    # the folder of another generator that is still running (a DDP rank, a parallel test).
+    remove_stale_temporaries(root.parent, root.name)
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_name(root.name), dir=root.parent))
     try:
         build(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))

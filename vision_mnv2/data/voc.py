@@ -2,7 +2,7 @@
 
 ::
 
-    root/JPEGImages/<id>.jpg
+    root/JPEGImages/<id>.jpg                 or .jpeg / .png (CamVid-style sets), whichever exists
     root/SegmentationClass/<id>.png          palette PNG: pixel value = class index, 255 = ignore
     root/ImageSets/Segmentation/<split>.txt  one image id per line
 
@@ -39,6 +39,7 @@ VOC_CLASSES: tuple[str, ...] = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )  # fmt: skip
 CLASS_NAMES_FILE = "class_names.txt"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # tried in this order, in lower and upper case
 
 
 def voc_palette() -> list[int]:
@@ -77,7 +78,9 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
                     "whose pixel values are class indices"
                 )
             return np.asarray(image, dtype=np.uint8).copy()
-    except (OSError, SyntaxError) as error:
+    except DatasetError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise DatasetError(f"{path}: cannot read mask ({error})") from None
 
 
@@ -95,6 +98,40 @@ def _read_class_names(root: Path, num_classes: int, class_names: Sequence[str] |
     return names
 
 
+class _NoImage:
+    """In place of an image path: none, or more than one, file was found for an id."""
+
+    def __init__(self, where: Path, problem: str) -> None:
+        self.where, self.problem = str(where), problem
+
+
+def _find_images(folder: Path, ids: Sequence[str], suffixes: Sequence[str]) -> list[Path | _NoImage]:
+    """The image file of each id: ``<id><suffix>`` for the one suffix (any case) that exists."""
+    endings = list(dict.fromkeys(e for suffix in suffixes for e in (suffix.lower(), suffix.upper())))
+    tried = ", ".join(suffix.lower() for suffix in suffixes)
+    listings: dict[Path, set[str]] = {}  # one listing per folder instead of a stat per id and ending
+
+    def names_in(sub: Path) -> set[str]:
+        if sub not in listings:
+            try:
+                listings[sub] = set(os.listdir(sub))
+            except OSError:
+                listings[sub] = set()
+        return listings[sub]
+
+    images: list[Path | _NoImage] = []
+    for image_id in ids:
+        stem = folder / image_id
+        found = [f"{stem.name}{e}" for e in endings if f"{stem.name}{e}" in names_in(stem.parent)]
+        if len(found) == 1:
+            images.append(stem.parent / found[0])
+        elif not found:
+            images.append(_NoImage(stem, f"no image file for this id (tried {tried}, any case)"))
+        else:
+            images.append(_NoImage(stem, f"{len(found)} image files for this id ({', '.join(found)})"))
+    return images
+
+
 class VOCSegmentation:
     """Images and class-index masks of one image-set list, through a joint albumentations transform.
 
@@ -106,7 +143,9 @@ class VOCSegmentation:
         class_names: names in index order; default ``root/class_names.txt`` when present, the VOC
             names for 21 classes, else ``class_<i>``.
         image_dir / mask_dir / list_dir: folders relative to ``root``.
-        image_suffix / mask_suffix: file name endings after the id.
+        image_suffixes: file name endings an image may have after its id; the one that exists is
+            used (two images for one id are a bad sample, not a guess).
+        mask_suffix: file name ending of the masks after the id.
         skip_bad: leave out samples whose files are missing or bad (counted in :attr:`bad`, logged)
             instead of raising.
         check_images: ``"quick"``, ``"full"`` or ``"none"`` for the images (see
@@ -124,7 +163,7 @@ class VOCSegmentation:
         image_dir: str = "JPEGImages",
         mask_dir: str = "SegmentationClass",
         list_dir: str = "ImageSets/Segmentation",
-        image_suffix: str = ".jpg",
+        image_suffixes: Sequence[str] = IMAGE_SUFFIXES,
         mask_suffix: str = ".png",
         skip_bad: bool = False,
         check_images: str = "quick",
@@ -138,7 +177,7 @@ class VOCSegmentation:
         self.ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
         if not self.ids:
             raise DatasetError(f"{list_file} lists no images")
-        self.images = [self.root / image_dir / f"{i}{image_suffix}" for i in self.ids]
+        self.images = _find_images(self.root / image_dir, self.ids, image_suffixes)
         self.masks = [self.root / mask_dir / f"{i}{mask_suffix}" for i in self.ids]
         self.num_classes = num_classes
         self.class_names = _read_class_names(self.root, num_classes, class_names)
@@ -157,6 +196,8 @@ class VOCSegmentation:
 
     def _sample_problem(self, index: int, check: str) -> tuple[str, str] | None:
         image, mask = self.images[index], self.masks[index]
+        if isinstance(image, _NoImage):
+            return image.where, image.problem
         for path in (image, mask):
             if not path.is_file():
                 return str(path), "file does not exist"

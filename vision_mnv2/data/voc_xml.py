@@ -16,6 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..files import atomic_write_text
 from .classification import DatasetError
 
 __all__ = ["voc_xml_to_coco", "write_coco_json"]
@@ -129,9 +130,4 @@ def voc_xml_to_coco(
 
 def write_coco_json(dataset: dict, path: str | os.PathLike) -> Path:
     """Write a COCO dict atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(dataset))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(dataset))

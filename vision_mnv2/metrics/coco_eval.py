@@ -15,6 +15,8 @@ import torch.distributed as dist
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..files import atomic_write_text
+
 __all__ = ["COCO_STAT_NAMES", "CocoEvaluator", "evaluate_coco_results"]
 
 # The 12 numbers COCOeval.summarize() prints, in its order.
@@ -93,22 +95,31 @@ class CocoEvaluator:
                 )
 
     def synchronize(self) -> None:
-        """Under ``torch.distributed``, gather every process's detections into each process, so that
-        all of them score the whole split (each image predicted once, on one process)."""
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        """Under ``torch.distributed``, gather every process's detections on rank 0 (each image was
+        predicted once, on one process); the others hand theirs over. :meth:`compute` runs COCOeval
+        there only."""
+        if not _distributed():
             return
-        gathered: list = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, (self.results, sorted(self.image_ids)))
+        gathered: list | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+        dist.gather_object((self.results, sorted(self.image_ids)), gathered, dst=0)
+        if gathered is None:
+            self.reset()
+            return
         self.results = [result for results, _ in gathered for result in results]
         self.image_ids = {image_id for _, image_ids in gathered for image_id in image_ids}
 
     def write_results(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.results))
-        tmp.replace(path)
-        return path
+        return atomic_write_text(path, json.dumps(self.results))
 
     def compute(self) -> dict[str, float]:
-        return evaluate_coco_results(self.coco_gt, self.results, self.image_ids)
+        """COCOeval's numbers. Under ``torch.distributed`` (after :meth:`synchronize`) rank 0 alone
+        evaluates and sends the numbers to the others, so that every process returns the same."""
+        if not _distributed():
+            return evaluate_coco_results(self.coco_gt, self.results, self.image_ids)
+        stats = [evaluate_coco_results(self.coco_gt, self.results, self.image_ids) if dist.get_rank() == 0 else None]
+        dist.broadcast_object_list(stats, src=0)
+        return stats[0]
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
