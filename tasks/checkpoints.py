@@ -26,20 +26,16 @@ from vision_mnv2.models.registry import plain
 from vision_mnv2.pipelines import INFERENCE_OPTIONS, PIPELINES, Pipeline, contradictions, describe, load
 
 __all__ = [
-    "TASK_CONFIGS",
     "run_info",
     "checkpoint_model",
     "evaluation_data",
     "explicit_overrides",
     "open_pipeline",
     "task_of_config",
-    "with_task_from_checkpoint",
 ]
 
 log = logging.getLogger(__name__)
 
-# The task config (configs/task/) of each task.
-TASK_CONFIGS = {"classification": "classification", "detection": "ssdlite", "segmentation": "deeplabv3"}
 MODULE_TASKS = {
     "tasks.classification.ClassificationTask": "classification",
     "tasks.detection.DetectionTask": "detection",
@@ -70,27 +66,6 @@ def explicit_overrides() -> list[str]:
     if HydraConfig.initialized():
         return list(HydraConfig.get().overrides.task)
     return []
-
-
-def with_task_from_checkpoint(argv: Sequence[str]) -> list[str]:
-    """``argv`` with ``task=<the checkpoint's task>`` added when it names a checkpoint and no task or
-    experiment, so that Hydra composes the right task's defaults. Used by the tools before Hydra."""
-    argv = list(argv)
-    keys = {_key(a) for a in argv[1:] if "=" in a}
-    paths = [a.split("=", 1)[1] for a in argv[1:] if _key(a) == "ckpt_path"]
-    if "task" in keys or "experiment" in keys or not paths or not paths[-1]:
-        return argv
-    path = Path(paths[-1]).expanduser()
-    try:
-        if path.suffix.lower() == ".onnx":
-            from vision_mnv2.pipelines.base import read_onnx_meta  # noqa: PLC0415
-
-            task = read_onnx_meta(path)[0].task
-        else:
-            task = read_checkpoint(path)[1].task
-    except Exception:
-        return argv  # the tool reports an unreadable file with its own message
-    return [*argv, f"task={TASK_CONFIGS[task]}"] if task in TASK_CONFIGS else argv
 
 
 def task_of_config(cfg: DictConfig) -> str:

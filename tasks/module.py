@@ -18,7 +18,7 @@ from vision_mnv2.models import transfer_weights
 from vision_mnv2.models.registry import build_config
 from vision_mnv2.pipelines import describe
 
-from .optim import configure_optimizers
+from .optim import configure_optimizers, warmup_factor
 
 __all__ = ["TaskModule"]
 
@@ -35,7 +35,8 @@ class TaskModule(L.LightningModule):
         optimizer: ``partial`` taking the parameters (Hydra ``_partial_: true``).
         scheduler: ``partial`` taking the optimizer, or ``None``.
         scheduler_interval: ``"epoch"`` or ``"step"``: when the scheduler steps.
-        warmup_epochs: linear warm-up before ``scheduler`` (0 for none).
+        warmup_epochs: linear warm-up of the learning rate over this many epochs' worth of steps,
+            per step and on top of ``scheduler`` (0 for none).
         channels_last: run the network in NHWC memory layout (faster on CPU and tensor cores).
         init_from: transfer learning: a torchvision ``mobilenet_v2`` file, its name
             (``IMAGENET1K_V1``, from the local cache), or a checkpoint of any task here. The backbone
@@ -178,10 +179,26 @@ class TaskModule(L.LightningModule):
 
     def configure_optimizers(self):
         return configure_optimizers(
-            self,
-            self.optimizer_factory,
-            self.scheduler_factory,
-            self.scheduler_interval,
-            self.warmup_epochs,
-            self.backbone_lr_mult,
+            self, self.optimizer_factory, self.scheduler_factory, self.scheduler_interval, self.backbone_lr_mult
         )
+
+    def on_train_start(self) -> None:
+        self._warmup_steps = 0
+        if self.warmup_epochs > 0:
+            steps_per_epoch = self.trainer.estimated_stepping_batches / max(1, self.trainer.max_epochs)
+            self._warmup_steps = int(round(self.warmup_epochs * steps_per_epoch))
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        # Warm-up scales this step's learning rate only, and the schedule's own value is put back
+        # after the step: schedulers that update from the current rate (cosine, ...) never see it.
+        factor = warmup_factor(self.global_step, getattr(self, "_warmup_steps", 0))
+        if factor == 1.0:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        scheduled = [group["lr"] for group in optimizer.param_groups]
+        for group, lr in zip(optimizer.param_groups, scheduled):
+            group["lr"] = lr * factor
+        try:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        finally:
+            for group, lr in zip(optimizer.param_groups, scheduled):
+                group["lr"] = lr

@@ -12,7 +12,7 @@ from torch import nn
 
 from vision_mnv2.models import MobileNetV2Backbone
 
-__all__ = ["parameter_groups", "configure_optimizers"]
+__all__ = ["parameter_groups", "configure_optimizers", "warmup_factor"]
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +78,12 @@ def configure_optimizers(
     optimizer: Callable[..., torch.optim.Optimizer],
     scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None,
     interval: str = "epoch",
-    warmup_epochs: float = 0.0,
     backbone_lr_mult: float = 1.0,
 ):
-    """Build the optimizer from its partial, then the scheduler (with optional linear warm-up).
+    """Build the optimizer from its partial, then the scheduler over the whole run (its length
+    filled from the trainer). Warm-up is not a scheduler here: it scales each step's learning rate
+    on top of any schedule (:func:`warmup_factor`, applied by the task module), per step whatever the
+    schedule's interval.
 
     The optimizer partial's ``weight_decay`` applies to weights only (:func:`parameter_groups`).
     """
@@ -89,19 +91,15 @@ def configure_optimizers(
         raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {interval!r}")
     keywords = getattr(optimizer, "keywords", {})
     opt = optimizer(parameter_groups(module, keywords.get("weight_decay", 0.0), keywords.get("lr"), backbone_lr_mult))
-    if scheduler is None and warmup_epochs <= 0:
+    if scheduler is None:
         return opt
-    steps_per_epoch = 1
-    if interval == "step":
-        steps_per_epoch = max(1, module.trainer.estimated_stepping_batches // max(1, module.trainer.max_epochs))
-    warmup = int(round(warmup_epochs * steps_per_epoch))
-    schedulers, milestones = [], []
-    if warmup > 0:
-        schedulers.append(torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.01, total_iters=warmup))
-        milestones.append(warmup)
-    if scheduler is not None:
-        schedulers.append(_build_scheduler(scheduler, opt, total=_total_units(module, interval) - warmup))
-    sched = (
-        schedulers[0] if len(schedulers) == 1 else torch.optim.lr_scheduler.SequentialLR(opt, schedulers, milestones)
-    )
+    sched = _build_scheduler(scheduler, opt, total=_total_units(module, interval))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}
+
+
+def warmup_factor(step: int, warmup_steps: int, start: float = 0.01) -> float:
+    """Linear warm-up from ``start`` times the learning rate at step 0 to the full rate at
+    ``warmup_steps`` (torchvision's references use the same shape, start 0.01)."""
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return 1.0
+    return start + (1.0 - start) * step / warmup_steps

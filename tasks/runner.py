@@ -21,6 +21,7 @@ from vision_mnv2.files import atomic_write_text
 
 from .checkpoint_io import AtomicCheckpointIO
 from .checkpoints import checkpoint_model, evaluation_data, run_info, task_of_config
+from .quiet import quiet_lightning
 from .resume import Start, is_lead_process, record_settings, start_point
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
 
 def build(cfg: DictConfig, with_loggers: bool = True) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
     """Datamodule, task module and trainer of a config, in that order."""
+    quiet_lightning()
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
@@ -174,6 +176,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, f
     model, meta = checkpoint_model(cfg, overrides)
     with open_dict(cfg):
         cfg.data = evaluation_data(cfg, meta, overrides)
+    quiet_lightning()
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)

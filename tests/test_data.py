@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -153,3 +154,12 @@ def test_augmentation_is_reproducible_under_one_seed(tiny_cls_root, num_workers)
 
     assert torch.equal(first_batch(3), first_batch(3)), "same seed, same augmented images"
     assert not torch.equal(first_batch(3), first_batch(4))
+
+
+def test_loader_workers_are_capped_at_the_machines_cores(tiny_cls_root):
+    from tasks.datamodules import ClassificationDataModule
+
+    cores = len(os.sched_getaffinity(0))
+    datamodule = ClassificationDataModule(tiny_cls_root, num_classes=4, num_workers=cores + 6)
+    assert datamodule.num_workers == cores
+    assert ClassificationDataModule(tiny_cls_root, num_classes=4, num_workers=0).num_workers == 0

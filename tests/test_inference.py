@@ -14,7 +14,7 @@ import torchvision
 from PIL import Image
 
 import vision_mnv2
-from tasks.checkpoints import with_task_from_checkpoint
+from tasks.cli import with_task_from_checkpoint
 from tasks.inference import export, predict
 from tasks.quantize import run_quantize
 from tasks.runner import evaluate, train

@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from tasks.checkpoints import with_task_from_checkpoint
+from tasks.cli import with_task_from_checkpoint
 from tasks.quantize import run_quantize
 from vision_mnv2.checkpoint import save_model
 from vision_mnv2.data import write_detection_dataset

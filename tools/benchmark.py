@@ -10,12 +10,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from tasks.benchmark import run_benchmark
-from tasks.checkpoints import with_task_from_checkpoint
+from tasks.cli import with_task_from_checkpoint
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="benchmark")
 def main(cfg: DictConfig) -> None:
+    from tasks.benchmark import run_benchmark  # noqa: PLC0415  (torch and Lightning load after Hydra has handled --help)
+
     run_benchmark(cfg)
 
 

@@ -8,12 +8,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from tasks.checkpoints import with_task_from_checkpoint
-from tasks.runner import evaluate
+from tasks.cli import with_task_from_checkpoint
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
+    from tasks.runner import evaluate  # noqa: PLC0415  (torch and Lightning load after Hydra has handled --help)
+
     evaluate(cfg)
 
 

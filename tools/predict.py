@@ -9,12 +9,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from tasks.checkpoints import with_task_from_checkpoint
-from tasks.inference import predict
+from tasks.cli import with_task_from_checkpoint
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="predict")
 def main(cfg: DictConfig) -> None:
+    from tasks.inference import predict  # noqa: PLC0415  (torch and Lightning load after Hydra has handled --help)
+
     predict(cfg)
 
 

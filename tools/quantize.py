@@ -11,12 +11,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from tasks.checkpoints import with_task_from_checkpoint
-from tasks.quantize import run_quantize
+from tasks.cli import with_task_from_checkpoint
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="quantize")
 def main(cfg: DictConfig) -> None:
+    from tasks.quantize import run_quantize  # noqa: PLC0415  (torch and Lightning load after Hydra has handled --help)
+
     run_quantize(cfg)
 
 

@@ -58,6 +58,9 @@ def write_onnx(
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         # Our advanced indices are never negative, the case this warning is about.
         warnings.filterwarnings("ignore", message="Exporting aten::index operator")
+        # The TorchScript exporter is chosen on purpose (see dynamo=False below).
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
         torch.onnx.export(
             module.eval(),
             (example,),

@@ -1,4 +1,10 @@
-"""Drawing predictions on images (torchvision's drawing utilities; numpy uint8 images in and out)."""
+"""Drawing predictions on images (numpy uint8 RGB in and out).
+
+Made to be read: boxes and captions sized to the image, each caption on a filled band of its box's
+colour with black or white text (whichever contrasts), captions moved apart when boxes crowd, and
+bright, distinct class colours (the VOC palette's dark reds and greens vanish on photos; the palette
+PNG masks keep VOC's colours, which VOC tools expect).
+"""
 
 from __future__ import annotations
 
@@ -6,31 +12,82 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+from PIL import Image, ImageDraw, ImageFont
 
 from .data.voc import voc_palette
 
-__all__ = ["draw_detections", "draw_mask_overlay", "colour_mask"]
+__all__ = ["CLASS_COLOURS", "class_colour", "colour_mask", "draw_detections", "draw_mask_overlay"]
+
+# Distinct, bright colours (Tableau's 10, then 10 lighter ones), repeated for more classes.
+CLASS_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+    (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
+    (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
+)  # fmt: skip
 
 
-def _to_chw(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+def class_colour(index: int) -> tuple[int, int, int]:
+    """The drawing colour of class ``index`` (0-based, background excluded)."""
+    return CLASS_COLOURS[index % len(CLASS_COLOURS)]
+
+
+def _text_colour(background: tuple[int, int, int]) -> tuple[int, int, int]:
+    luminance = 0.299 * background[0] + 0.587 * background[1] + 0.114 * background[2]
+    return (0, 0, 0) if luminance > 140 else (255, 255, 255)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)  # Pillow's embedded scalable font, no system fonts needed
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def draw_detections(
     image: np.ndarray, boxes, scores, labels, class_names: Sequence[str], min_score: float = 0.3
 ) -> np.ndarray:
-    """Boxes with "name score" captions for detections scoring at least ``min_score``.
-    ``labels`` are 1-based (0 is the detector's background), as the models return them."""
+    """Boxes with "name score" captions for detections scoring at least ``min_score``, the best
+    drawn last (on top). ``labels`` are 1-based (0 is the detector's background)."""
     boxes, scores, labels = (torch.as_tensor(x) for x in (boxes, scores, labels))
-    keep = scores >= min_score
-    palette = voc_palette()
-    colours = [tuple(palette[3 * int(label) : 3 * int(label) + 3]) for label in labels[keep]]
-    captions = [f"{class_names[int(label) - 1]} {float(score):.2f}" for label, score in zip(labels[keep], scores[keep])]
-    if not captions:
-        return image.copy()
-    drawn = draw_bounding_boxes(_to_chw(image), boxes[keep].float(), labels=captions, colors=colours, width=2)
-    return drawn.permute(1, 2, 0).numpy()
+    keep = torch.where(scores >= min_score)[0]
+    canvas = Image.fromarray(np.ascontiguousarray(image))
+    if keep.numel() == 0:
+        return np.array(canvas)
+    height, width = image.shape[:2]
+    line = max(2, round(min(height, width) / 200))
+    font = _font(max(11, round(min(height, width) / 32)))
+    draw = ImageDraw.Draw(canvas)
+    placed: list[tuple[int, int, int, int]] = []
+    order = keep[scores[keep].argsort()]  # lowest first, so the best boxes end up on top
+    captions = []
+    for index in order.tolist():
+        x0, y0, x1, y1 = (float(v) for v in boxes[index])
+        label = int(labels[index])
+        colour = class_colour(label - 1)
+        draw.rectangle((x0, y0, x1, y1), outline=colour, width=line)
+        captions.append((index, colour, f"{class_names[label - 1]} {float(scores[index]):.2f}", (x0, y0, x1, y1)))
+    # Captions placed best first, so a crowded scene keeps the best ones where they belong.
+    for _, colour, text, (x0, y0, x1, y1) in reversed(captions):
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        text_w, text_h = right - left + 2 * line, bottom - top + 2 * line
+        x = int(min(max(0, x0), max(0, width - text_w)))
+        y = int(y0 - text_h if y0 - text_h >= 0 else y0)  # above the box, or inside it at the top edge
+        rect = (x, y, x + text_w, y + text_h)
+        for _ in range(20):  # move down past captions already placed
+            clash = next((other for other in placed if _overlaps(rect, other)), None)
+            if clash is None:
+                break
+            y = clash[3]
+            rect = (x, y, x + text_w, y + text_h)
+        placed.append(rect)
+        draw.rectangle(rect, fill=colour)
+        draw.text((x + line - left, y + line - top), text, fill=_text_colour(colour), font=font)
+    return np.array(canvas)
 
 
 def colour_mask(mask: np.ndarray) -> np.ndarray:
@@ -39,14 +96,19 @@ def colour_mask(mask: np.ndarray) -> np.ndarray:
     return palette[np.asarray(mask, dtype=np.uint8)]
 
 
-def draw_mask_overlay(image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float = 0.5) -> np.ndarray:
-    """The image with every non-background class painted in its VOC colour at ``alpha``."""
-    mask_t = torch.as_tensor(np.asarray(mask, dtype=np.int64))
-    present = [c for c in range(1, num_classes) if bool((mask_t == c).any())]
-    if not present:
-        return image.copy()
-    masks = torch.stack([mask_t == c for c in present])
-    palette = voc_palette()
-    colours = [tuple(palette[3 * c : 3 * c + 3]) for c in present]
-    drawn = draw_segmentation_masks(_to_chw(image), masks, alpha=alpha, colors=colours)
-    return drawn.permute(1, 2, 0).numpy()
+def draw_mask_overlay(image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float = 0.55) -> np.ndarray:
+    """The image with every non-background class painted in its colour at ``alpha`` and outlined,
+    so that regions stay visible on dark and busy photos."""
+    mask = np.asarray(mask, dtype=np.int64)
+    out = image.astype(np.float32).copy()
+    edges = np.zeros(mask.shape, dtype=bool)
+    edges[:-1] |= mask[:-1] != mask[1:]
+    edges[:, :-1] |= mask[:, :-1] != mask[:, 1:]
+    for index in range(1, num_classes):
+        region = mask == index
+        if not region.any():
+            continue
+        colour = np.asarray(class_colour(index - 1), dtype=np.float32)
+        out[region] = (1 - alpha) * out[region] + alpha * colour
+        out[region & edges] = colour
+    return out.round().clip(0, 255).astype(np.uint8)

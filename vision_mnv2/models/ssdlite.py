@@ -34,7 +34,8 @@ EXTRA_DEPTHS = (512, 256, 256, 128)
 
 
 def _head_norm() -> partial:
-    # TF's batch norm settings for the SSD layers (decay 0.97, epsilon 0.001), as torchvision's SSDLite.
+    # torchvision's SSDLite settings for the extra layers and heads: epsilon 0.001 as TF's, momentum
+    # 0.03 (a decay of 0.97; TF's ssdlite_mobilenet_v2_coco config decays by 0.9997).
     return partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
 
 
@@ -177,8 +178,9 @@ def ssdlite_mobilenet_v2(
         weights: a checkpoint of this project's detector (all keys must fit).
         backbone_weights: a torchvision ``mobilenet_v2`` state dict or a checkpoint of any task of this
             project; only its backbone is taken.
-        classification_loss: ``"hard_negative_mining"`` (softmax cross-entropy, 3 negatives per
-            positive, as TF's config and torchvision) or ``"focal"`` (sigmoid focal loss).
+        classification_loss: ``"hard_negative_mining"`` (torchvision's: softmax cross-entropy, the 3
+            hardest negatives per positive; TF's config mines the same ratio but with a sigmoid loss)
+            or ``"focal"`` (sigmoid focal loss, every anchor).
         freeze_backbone / frozen_bn: see :meth:`MobileNetV2Backbone.freeze` (fine-tuning).
         expansion_groups: memory-efficient inference (paper section 5.1): k channel groups per
             expansion, one k or one per block; ``None`` the standard path. Eval mode only.
