@@ -70,9 +70,9 @@ def draw_detections(
         label = int(labels[index])
         colour = class_colour(label - 1)
         draw.rectangle((x0, y0, x1, y1), outline=colour, width=line)
-        captions.append((index, colour, f"{class_names[label - 1]} {float(scores[index]):.2f}", (x0, y0, x1, y1)))
+        captions.append((colour, f"{class_names[label - 1]} {float(scores[index]):.2f}", x0, y0))
     # Captions placed best first, so a crowded scene keeps the best ones where they belong.
-    for _, colour, text, (x0, y0, x1, y1) in reversed(captions):
+    for colour, text, x0, y0 in reversed(captions):
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         text_w, text_h = right - left + 2 * line, bottom - top + 2 * line
         x = int(min(max(0, x0), max(0, width - text_w)))
