@@ -20,6 +20,8 @@ def mobilenet_v2(
     freeze_backbone: bool | int = False,
     frozen_bn: bool = False,
     expansion_groups: int | list[int] | None = None,
+    round_nearest: int = 8,
+    tf_padding: bool = False,
 ) -> MobileNetV2:
     """MobileNetV2 classifier (paper Table 2), optionally loaded from a weight file.
 
@@ -34,8 +36,18 @@ def mobilenet_v2(
         freeze_backbone / frozen_bn: see :meth:`MobileNetV2Backbone.freeze` (fine-tuning).
         expansion_groups: memory-efficient inference (paper section 5.1): k channel groups per
             expansion, one k or one per block; ``None`` the standard path. Eval mode only.
+        round_nearest: layer widths are rounded to multiples of this (8: TF-slim and torchvision).
+        tf_padding: TensorFlow's "SAME" padding in the stride-2 convs, for weights trained in TF
+            (``vision_mnv2.convert.tflite`` sets it for Google's models).
     """
-    model = MobileNetV2(num_classes=num_classes, width_mult=width_mult, output_stride=output_stride, dropout=dropout)
+    model = MobileNetV2(
+        num_classes=num_classes,
+        width_mult=width_mult,
+        output_stride=output_stride,
+        dropout=dropout,
+        round_nearest=round_nearest,
+        tf_padding=tf_padding,
+    )
     if weights is not None:
         load_weights(model, weights)
     if freeze_backbone is not False or frozen_bn:

@@ -31,7 +31,12 @@ class DeepLabV3(nn.Module):
     """Backbone tap -> ASPP -> 1x1 classifier -> bilinear upsampling to the input size."""
 
     def __init__(
-        self, backbone: MobileNetV2Backbone, num_classes: int, atrous_rates: tuple[int, ...], channels: int = 256
+        self,
+        backbone: MobileNetV2Backbone,
+        num_classes: int,
+        atrous_rates: tuple[int, ...],
+        channels: int = 256,
+        align_corners: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
@@ -39,11 +44,12 @@ class DeepLabV3(nn.Module):
         self.aspp = ASPP(in_channels, list(atrous_rates), channels)
         self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1)
         self.num_classes = num_classes
+        self.align_corners = align_corners
 
     def forward(self, x: Tensor) -> Tensor:
         (features,) = self.backbone(x).values()
         logits = self.classifier(self.aspp(features))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
 
 def deeplabv3_mobilenet_v2(
@@ -56,6 +62,9 @@ def deeplabv3_mobilenet_v2(
     freeze_backbone: bool | int = False,
     frozen_bn: bool = False,
     expansion_groups: int | list[int] | None = None,
+    round_nearest: int = 8,
+    tf_padding: bool = False,
+    align_corners: bool = False,
 ) -> DeepLabV3:
     """DeepLabv3 + MobileNetV2 (paper Table 7: 4.52M parameters with ASPP, 2.11M without).
 
@@ -68,16 +77,28 @@ def deeplabv3_mobilenet_v2(
         freeze_backbone / frozen_bn: see :meth:`MobileNetV2Backbone.freeze` (fine-tuning).
         expansion_groups: memory-efficient inference (paper section 5.1): k channel groups per
             expansion, one k or one per block; ``None`` the standard path. Eval mode only.
+        round_nearest: layer widths are rounded to multiples of this; DeepLab's own narrow models
+            use 1 (width 0.5: 12 channels where torchvision has 16).
+        tf_padding: TensorFlow's "SAME" padding in the stride-2 convs (exact at every input size;
+            at odd sizes such as DeepLab's 513 it is the same as PyTorch's).
+        align_corners: upsample the logits with ``align_corners=True``, as DeepLab does.
     """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     if output_stride not in (8, 16):
         raise ValueError(f"DeepLabv3 output_stride must be 8 or 16, got {output_stride!r}")
-    backbone = MobileNetV2Backbone(width_mult, output_stride, out_features=[HEAD_TAP], drop_unused=True)
+    backbone = MobileNetV2Backbone(
+        width_mult,
+        output_stride,
+        out_features=[HEAD_TAP],
+        round_nearest=round_nearest,
+        drop_unused=True,
+        tf_padding=tf_padding,
+    )
     if backbone_weights is not None:
         load_backbone_weights(backbone, backbone_weights)
     rates = tuple(r * 16 // output_stride for r in ASPP_RATES_OS16) if aspp else ()
-    model = DeepLabV3(backbone, num_classes, rates)
+    model = DeepLabV3(backbone, num_classes, rates, align_corners=align_corners)
     if weights is not None:
         load_weights(model, weights)
     if freeze_backbone is not False or frozen_bn:
