@@ -18,7 +18,15 @@ from vision_mnv2.models import deeplabv3_mobilenet_v2, mobilenet_v2
 
 tflite = pytest.importorskip("tflite")
 
-from .tflite_writer import Graph, Operator, Tensor, float_copy, halve_channels, write_tflite  # noqa: E402
+from .tflite_writer import (  # noqa: E402
+    Graph,
+    Operator,
+    Tensor,
+    float_copy,
+    halve_channels,
+    output_stride_8,
+    write_tflite,
+)
 
 GOOGLE = Path(__file__).resolve().parents[2] / "shared" / "models" / "google"
 CLASSIFIER = GOOGLE / "mobilenet_v2_1.0_224_quant.tflite"
@@ -264,7 +272,8 @@ def float_files(tmp_path_factory):
     return {
         "classifier": write_tflite(classifier, folder / "classifier_float.tflite"),
         "deeplab": write_tflite(deeplab, folder / "deeplab_float.tflite"),
-        "deeplab_half": write_tflite(halve_channels(deeplab), folder / "deeplab_dm05_float.tflite"),
+        "deeplab_dm05": write_tflite(halve_channels(deeplab), folder / "deeplab_dm05_float.tflite"),
+        "deeplab_os8": write_tflite(output_stride_8(deeplab), folder / "deeplab_os8_float.tflite"),
         "classifier_graph": classifier,
     }
 
@@ -303,12 +312,20 @@ def test_float_deeplab_is_exact(float_files):
     assert np.abs(_ours(model, image) - reference).max() > 0.5
 
 
-def test_narrow_deeplab_is_exact(float_files):
-    """Width 0.5 as DeepLab builds it (channels rounded to 1): read as round_nearest=1."""
-    path = float_files["deeplab_half"]
+@pytest.mark.parametrize(
+    "variant, expected",
+    [
+        # Width 0.5 as DeepLab builds it (channels rounded to 1): 12 channels at layer 4, not 16.
+        ("deeplab_dm05", {"width_mult": 0.5, "round_nearest": 1, "output_stride": 16}),
+        # Output stride 8 from the same weights: TF's rates are this project's dilations.
+        ("deeplab_os8", {"width_mult": 1.0, "round_nearest": 8, "output_stride": 8}),
+    ],
+)
+def test_deeplab_variants_are_exact(float_files, variant, expected):
+    path = float_files[variant]
     model, info = load_tflite(path, calibrate=False)
-    assert info["builder_args"]["width_mult"] == 0.5 and info["builder_args"]["round_nearest"] == 1
-    assert model.backbone.feature_info["layer4"].channels == 12
+    assert {key: info["builder_args"][key] for key in expected} == expected
+    assert model.backbone.feature_info["layer4"].channels == 24 * expected["width_mult"]
     image = _photo("bird_segmentation.bmp")
     x = tf_model_input(torch.from_numpy(image).permute(2, 0, 1)).permute(1, 2, 0).numpy()
     reference = _run_interpreter(path, x)["ResizeBilinear_2"]

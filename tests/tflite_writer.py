@@ -305,3 +305,39 @@ def halve_channels(graph: Graph, keep: tuple[int, ...] = (3, 256, 21)) -> Graph:
         tensors[op.outputs[0]] = replace(out, shape=(*out.shape[:-1], c_out))
         channels[op.outputs[0]] = c_out
     return replace(graph, tensors=tensors)
+
+
+def output_stride_8(graph: Graph) -> Graph:
+    """DeepLab at output stride 8, as TF builds it from the same weights: the stride-2 depthwise conv
+    of bottleneck 7 becomes stride 1 and later depthwise convs dilate (2, then 4 after bottleneck 14's
+    stride). Every activation shape, the global pool's window and the feature-size resizes follow."""
+    operators = [replace(op, options=dict(op.options)) for op in graph.operators]
+    tensors = list(graph.tensors)
+    depthwise = [op for op in operators if op.op == "DEPTHWISE_CONV_2D"]
+    for number, op in enumerate(depthwise, start=1):
+        if number in (7, 14):
+            op.options["stride"] = (1, 1)
+        op.options["dilation"] = (1, 1) if number <= 7 else (2, 2) if number <= 14 else (4, 4)
+    old_size = next(op for op in operators if op.op == "AVERAGE_POOL_2D").options["filter"]
+    for op in operators:
+        first = tensors[op.inputs[0]].shape
+        if op.op in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            stride = op.options["stride"][0]
+            channels = tensors[op.inputs[1]].shape[0 if op.op == "CONV_2D" else 3]
+            shape = (1, -(-first[1] // stride), -(-first[2] // stride), channels)
+        elif op.op == "AVERAGE_POOL_2D":
+            op.options["filter"] = feature_size = first[1:3]
+            shape = (1, 1, 1, first[3])
+        elif op.op == "RESIZE_BILINEAR":
+            size = tensors[op.inputs[1]]
+            if tuple(size.data) == old_size:  # DeepLab's resizes to the feature size
+                tensors[op.inputs[1]] = replace(size, data=np.array(feature_size, dtype=np.int32))
+            shape = (1, *(int(v) for v in tensors[op.inputs[1]].data), first[3])
+        elif op.op == "CONCATENATION":
+            shape = (*first[:3], sum(tensors[i].shape[3] for i in op.inputs))
+        elif op.op == "ARG_MAX":
+            shape = first[:3]
+        else:
+            shape = first
+        tensors[op.outputs[0]] = replace(tensors[op.outputs[0]], shape=tuple(shape))
+    return replace(graph, operators=operators, tensors=tensors)
