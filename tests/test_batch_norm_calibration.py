@@ -1,8 +1,10 @@
-"""Batch-norm statistics for folded (converted) networks: eval output unchanged, train mode sane."""
+"""Batch-norm statistics for folded (converted) networks: eval output unchanged, train mode sane,
+and a converted classifier that fine-tunes."""
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,11 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from vision_mnv2.convert import calibrate_batch_norm, calibration_images
+from vision_mnv2.data import write_classification_dataset
 from vision_mnv2.models import deeplabv3_mobilenet_v2, mobilenet_v2
+
+GOOGLE = Path(__file__).resolve().parents[2] / "shared" / "models" / "google"
+CLASSIFIER = GOOGLE / "mobilenet_v2_1.0_224_quant.tflite"
 
 
 def _as_folded(model: nn.Module, images: torch.Tensor) -> nn.Module:
@@ -112,3 +118,45 @@ def test_calibration_images_from_a_folder_or_generated(tmp_path):
     (folder / "a" / "5.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
     with pytest.raises(ValueError, match=r"5\.jpg.*cannot be read"):
         calibration_images(folder, 6, (16, 16))
+
+
+def _load_split(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = [], []
+    for label, folder in enumerate(sorted((root / split).iterdir())):
+        for file in sorted(folder.iterdir()):
+            images.append(np.asarray(Image.open(file).convert("RGB")))
+            labels.append(label)
+    return _model_input(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)), torch.tensor(labels)
+
+
+def _fine_tune(model: nn.Module, train, val, steps: int = 20) -> float:
+    """Replace the head, train everything (batch norm in train mode) and return val accuracy."""
+    torch.manual_seed(0)
+    model.classifier[1] = nn.Linear(model.classifier[1].in_features, 2)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        index = torch.randint(0, len(train[0]), (16,), generator=generator)
+        loss = nn.functional.cross_entropy(model(train[0][index]), train[1][index])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    with torch.no_grad():
+        return (model(val[0]).argmax(1) == val[1]).float().mean().item()
+
+
+@pytest.mark.skipif(not CLASSIFIER.is_file(), reason="Google's models in ../shared/models/google are not present")
+def test_converted_classifier_fine_tunes(tmp_path):
+    pytest.importorskip("tflite")
+    from vision_mnv2.convert import load_tflite  # noqa: PLC0415
+
+    root = write_classification_dataset(tmp_path / "shapes", num_classes=2, train_per_class=24, val_per_class=24, image_size=64, seed=3)  # fmt: skip
+    train, val = _load_split(root, "train"), _load_split(root, "val")
+    identity, _ = load_tflite(CLASSIFIER, calibrate=False)
+    calibrated, _ = load_tflite(CLASSIFIER)  # the default: statistics of generated scenes
+    plain_accuracy = _fine_tune(identity, train, val)
+    calibrated_accuracy = _fine_tune(calibrated, train, val)
+    assert calibrated_accuracy >= 0.8, calibrated_accuracy
+    assert calibrated_accuracy >= plain_accuracy + 0.25, (plain_accuracy, calibrated_accuracy)
