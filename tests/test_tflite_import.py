@@ -24,6 +24,7 @@ from .tflite_writer import (  # noqa: E402
     Tensor,
     float_copy,
     halve_channels,
+    narrow_classifier,
     output_stride_8,
     write_tflite,
 )
@@ -310,6 +311,20 @@ def test_float_deeplab_is_exact(float_files):
     projection = model.aspp.project[0].weight
     projection.data = torch.cat([projection[:, 256:], projection[:, :256]], dim=1)
     assert np.abs(_ours(model, image) - reference).max() > 0.5
+
+
+@pytest.mark.parametrize("width, size", [(0.35, 96), (0.75, 192)])
+def test_classifiers_of_other_widths_and_sizes_are_exact(float_files, tmp_path, width, size):
+    """Google released the classifier at widths 0.35-1.4 and sizes 96-224: width and size are read
+    off the graph (here Google's graph cut down to that width and size)."""
+    path = write_tflite(narrow_classifier(float_files["classifier_graph"], width, size), tmp_path / "narrow.tflite")
+    model, info = load_tflite(path, calibrate=False)
+    assert info["builder_args"]["width_mult"] == width and info["builder_args"]["round_nearest"] == 8
+    assert info["input_size"] == [size, size]
+    image = _photo("cat.bmp", size)
+    x = tf_model_input(torch.from_numpy(image).permute(2, 0, 1)).permute(1, 2, 0).numpy()
+    reference = _run_interpreter(path, x)["MobilenetV2/Logits/Squeeze1"][1:]
+    assert np.abs(_ours(model, image) - reference).max() < 1e-3
 
 
 @pytest.mark.parametrize(

@@ -307,18 +307,14 @@ def halve_channels(graph: Graph, keep: tuple[int, ...] = (3, 256, 21)) -> Graph:
     return replace(graph, tensors=tensors)
 
 
-def output_stride_8(graph: Graph) -> Graph:
-    """DeepLab at output stride 8, as TF builds it from the same weights: the stride-2 depthwise conv
-    of bottleneck 7 becomes stride 1 and later depthwise convs dilate (2, then 4 after bottleneck 14's
-    stride). Every activation shape, the global pool's window and the feature-size resizes follow."""
+def _propagate_shapes(graph: Graph, input_shape: tuple[int, ...]) -> Graph:
+    """Every activation's shape recomputed from the input's, as the interpreter does; global pools
+    keep pooling the whole map and DeepLab's resizes to the feature size follow it."""
     operators = [replace(op, options=dict(op.options)) for op in graph.operators]
     tensors = list(graph.tensors)
-    depthwise = [op for op in operators if op.op == "DEPTHWISE_CONV_2D"]
-    for number, op in enumerate(depthwise, start=1):
-        if number in (7, 14):
-            op.options["stride"] = (1, 1)
-        op.options["dilation"] = (1, 1) if number <= 7 else (2, 2) if number <= 14 else (4, 4)
+    tensors[graph.inputs[0]] = replace(tensors[graph.inputs[0]], shape=tuple(input_shape))
     old_size = next(op for op in operators if op.op == "AVERAGE_POOL_2D").options["filter"]
+    feature_size = None
     for op in operators:
         first = tensors[op.inputs[0]].shape
         if op.op in ("CONV_2D", "DEPTHWISE_CONV_2D"):
@@ -332,12 +328,79 @@ def output_stride_8(graph: Graph) -> Graph:
             size = tensors[op.inputs[1]]
             if tuple(size.data) == old_size:  # DeepLab's resizes to the feature size
                 tensors[op.inputs[1]] = replace(size, data=np.array(feature_size, dtype=np.int32))
+            elif tuple(size.data) == tuple(graph.tensors[graph.inputs[0]].shape[1:3]):  # to the image
+                tensors[op.inputs[1]] = replace(size, data=np.array(input_shape[1:3], dtype=np.int32))
             shape = (1, *(int(v) for v in tensors[op.inputs[1]].data), first[3])
         elif op.op == "CONCATENATION":
             shape = (*first[:3], sum(tensors[i].shape[3] for i in op.inputs))
         elif op.op == "ARG_MAX":
             shape = first[:3]
+        elif op.op == "RESHAPE":
+            shape = tuple(int(v) for v in tensors[op.inputs[1]].data)
         else:
             shape = first
         tensors[op.outputs[0]] = replace(tensors[op.outputs[0]], shape=tuple(shape))
     return replace(graph, operators=operators, tensors=tensors)
+
+
+def output_stride_8(graph: Graph) -> Graph:
+    """DeepLab at output stride 8, as TF builds it from the same weights: the stride-2 depthwise conv
+    of bottleneck 7 becomes stride 1 and later depthwise convs dilate (2, then 4 after bottleneck 14's
+    stride)."""
+    operators = [replace(op, options=dict(op.options)) for op in graph.operators]
+    depthwise = [op for op in operators if op.op == "DEPTHWISE_CONV_2D"]
+    for number, op in enumerate(depthwise, start=1):
+        if number in (7, 14):
+            op.options["stride"] = (1, 1)
+        op.options["dilation"] = (1, 1) if number <= 7 else (2, 2) if number <= 14 else (4, 4)
+    return _propagate_shapes(replace(graph, operators=operators), graph.tensors[graph.inputs[0]].shape)
+
+
+def _make_divisible(value: float, divisor: int = 8) -> int:
+    # TF-slim's rounding (mobilenet.py _make_divisible), restated so that the test does not take
+    # the rule it checks from the code under test.
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def narrow_classifier(graph: Graph, width: float, size: int) -> Graph:
+    """The TF-slim classifier at another width (channels rounded to 8, the last conv kept at 1280
+    below width 1, expansions 6x the block's input) and input size, by keeping the first channels of
+    every layer: the networks Google released at widths 0.35-1.4 and sizes 96-224, with weights
+    that are not trained but a valid graph for the interpreter."""
+    tensors = list(graph.tensors)
+    channels: dict[int, int] = {graph.inputs[0]: 3}
+    readers: dict[int, list[Operator]] = {}
+    for op in graph.operators:
+        for i in op.inputs:
+            readers.setdefault(i, []).append(op)
+    for op in graph.operators:
+        if op.op in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            weight = tensors[op.inputs[1]]
+            c_in = channels[op.inputs[0]]
+            if op.op == "DEPTHWISE_CONV_2D":
+                c_out = c_in
+                data = weight.data[..., :c_out]
+            else:
+                full_out, full_in = weight.shape[0], weight.shape[3]
+                feeds_depthwise = any(o.op == "DEPTHWISE_CONV_2D" for o in readers.get(op.outputs[0], []))
+                if full_out == 1001:  # the logits
+                    c_out = full_out
+                elif feeds_depthwise and full_in != 3:  # an expansion (the stem reads the image)
+                    c_out = _make_divisible(c_in * full_out // full_in)
+                elif full_out == 1280:  # the last conv
+                    c_out = _make_divisible(1280 * max(1.0, width))
+                else:  # the stem and the projections
+                    c_out = _make_divisible(full_out * width)
+                data = weight.data[:c_out, :, :, :c_in]
+            tensors[op.inputs[1]] = replace(weight, shape=data.shape, data=np.ascontiguousarray(data))
+            bias = tensors[op.inputs[2]]
+            tensors[op.inputs[2]] = replace(bias, shape=(c_out,), data=np.ascontiguousarray(bias.data[:c_out]))
+        elif op.op in ("ADD", "AVERAGE_POOL_2D"):
+            c_out = channels[op.inputs[0]]
+        else:
+            continue
+        out = tensors[op.outputs[0]]
+        tensors[op.outputs[0]] = replace(out, shape=(*out.shape[:-1], c_out))
+        channels[op.outputs[0]] = c_out
+    return _propagate_shapes(replace(graph, tensors=tensors), (1, size, size, 3))
