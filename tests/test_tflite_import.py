@@ -22,6 +22,7 @@ from .tflite_writer import (  # noqa: E402
     Graph,
     Operator,
     Tensor,
+    float16_weights,
     float_copy,
     halve_channels,
     narrow_classifier,
@@ -311,6 +312,16 @@ def test_float_deeplab_is_exact(float_files):
     projection = model.aspp.project[0].weight
     projection.data = torch.cat([projection[:, 256:], projection[:, :256]], dim=1)
     assert np.abs(_ours(model, image) - reference).max() > 0.5
+
+
+def test_float16_weights_are_read_through_their_dequantize_ops(float_files, tmp_path):
+    path = write_tflite(float16_weights(float_files["classifier_graph"]), tmp_path / "fp16.tflite")
+    assert sum(op.op == "DEQUANTIZE" for op in read_tflite(path).operators) == 2 * 53
+    model, _ = load_tflite(path, calibrate=False)
+    image = _photo("grace_hopper.bmp", 224)
+    x = tf_model_input(torch.from_numpy(image).permute(2, 0, 1)).permute(1, 2, 0).numpy()
+    reference = _run_interpreter(path, x)["MobilenetV2/Logits/Squeeze1"][1:]
+    assert np.abs(_ours(model, image) - reference).max() < 1e-3
 
 
 @pytest.mark.parametrize("width, size", [(0.35, 96), (0.75, 192)])

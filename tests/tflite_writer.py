@@ -404,3 +404,19 @@ def narrow_classifier(graph: Graph, width: float, size: int) -> Graph:
         tensors[op.outputs[0]] = replace(out, shape=(*out.shape[:-1], c_out))
         channels[op.outputs[0]] = c_out
     return _propagate_shapes(replace(graph, tensors=tensors), (1, size, size, 3))
+
+
+def float16_weights(graph: Graph) -> Graph:
+    """Weights and biases stored as float16, each read through a DEQUANTIZE op, as TF's float16
+    post-training quantisation writes a model."""
+    tensors = list(graph.tensors)
+    dequantize_ops = []
+    for op in graph.operators:
+        if op.op not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            continue
+        for index in op.inputs[1:3]:
+            constant = tensors[index]
+            tensors.append(replace(constant, name=constant.name + "/fp16", dtype=np.dtype(np.float16), data=constant.data.astype(np.float16)))  # fmt: skip
+            tensors[index] = replace(constant, data=None)
+            dequantize_ops.append(Operator("DEQUANTIZE", [len(tensors) - 1], [index]))
+    return replace(graph, tensors=tensors, operators=dequantize_ops + list(graph.operators))
