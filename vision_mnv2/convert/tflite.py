@@ -14,13 +14,15 @@ shapes, output stride from strides and dilations, input size from the input, cla
 logits. The graph is walked operator by operator from the input; anything not recognised is an
 error naming the operator and the tensor.
 
-TensorFlow conventions, and how they are reproduced (see ``docs/REFERENCE.md`` section 6):
+TensorFlow conventions (tensorflow/models: ``research/slim/nets/mobilenet``,
+``research/deeplab/core/feature_extractor.py``), and how they are reproduced:
 
 * "SAME" padding: ``tf_padding=True`` (pads (0, 1) at stride 2 on even sizes, where PyTorch pads (1, 1)).
 * DeepLab upsamples with ``align_corners=True``: read from the graph's resize, ``align_corners=True``.
 * DeepLab concatenates image pooling *first*; torchvision's ASPP puts it last: the projection's input
   channels are permuted, the network is not changed.
 * DeepLab rounds narrow widths to multiples of 1, not 8 (24 -> 12 at width 0.5): ``round_nearest=1``.
+  Expansions are multiples of 8 whatever the rounding, as the backbone builds them.
 * Batch norm is folded into the convolutions: the weights go into the convs, and the batch norms
   get statistics measured on calibration images with the output unchanged
   (:func:`vision_mnv2.convert.calibrate_batch_norm`), so that the network fine-tunes.
