@@ -165,7 +165,9 @@ class _DataModuleBase(L.LightningDataModule):
         # cores only slow it down (PyTorch warns it may freeze), so take what is there.
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         if num_workers > cores:
-            log.info("data.num_workers=%d, but this machine has %d cores: using %d loader workers", num_workers, cores, cores)
+            log.info(
+                "data.num_workers=%d, but this machine has %d cores: using %d loader workers", num_workers, cores, cores
+            )
         self.num_workers = min(num_workers, cores)
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.generate = generate

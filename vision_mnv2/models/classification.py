@@ -24,6 +24,8 @@ def mobilenet_v2(
     expansion_groups: int | list[int] | None = None,
     normalization: str | dict | list | None = "imagenet",
     backbone_weights: str | os.PathLike | None = None,
+    round_nearest: int = 8,
+    tf_padding: bool = False,
 ) -> MobileNetV2:
     """MobileNetV2 classifier (paper Table 2), optionally loaded from a weight file.
 
@@ -43,8 +45,19 @@ def mobilenet_v2(
             ``{mean, std}``); the model takes RGB in [0, 1] and normalises itself.
         backbone_weights: only the backbone, from a torchvision ``mobilenet_v2`` file or a checkpoint
             of any task of this project (the classifier layer stays initialised).
+        round_nearest: layer widths are rounded to multiples of this (8: TF-slim and torchvision).
+        tf_padding: TensorFlow's "SAME" padding in the stride-2 convs, for weights trained in TF
+            (``vision_mnv2.convert.tflite`` sets it for Google's models).
     """
-    model = MobileNetV2(num_classes, width_mult, output_stride, dropout, normalization=normalization)
+    model = MobileNetV2(
+        num_classes=num_classes,
+        width_mult=width_mult,
+        output_stride=output_stride,
+        dropout=dropout,
+        normalization=normalization,
+        round_nearest=round_nearest,
+        tf_padding=tf_padding,
+    )
     if backbone_weights is not None:
         load_backbone_weights(model.backbone, backbone_weights)
     if weights is not None:

@@ -40,6 +40,7 @@ class DeepLabV3(nn.Module):
         atrous_rates: tuple[int, ...],
         channels: int = 256,
         normalization=None,
+        align_corners: bool = False,
     ):
         super().__init__()
         self.normalize = InputNormalization(normalization)
@@ -48,6 +49,7 @@ class DeepLabV3(nn.Module):
         self.aspp = ASPP(in_channels, list(atrous_rates), channels)
         self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1)
         self.num_classes = num_classes
+        self.align_corners = align_corners
 
     @property
     def normalization(self) -> Normalization:
@@ -56,7 +58,7 @@ class DeepLabV3(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         (features,) = self.backbone(self.normalize(x)).values()
         logits = self.classifier(self.aspp(features))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
 
 @register_model("deeplabv3_mobilenet_v2", task="segmentation")
@@ -71,6 +73,9 @@ def deeplabv3_mobilenet_v2(
     frozen_bn: bool = False,
     expansion_groups: int | list[int] | None = None,
     normalization: str | dict | list | None = "imagenet",
+    round_nearest: int = 8,
+    tf_padding: bool = False,
+    align_corners: bool = False,
 ) -> DeepLabV3:
     """DeepLabv3 + MobileNetV2 (paper Table 7: 4.52M parameters with ASPP, 2.11M without).
 
@@ -85,16 +90,28 @@ def deeplabv3_mobilenet_v2(
             expansion, one k or one per block; ``None`` the standard path. Eval mode only.
         normalization: the input statistics the weights expect (``"imagenet"``, ``"tf"`` or
             ``{mean, std}``); the model takes RGB in [0, 1] and normalises itself.
+        round_nearest: layer widths are rounded to multiples of this; DeepLab's own narrow models
+            use 1 (width 0.5: 12 channels where torchvision has 16).
+        tf_padding: TensorFlow's "SAME" padding in the stride-2 convs (exact at every input size;
+            at odd sizes such as DeepLab's 513 it is the same as PyTorch's).
+        align_corners: upsample the logits with ``align_corners=True``, as DeepLab does.
     """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     if output_stride not in (8, 16):
         raise ValueError(f"DeepLabv3 output_stride must be 8 or 16, got {output_stride!r}")
-    backbone = MobileNetV2Backbone(width_mult, output_stride, out_features=[HEAD_TAP], drop_unused=True)
+    backbone = MobileNetV2Backbone(
+        width_mult,
+        output_stride,
+        out_features=[HEAD_TAP],
+        round_nearest=round_nearest,
+        drop_unused=True,
+        tf_padding=tf_padding,
+    )
     if backbone_weights is not None:
         load_backbone_weights(backbone, backbone_weights)
     rates = tuple(r * 16 // output_stride for r in ASPP_RATES_OS16) if aspp else ()
-    model = DeepLabV3(backbone, num_classes, rates, normalization=normalization)
+    model = DeepLabV3(backbone, num_classes, rates, normalization=normalization, align_corners=align_corners)
     if weights is not None:
         load_weights(model, weights)
     if freeze_backbone is not False or frozen_bn:

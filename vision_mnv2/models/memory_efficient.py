@@ -57,6 +57,8 @@ def split_expansion_forward(block: nn.Module, x: Tensor, groups: int) -> Tensor:
             hidden = F.relu6(_bn_slice(hidden, expand_bn, start, end), inplace=True)
         else:
             hidden = x[:, start:end]  # expansion factor 1: the input's own channels are the "expansion"
+        if hasattr(depthwise_conv, "pad_input"):  # TF "SAME" padding (TFSamePadConv2d): not in .padding
+            hidden = depthwise_conv.pad_input(hidden)
         hidden = F.conv2d(
             hidden, depthwise_conv.weight[start:end], _bias(depthwise_conv, start, end), depthwise_conv.stride,
             depthwise_conv.padding, depthwise_conv.dilation, end - start,

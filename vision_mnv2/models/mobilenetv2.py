@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torchvision.ops.misc import Conv2dNormActivation
 
 from .memory_efficient import split_expansion_forward
@@ -32,6 +33,7 @@ __all__ = [
     "InvertedResidual",
     "MobileNetV2",
     "MobileNetV2Backbone",
+    "TFSamePadConv2d",
     "make_divisible",
 ]
 
@@ -47,6 +49,7 @@ BOTTLENECK_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
 )
 STEM_CHANNELS = 32
 LAST_CHANNELS = 1280
+EXPANSION_DIVISOR = 8
 VALID_OUTPUT_STRIDES = (8, 16, 32)
 
 
@@ -66,6 +69,52 @@ def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels)
 
 
+class TFSamePadConv2d(nn.Conv2d):
+    """``nn.Conv2d`` padded as TensorFlow's ``padding="SAME"``, for networks trained in TensorFlow.
+
+    SAME gives ``ceil(size / stride)`` outputs and puts the odd pixel of padding *after* the input:
+    a stride-2 3x3 conv pads (0, 1) at even sizes (224 -> 112), where ``padding=1`` pads (1, 1) and
+    shifts every output by half a pixel against TF's weights. At odd sizes (513 -> 257) and at stride
+    1 the two agree. The padding depends on the input size, so it is computed in ``forward``; the
+    conv's own ``padding`` stays 0 and its parameters are those of ``nn.Conv2d``.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, dilation=1, groups=1, bias=True) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, 0, dilation, groups, bias)
+
+    def pad_input(self, x: Tensor) -> Tensor:
+        pads: list[int] = []
+        for size, kernel, stride, dilation in zip(
+            reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride), reversed(self.dilation)
+        ):
+            out = (size + stride - 1) // stride
+            total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+            pads += [total // 2, total - total // 2]  # F.pad order: last dim first, (before, after)
+        return F.pad(x, pads)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(self.pad_input(x))
+
+
+def _conv_bn_act(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, tf_padding: bool = False, **kwargs
+) -> nn.Sequential:
+    """Conv + BN (+ activation). Only strided convs need TF's padding: at stride 1 SAME is symmetric."""
+    layer = Conv2dNormActivation(in_channels, out_channels, kernel_size, stride, norm_layer=_bn, **kwargs)
+    if tf_padding and stride > 1:
+        conv = layer[0]
+        layer[0] = TFSamePadConv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+        )
+    return layer
+
+
 class InvertedResidual(nn.Module):
     """Inverted residual with linear bottleneck (paper Figure 3b, Table 1).
 
@@ -79,6 +128,8 @@ class InvertedResidual(nn.Module):
         stride: int,
         expand_ratio: int,
         dilation: int = 1,
+        hidden_channels: int | None = None,
+        tf_padding: bool = False,
     ) -> None:
         super().__init__()
         if stride not in (1, 2):
@@ -88,7 +139,7 @@ class InvertedResidual(nn.Module):
         self.stride = stride
         self.dilation = dilation
         self.expand_ratio = expand_ratio
-        hidden = int(round(in_channels * expand_ratio))
+        hidden = int(round(in_channels * expand_ratio)) if hidden_channels is None else hidden_channels
         self.hidden_channels = hidden
         self.use_residual = stride == 1 and in_channels == out_channels
         # > 1: in eval mode, compute the expansion in this many channel groups (paper section 5.1;
@@ -100,14 +151,14 @@ class InvertedResidual(nn.Module):
             self.expand = Conv2dNormActivation(
                 in_channels, hidden, kernel_size=1, norm_layer=_bn, activation_layer=nn.ReLU6
             )
-        self.depthwise = Conv2dNormActivation(
+        self.depthwise = _conv_bn_act(
             hidden,
             hidden,
             kernel_size=3,
             stride=stride,
+            tf_padding=tf_padding,
             dilation=dilation,
             groups=hidden,
-            norm_layer=_bn,
             activation_layer=nn.ReLU6,
         )
         # Linear bottleneck: no activation after the projection (paper section 3.2).
@@ -147,8 +198,14 @@ class MobileNetV2Backbone(nn.Module):
             output stride become dilation of the following depthwise convs (DeepLab convention), so
             the weights are the same for every output stride.
         out_features: tap names that :meth:`forward` returns. ``None`` returns only the last layer.
+        round_nearest: the multiple that layer widths are rounded to (stem, block outputs, last conv;
+            never below it). 8 as TF-slim and torchvision; 1 as DeepLab builds its narrow models
+            (width 0.5: 24 -> 12 channels, not 16). Expansions are rounded to multiples of 8 either
+            way, as TF-slim does.
         drop_unused: remove the layers after the deepest requested tap (e.g. layer 19 for a head on
             layer 18), so that they hold no parameters; their names stay in ``feature_info``.
+        tf_padding: pad the stride-2 convs as TensorFlow's "SAME" (see :class:`TFSamePadConv2d`), for
+            weights trained in TensorFlow; exact at every input size.
     """
 
     def __init__(
@@ -158,20 +215,25 @@ class MobileNetV2Backbone(nn.Module):
         out_features: Sequence[str] | None = None,
         round_nearest: int = 8,
         drop_unused: bool = False,
+        tf_padding: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(width_mult, (int, float)) or width_mult <= 0:
             raise ValueError(f"width_mult must be a positive number, got {width_mult!r}")
         if output_stride not in VALID_OUTPUT_STRIDES:
             raise ValueError(f"output_stride must be one of {VALID_OUTPUT_STRIDES}, got {output_stride!r}")
+        if not isinstance(round_nearest, int) or round_nearest < 1:
+            raise ValueError(f"round_nearest must be a positive integer, got {round_nearest!r}")
         self.width_mult = float(width_mult)
         self.output_stride = output_stride
+        self.round_nearest = round_nearest
+        self.tf_padding = bool(tf_padding)
 
         in_channels = make_divisible(STEM_CHANNELS * width_mult, round_nearest)
         self.last_channels = make_divisible(LAST_CHANNELS * max(1.0, width_mult), round_nearest)
 
         layers: list[nn.Module] = [
-            Conv2dNormActivation(3, in_channels, kernel_size=3, stride=2, norm_layer=_bn, activation_layer=nn.ReLU6)
+            _conv_bn_act(3, in_channels, kernel_size=3, stride=2, tf_padding=tf_padding, activation_layer=nn.ReLU6)
         ]
         infos: list[FeatureInfo] = [FeatureInfo("layer1", in_channels, 2, 0)]
         current_stride, dilation = 2, 1
@@ -185,7 +247,12 @@ class MobileNetV2Backbone(nn.Module):
                     stride, dilation = 1, dilation * 2
                 else:
                     current_stride *= stride
-                block = InvertedResidual(in_channels, out_channels, stride, t, block_dilation)
+                # TF-slim's rule (expand_input_by_factor); the same as in_channels * t whenever the
+                # input is a multiple of 8, i.e. for every round_nearest=8 network.
+                hidden = make_divisible(in_channels * t, EXPANSION_DIVISOR) if t != 1 else in_channels
+                block = InvertedResidual(
+                    in_channels, out_channels, stride, t, block_dilation, hidden_channels=hidden, tf_padding=tf_padding
+                )
                 index = len(layers)
                 layers.append(block)
                 reduction_in = current_stride // stride  # stride at the block's input
@@ -300,12 +367,16 @@ class MobileNetV2(nn.Module):
         output_stride: int = 32,
         dropout: float = 0.2,
         normalization=None,
+        round_nearest: int = 8,
+        tf_padding: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         self.normalize = InputNormalization(normalization)
-        self.backbone = MobileNetV2Backbone(width_mult=width_mult, output_stride=output_stride)
+        self.backbone = MobileNetV2Backbone(
+            width_mult=width_mult, output_stride=output_stride, round_nearest=round_nearest, tf_padding=tf_padding
+        )
         self.num_classes = num_classes
         # Same layout as torchvision's classifier (Dropout at index 0, Linear at 1).
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(self.backbone.last_channels, num_classes))

@@ -1,0 +1,65 @@
+"""Convert Google's released MobileNetV2 models (TFLite, quantised or float) into checkpoints of this
+project that predict, evaluate, export and fine-tune like any other:
+
+    python tools/convert.py mobilenet_v2_1.0_224_quant.tflite --labels imagenet_labels.txt --output mnv2.ckpt
+    python tools/convert.py deeplabv3_mnv2_pascal_quant.tflite --labels pascal_voc_segmentation_labels.txt \\
+        --output deeplab.ckpt --calibration photos/
+
+Needs the optional extra: pip install -e ".[tflite]" (the pure-Python ``tflite`` reader; no TensorFlow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("tflite", help="a TF-slim MobileNetV2 classifier or DeepLab v3 MobileNetV2 .tflite file")
+    parser.add_argument("--output", required=True, help="checkpoint to write (.ckpt)")
+    parser.add_argument("--labels", help="label file, one class name per line (Google ships one with each model)")
+    parser.add_argument(
+        "--keep-background",
+        action="store_true",
+        help="classifiers: keep TF's background logit (1001 classes); by default class i is torchvision's class i",
+    )
+    parser.add_argument(
+        "--calibration",
+        help="folder of images to measure batch-norm statistics on (your fine-tuning photos); default generated scenes",
+    )
+    parser.add_argument("--calibration-images", type=int, default=32)
+    parser.add_argument(
+        "--no-calibration", action="store_true", help="leave batch norm the identity (inference only; fine-tunes badly)"
+    )
+    args = parser.parse_args(argv)
+
+    from vision_mnv2.convert import TFLiteImportError  # noqa: PLC0415  (torch loads after argparse's --help)
+    from vision_mnv2.convert.checkpoint import convert_tflite  # noqa: PLC0415
+
+    try:
+        path, meta = convert_tflite(
+            args.tflite,
+            args.output,
+            labels=args.labels,
+            keep_background=args.keep_background,
+            calibration=args.calibration,
+            calibrate=not args.no_calibration,
+            num_calibration_images=args.calibration_images,
+        )
+    except ModuleNotFoundError as error:
+        print(f'error: {error.name} is not installed; pip install -e ".[tflite]"', file=sys.stderr)
+        return 1
+    except (TFLiteImportError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    size = "x".join(map(str, meta.input_size)) if meta.input_size else "any size"
+    print(
+        f"{meta.task} model ({meta.builder}, width {meta.builder_args['width_mult']}, {meta.num_classes} classes, "
+        f"input {size}, normalization {meta.normalization['name']}) written to {path}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

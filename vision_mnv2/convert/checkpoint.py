@@ -1,0 +1,53 @@
+"""Google's TFLite models as complete checkpoints of this project (``tools/convert.py``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..checkpoint import ModelMeta, save_model
+from ..pipelines import describe
+from .tflite import load_tflite
+
+__all__ = ["convert_tflite"]
+
+# TF-slim evaluates its classifiers on the central 87.5% of the image; DeepLab pads to its crop.
+CROP_FRACTION = 0.875
+
+
+def convert_tflite(
+    path: str | os.PathLike,
+    output: str | os.PathLike,
+    labels: str | os.PathLike | None = None,
+    keep_background: bool = False,
+    calibration: str | os.PathLike | None = None,
+    calibrate: bool = True,
+    num_calibration_images: int = 32,
+) -> tuple[Path, ModelMeta]:
+    """Read a TFLite file (:func:`vision_mnv2.convert.load_tflite`) and write it as a checkpoint that
+    describes its model like a trained one: builder and arguments (TF's padding, channel rounding,
+    DeepLab's corner-aligned upsampling), ``tf`` normalisation, the preprocessing the graph was
+    made for, class names from ``labels``, and where it came from. Returns the path and the
+    description."""
+    model, info = load_tflite(
+        path,
+        labels=labels,
+        keep_background=keep_background,
+        calibrate=calibrate,
+        calibration=calibration,
+        num_calibration_images=num_calibration_images,
+    )
+    height, width = info["input_size"]
+    if info["task"] == "classification":
+        hints = {"image_size": int(height), "crop_fraction": CROP_FRACTION}
+    else:
+        hints = {"pad_to": [int(height), int(width)]}
+    source = {
+        "converted_from": str(Path(path).name),
+        "format": "tflite",
+        "batch_norm_statistics": (
+            "none (identity)" if not calibrate else str(calibration) if calibration else "generated scenes"
+        ),
+    }
+    meta = describe(info["task"], model, hints, class_names=info["class_names"], training=source)
+    return save_model(output, model, meta), meta
