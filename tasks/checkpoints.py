@@ -26,6 +26,7 @@ from vision_mnv2.models.registry import plain
 from vision_mnv2.pipelines import INFERENCE_OPTIONS, PIPELINES, Pipeline, contradictions, describe, load
 
 __all__ = [
+    "inherit_from_init",
     "run_info",
     "checkpoint_model",
     "evaluation_data",
@@ -254,3 +255,64 @@ def run_info(cfg: DictConfig) -> dict[str, Any]:
     """What a training run's checkpoints record about the run: its name and data configuration."""
     data = OmegaConf.to_container(cfg.data, resolve=True, throw_on_missing=False) if "data" in cfg else None
     return {"task_name": cfg.get("task_name"), "data": plain(data)}
+
+
+# Builder arguments that say how a network's weights expect to be fed and laid out rather than what
+# the network is: a model started from a checkpoint's weights must take them over, or it is fed
+# wrongly scaled input (normalisation) or shifted convolutions (TF's padding) without a word.
+INHERITED = ("normalization", "tf_padding", "round_nearest")
+# ... and, between networks of the same builder, these too (DeepLab's corner-aligned upsampling).
+INHERITED_SAME_BUILDER = ("align_corners",)
+
+
+def _builder_defaults(name: str) -> dict[str, Any]:
+    import inspect  # noqa: PLC0415
+
+    from vision_mnv2.models.registry import BUILDERS  # noqa: PLC0415
+
+    if name not in BUILDERS:
+        return {}
+    parameters = inspect.signature(BUILDERS[name][1]).parameters
+    return {k: p.default for k, p in parameters.items() if p.default is not inspect.Parameter.empty}
+
+
+def inherit_from_init(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[str, Any]:
+    """For ``init_from=<checkpoint of this project>``: set the model's input conventions
+    (:data:`INHERITED`) to the checkpoint's, unless the command sets them explicitly; returns what
+    was set. Torchvision files and names carry no description and need none (ImageNet statistics,
+    PyTorch padding: the defaults)."""
+    source = cfg.get("init_from")
+    if not source or "model" not in cfg or Path(str(source)).suffix.lower() == ".onnx":
+        return {}
+    path = Path(str(source)).expanduser()
+    if not path.is_file():
+        return {}  # a torchvision name, or a missing file that init_from itself reports
+    try:
+        _, meta = read_checkpoint(path)
+    except CheckpointError:
+        return {}  # a torchvision state dict, or a bad file: transfer_weights reports it
+    if meta.builder is None:
+        return {}
+    explicit = {_key(o) for o in (explicit_overrides() if overrides is None else overrides)}
+    target = str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1]
+    defaults = _builder_defaults(target)
+    keys = INHERITED + (INHERITED_SAME_BUILDER if target == meta.builder else ())
+    taken = {}
+    with open_dict(cfg):
+        for key in keys:
+            if key not in meta.builder_args or f"model.{key}" in explicit:
+                continue
+            value = meta.builder_args[key]
+            current = cfg.model.get(key, defaults.get(key))  # what the model would be built with
+            current = OmegaConf.to_container(current) if OmegaConf.is_config(current) else current
+            if not contradictions(ModelMeta(builder_args={key: value}), {key: current}):
+                continue
+            cfg.model[key] = value
+            taken[key] = value
+    if taken:
+        log.info(
+            "init_from %s: its weights expect %s, so the new model takes them (set model.<key> to choose otherwise)",
+            path,
+            ", ".join(f"{k}={v if not isinstance(v, dict) else v.get('name') or v}" for k, v in taken.items()),
+        )
+    return taken

@@ -67,7 +67,6 @@ def predict(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
         message += f"; {len(skipped)} image(s) could not be read and were skipped (listed in skipped.json): {listing}"
         if len(skipped) > 5:
             message += ", ..."
-    print(message)
     log.info(message)
     return output
 

@@ -20,7 +20,7 @@ from vision_mnv2.checkpoint import read_checkpoint
 from vision_mnv2.files import atomic_write_text
 
 from .checkpoint_io import AtomicCheckpointIO
-from .checkpoints import checkpoint_model, evaluation_data, run_info, task_of_config
+from .checkpoints import checkpoint_model, evaluation_data, inherit_from_init, run_info, task_of_config
 from .quiet import quiet_lightning
 from .resume import Start, is_lead_process, record_settings, start_point
 
@@ -41,6 +41,7 @@ def build(cfg: DictConfig, with_loggers: bool = True) -> tuple[L.LightningDataMo
     quiet_lightning()
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    inherit_from_init(cfg)  # a checkpoint's input conventions travel with its weights
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module)
     module.run_info = run_info(cfg)

@@ -43,9 +43,13 @@ class SSDLiteMobileNetV2Extractor(nn.Module):
     """Six feature maps: the expansion output of layer 15 (stride 16), layer 19 (stride 32, 1280
     channels), then four extra layers (1x1 to half depth, 3x3 stride-2 depthwise, 1x1)."""
 
-    def __init__(self, width_mult: float = 1.0, min_depth: int = 16) -> None:
+    def __init__(
+        self, width_mult: float = 1.0, min_depth: int = 16, round_nearest: int = 8, tf_padding: bool = False
+    ) -> None:
         super().__init__()
-        self.backbone = MobileNetV2Backbone(width_mult=width_mult, out_features=BACKBONE_TAPS)
+        self.backbone = MobileNetV2Backbone(
+            width_mult=width_mult, out_features=BACKBONE_TAPS, round_nearest=round_nearest, tf_padding=tf_padding
+        )
         channels = [self.backbone.feature_info[name].channels for name in BACKBONE_TAPS]
         depths = [max(min_depth, make_divisible(d * width_mult, 16)) for d in EXTRA_DEPTHS]
         extras = []
@@ -167,6 +171,8 @@ def ssdlite_mobilenet_v2(
     anchor_min_scale: float = 0.2,
     anchor_max_scale: float = 0.95,
     anchor_lowest_scale: float = 0.1,
+    round_nearest: int = 8,
+    tf_padding: bool = False,
     **kwargs,
 ) -> SSDLite:
     """SSDLite + MobileNetV2 (paper Table 6: 4.3M parameters, 0.8B MACs at 320x320, 80 classes).
@@ -188,6 +194,8 @@ def ssdlite_mobilenet_v2(
             ``{mean, std}``); the model takes RGB in [0, 1] and normalises itself.
         anchor_min_scale / anchor_max_scale / anchor_lowest_scale: anchor scales (fractions of the
             image side) of the first and last layer, and of the lowest layer's extra square box.
+        round_nearest / tf_padding: the backbone's channel rounding and TF "SAME" padding, as
+            :func:`mobilenet_v2` (for backbones from TF-trained weights, e.g. Google's converted models).
         kwargs: passed to torchvision's ``SSD`` (``topk_candidates``, ``positive_fraction``, ...).
     """
     for key in ("image_mean", "image_std"):
@@ -198,7 +206,7 @@ def ssdlite_mobilenet_v2(
     detectors = {"hard_negative_mining": SSDLite, "focal": FocalLossSSD}
     if classification_loss not in detectors:
         raise ValueError(f"classification_loss must be one of {sorted(detectors)}, got {classification_loss!r}")
-    extractor = SSDLiteMobileNetV2Extractor(width_mult)
+    extractor = SSDLiteMobileNetV2Extractor(width_mult, round_nearest=round_nearest, tf_padding=tf_padding)
     if backbone_weights is not None:
         load_backbone_weights(extractor.backbone, backbone_weights)
     anchors = TFSSDAnchorGenerator(

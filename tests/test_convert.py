@@ -1,0 +1,115 @@
+"""Google's models as complete checkpoints (tools/convert.py), and a checkpoint's input conventions
+travelling with its weights when another model starts from them (init_from)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vision_mnv2
+from tasks.runner import train
+from vision_mnv2.checkpoint import read_checkpoint, save_model
+from vision_mnv2.models import mobilenet_v2
+from vision_mnv2.pipelines import describe
+
+from .conftest import REPO_ROOT, compose_config, tiny_task_overrides
+
+GOOGLE = Path(__file__).resolve().parents[2] / "shared" / "models" / "google"
+CLASSIFIER = GOOGLE / "mobilenet_v2_1.0_224_quant.tflite"
+DEEPLAB = GOOGLE / "deeplabv3_mnv2_pascal_quant.tflite"
+needs_google = pytest.mark.skipif(
+    not (CLASSIFIER.is_file() and DEEPLAB.is_file()),
+    reason="Google's models in ../shared/models/google are not present",
+)
+
+
+def _photo(name: str) -> np.ndarray:
+    return np.array(Image.open(GOOGLE / name).convert("RGB"))
+
+
+@needs_google
+def test_converted_classifier_is_a_complete_checkpoint(tmp_path):
+    pytest.importorskip("tflite")
+    from vision_mnv2.convert.checkpoint import convert_tflite
+
+    path, _ = convert_tflite(CLASSIFIER, tmp_path / "mnv2.ckpt", labels=GOOGLE / "imagenet_labels.txt", calibrate=False)
+    _, meta = read_checkpoint(path)
+    assert meta.task == "classification" and meta.builder == "mobilenet_v2" and meta.num_classes == 1000
+    assert meta.normalization["name"] == "tf" and meta.builder_args["tf_padding"] is True
+    assert meta.preprocessing["input_size"] == [224, 224] and meta.class_names[285] == "Egyptian cat"
+    assert meta.training["converted_from"] == CLASSIFIER.name
+    pipeline = vision_mnv2.load(path)
+    (prediction,) = pipeline(_photo("cat.bmp"))
+    assert prediction["top"][0]["class"] == "Egyptian cat" and prediction["top"][0]["label"] == 285
+    onnx_file = pipeline.export_onnx(tmp_path / "mnv2.onnx")
+    (exported,) = vision_mnv2.load(onnx_file)(_photo("cat.bmp"))
+    assert exported["top"][0]["label"] == 285
+
+
+@needs_google
+def test_converted_deeplab_predicts_the_interpreters_labels_through_its_checkpoint(tmp_path):
+    pytest.importorskip("tflite")
+    interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
+    from vision_mnv2.convert.checkpoint import convert_tflite
+
+    labels = GOOGLE / "pascal_voc_segmentation_labels.txt"
+    path, meta = convert_tflite(DEEPLAB, tmp_path / "deeplab.ckpt", labels=labels, calibrate=False)
+    assert meta.preprocessing["pad_to"] == [513, 513] and meta.builder_args["align_corners"] is True
+    image = _photo("bird_segmentation.bmp")
+    (prediction,) = vision_mnv2.load(path)(image)
+    runner = interpreter(model_path=str(DEEPLAB))
+    runner.allocate_tensors()
+    (entry,) = runner.get_input_details()
+    runner.set_tensor(entry["index"], image[None].astype(entry["dtype"]))
+    runner.invoke()
+    reference = runner.get_tensor(runner.get_output_details()[0]["index"])[0]
+    assert (prediction["mask"].numpy() == reference).mean() >= 0.995
+
+
+def test_convert_tool_refuses_a_file_that_is_not_tflite(tmp_path):
+    pytest.importorskip("tflite")
+    bogus = tmp_path / "model.tflite"
+    bogus.write_bytes(b"not a flatbuffer at all")
+    run = subprocess.run(
+        [sys.executable, "tools/convert.py", str(bogus), "--output", str(tmp_path / "out.ckpt")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1 and "model.tflite" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "out.ckpt").exists()
+
+
+def test_init_from_a_checkpoint_takes_its_input_conventions(tmp_path, caplog):
+    """A detector started from a TF-style classifier (normalisation (x-128)/128, TF's padding) must
+    be fed as that backbone was: the new model takes these settings from the checkpoint."""
+    from vision_mnv2.data import write_detection_dataset
+
+    torch.manual_seed(0)
+    source = mobilenet_v2(num_classes=5, width_mult=0.35, normalization="tf", tf_padding=True)
+    ckpt = save_model(tmp_path / "tf_style.ckpt", source, describe("classification", source, {"image_size": 64}))
+    root = write_detection_dataset(
+        tmp_path / "coco", num_classes=2, train_images=4, val_images=2, image_size=(64, 64), seed=1
+    )
+    overrides = tiny_task_overrides("ssdlite", root, 2, 64) + [
+        f"init_from={ckpt}", "trainer.max_epochs=1", "callbacks.progress_bar=null", "callbacks.model_summary=null",
+    ]  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        result = train(compose_config("train", overrides, tmp_path / "run"))
+    assert "its weights expect normalization=tf, tf_padding=True" in caplog.text
+    _, meta = read_checkpoint(result["last_checkpoint"])
+    assert meta.normalization["name"] == "tf" and meta.builder_args["tf_padding"] is True
+    # Chosen explicitly, a setting stays as given.
+    caplog.clear()
+    explicit = compose_config("train", overrides + ["model.normalization=imagenet"], tmp_path / "run2")
+    from tasks.checkpoints import inherit_from_init
+
+    assert inherit_from_init(explicit) == {"tf_padding": True}
