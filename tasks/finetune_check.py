@@ -1,0 +1,119 @@
+"""``tools/benchmark_finetune.py``: the classification fine-tuning preset against torchvision's
+transfer-learning tutorial recipe (and the task's from-scratch recipe), from the same weights, for
+the same number of steps, on the same photos, scored the same way, in one run."""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import open_dict
+
+from vision_mnv2.checkpoint import load_model
+from vision_mnv2.data import ImageFolderClassification
+from vision_mnv2.models import transfer_weights
+from vision_mnv2.pipelines import ClassificationPipeline, describe
+
+__all__ = ["compare_recipes", "tutorial_recipe"]
+
+
+def tutorial_recipe(init: str, root: Path, steps: int, seed: int = 0) -> torch.nn.Module:
+    """torchvision's "Transfer learning for computer vision" tutorial, fine-tuning the whole network:
+    RandomResizedCrop(224) + flip, batch 4, SGD lr 0.001 momentum 0.9, StepLR(7 epochs, 0.1),
+    cross-entropy; the classifier layer replaced for the new classes. The network is the one of
+    ``init`` (its input conventions included), so that only the recipe differs."""
+    from torchvision import datasets, transforms  # noqa: PLC0415
+
+    torch.manual_seed(seed)
+    _, meta = load_model(init)
+    data = datasets.ImageFolder(
+        str(root / "train"),
+        transforms.Compose(
+            [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor()]
+        ),
+    )
+    args = {**meta.builder_args, "num_classes": len(data.classes)}
+    from vision_mnv2.models.registry import build_model  # noqa: PLC0415
+
+    model = build_model(meta.builder, args)
+    transfer_weights(model, init)  # the backbone; the classifier layer is new (other classes)
+    loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=True, num_workers=2, drop_last=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    per_epoch = len(loader)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7 * per_epoch, gamma=0.1)  # 7 epochs
+    criterion = torch.nn.CrossEntropyLoss()
+    model.train()
+    done = 0
+    while done < steps:
+        for images, labels in loader:
+            loss = criterion(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            done += 1
+            if done == steps:
+                break
+    model.eval()
+    model.build_config["args"]["num_classes"] = len(data.classes)
+    return model
+
+
+def _top1(model: torch.nn.Module, root: Path, image_size: int = 224) -> float:
+    val = ImageFolderClassification(root, "val")
+    meta = describe("classification", model, {"image_size": image_size}, class_names=list(val.classes))
+    return ClassificationPipeline(meta, model.eval()).evaluate(val)["top1"]
+
+
+def compare_recipes(root: Path, init: str, steps: int, output_dir: Path, compose) -> list[tuple[str, float, float]]:
+    """(recipe, top-1 on ``root/val``, training seconds) for the tutorial recipe, the fine-tuning
+    preset and the from-scratch task recipe; ``compose(overrides, folder)`` composes a training
+    config (the tool's Hydra composition)."""
+    from .runner import train  # noqa: PLC0415
+
+    classes = len([p for p in (root / "train").iterdir() if p.is_dir()])
+    rows = []
+    start = time.perf_counter()
+    rows.append(("torchvision transfer-learning tutorial", _top1(tutorial_recipe(init, root, steps), root)))
+    rows[-1] += (time.perf_counter() - start,)
+    common = [f"data.root={root}", f"data.num_classes={classes}", f"init_from={init}", f"+trainer.max_steps={steps}"]
+    train_images = sum(1 for p in (root / "train").rglob("*") if p.is_file())
+    for name, overrides in (
+        ("experiment=finetune_classification_custom", ["experiment=finetune_classification_custom"]),
+        (
+            "task=classification (the synthetic-data recipe)",
+            ["task=classification", "data=imagenet_custom", "data.image_size=224", "data.batch_size=32"],
+        ),
+    ):
+        cfg = compose(overrides + common + ["logger=none"], output_dir / name.split()[0])
+        with open_dict(cfg):
+            cfg.callbacks.progress_bar = None
+            # As many epochs as the steps take, so that the schedule spans the run.
+            cfg.trainer.max_epochs = math.ceil(steps / max(1, train_images // cfg.data.batch_size))
+        start = time.perf_counter()
+        result = train(cfg)
+        model, _ = load_model(result["last_checkpoint"])
+        rows.append((name, _top1(model, root), time.perf_counter() - start))
+    return rows
+
+
+def report(rows, root: Path, init: str, steps: int, command: str) -> str:
+    train = sum(1 for p in (root / "train").rglob("*.jpg"))
+    val = sum(1 for p in (root / "val").rglob("*.jpg"))
+    lines = [
+        f"### Classification fine-tuning: preset against torchvision's tutorial recipe, {steps} steps",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"{time.strftime('%Y-%m-%d')}. Photos: {train} training / {val} validation crops ({root.name}); "
+        f"every recipe starts from `{Path(init).name}` and is scored on the same validation crops "
+        "(shorter side to 256, centre 224).",
+        "",
+        "| recipe | top-1 | training time, s |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {name} | {top1:.3f} | {seconds:.0f} |" for name, top1, seconds in rows]
+    return "\n".join(lines) + "\n"
