@@ -184,7 +184,7 @@ class FeatureInfo:
 
     name: str
     channels: int
-    reduction: int  # input size / feature size (the stride, before any dilation trick)
+    reduction: int  # input size / feature size: with dilation it stops growing at the output stride
     module_index: int  # index into ``backbone.features``
 
 
