@@ -397,6 +397,13 @@ class DetectionDataModule(_DataModuleBase):
             "hints": {},
         }
 
+    def coco_ground_truth(self) -> dict[str, Any]:
+        """The validation split's annotations as COCOeval scores them: a COCO-format dict of images,
+        annotations (crowd boxes included, each with its own ``area`` and ``iscrowd``, boxes as
+        annotated) and categories, once the set-up checks have left out what is malformed."""
+        self.setup("validate")
+        return self.val_set.coco.dataset
+
     def _dataset(self, split: str, transform) -> CocoDetection:
         images, annotations = self.paths[split]
         dataset = CocoDetection(images, annotations, transform, self.skip_bad, self.check_images)

@@ -13,7 +13,7 @@ from tasks.datamodules import DetectionDataModule
 from tasks.runner import evaluate, train
 from vision_mnv2.data import write_detection_dataset
 from vision_mnv2.data.detection_transforms import SSDTrainTransform, iou_random_crop, zoom_out
-from vision_mnv2.metrics import evaluate_coco_results
+from vision_mnv2.metrics import COCO_STAT_NAMES, evaluate_coco_results
 
 from .conftest import compose_config, tiny_task_overrides
 
@@ -68,7 +68,14 @@ def test_full_train_transform_output():
 @pytest.fixture(scope="module")
 def det_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("det") / "shapes"
-    return write_detection_dataset(root, num_classes=3, train_images=8, val_images=4, image_size=(96, 128), seed=4)
+    root = write_detection_dataset(root, num_classes=3, train_images=8, val_images=4, image_size=(96, 128), seed=4)
+    # Crowd regions in the validation split: kept out of targets, scored as COCOeval scores them.
+    annotations = root / "annotations" / "instances_val2017.json"
+    data = json.loads(annotations.read_text())
+    for ann in data["annotations"][::3]:
+        ann["iscrowd"] = 1
+    annotations.write_text(json.dumps(data))
+    return root
 
 
 def test_datamodule_batches_are_lists(det_root):
@@ -99,9 +106,10 @@ def test_ssdlite_task_trains_and_evaluates(det_root, tmp_path):
         "val/mAR_100",
     } <= set(metrics)
     detections = json.loads((tmp_path / "train" / "detections_val.json").read_text())
-    # The logged mAP is pycocotools' on the written results file of that epoch.
+    # The 12 numbers logged (faster-coco-eval) are pycocotools' on the written results file of that epoch.
     annotations = COCO(str(det_root / "annotations" / "instances_val2017.json"))
-    assert metrics["val/mAP"] == pytest.approx(evaluate_coco_results(annotations, detections)["mAP"], abs=1e-6)
+    reference = evaluate_coco_results(annotations, detections)
+    assert {name: metrics[f"val/{name}"] for name in COCO_STAT_NAMES} == pytest.approx(reference, abs=1e-6)
     assert detections and {"image_id", "category_id", "bbox", "score"} == set(detections[0])
     assert {d["category_id"] for d in detections} <= {1, 3, 5}, "results carry the dataset's category ids"
 
