@@ -82,9 +82,7 @@ class SegmentationTask(TaskModule):
         # compute() sums the matrices of all processes under DDP.
         confusion = self.confusion.compute()
         self.confusion.reset()
-        datamodule = getattr(self.trainer, "datamodule", None)
-        names = getattr(getattr(datamodule, "val_set", None), "class_names", None)
-        scores = segmentation_scores(confusion, names)
+        scores = segmentation_scores(confusion, self.data_description.get("class_names"))
         self.log("val/mIoU", scores.pop("mIoU"), prog_bar=True)
         self.log_dict({f"val/{name}": value for name, value in scores.items()})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -88,6 +89,40 @@ def test_datamodule_batches_are_lists(det_root):
     assert val_images[0].shape == (3, 96, 128), "evaluation keeps the original size"
     with pytest.raises(ValueError, match="lists 3 categories but data.num_classes is 80"):
         DetectionDataModule(det_root, num_classes=80, num_workers=0).setup("fit")
+
+
+def _first_batch(root, seed, workers, start_epoch=0):
+    L.seed_everything(seed)
+    datamodule = DetectionDataModule(root, num_classes=3, image_size=64, batch_size=4, num_workers=workers)
+    datamodule.setup("fit")
+    datamodule.start_epoch = start_epoch
+    loader = datamodule.train_dataloader()
+    batches = iter(loader)  # as Lightning does: the workers start drawing before set_epoch
+    loader.sampler.set_epoch(start_epoch)
+    return next(batches)
+
+
+def test_augmented_batches_depend_on_the_seed_and_epoch_only(det_root):
+    """Per-sample seeding reaches torchvision's transforms in the loader workers: the same seed gives
+    the same images and boxes with 0 or 2 workers; a loader told to start at epoch 2 gives epoch 2's
+    first batch (a resumed run with persistent workers)."""
+    images, targets = _first_batch(det_root, 3, workers=0)
+    for other_images, other_targets in (_first_batch(det_root, 3, workers=2), _first_batch(det_root, 3, workers=0)):
+        assert all(torch.equal(a, b) for a, b in zip(images, other_images))
+        assert all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(targets, other_targets))
+    other_images, _ = _first_batch(det_root, 4, workers=0)
+    assert not all(torch.equal(a, b) for a, b in zip(images, other_images))
+
+    L.seed_everything(3)
+    uninterrupted = DetectionDataModule(det_root, num_classes=3, image_size=64, batch_size=4, num_workers=0)
+    uninterrupted.setup("fit")
+    loader = uninterrupted.train_dataloader()
+    loader.sampler.set_epoch(2)
+    epoch_2_images, epoch_2_targets = next(iter(loader))
+    resumed_images, resumed_targets = _first_batch(det_root, 3, workers=2, start_epoch=2)
+    assert [int(t["image_id"]) for t in resumed_targets] == [int(t["image_id"]) for t in epoch_2_targets]
+    assert all(torch.equal(a, b) for a, b in zip(resumed_images, epoch_2_images))
+    assert [int(t["image_id"]) for t in targets] != [int(t["image_id"]) for t in epoch_2_targets]
 
 
 def test_ssdlite_task_trains_and_evaluates(det_root, tmp_path):
