@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from vision_mnv2.metrics import CocoMeanAveragePrecision
+from vision_mnv2.models.registry import build_config
 
 from .module import TaskModule
 
@@ -55,6 +56,14 @@ class DetectionTask(TaskModule):
                 backend=self.hparams.coco_backend,
                 results_file=Path(self.trainer.default_root_dir) / self.hparams.results_file,
             )
+
+    def example_input(self, datamodule) -> tuple[list[Tensor]] | None:
+        config = build_config(self.model)
+        if config is None or "image_size" not in config["args"]:
+            return None
+        size = int(config["args"]["image_size"])
+        # forward takes one argument, a list of images; Lightning unpacks a tuple into arguments.
+        return ([torch.zeros(3, size, size)],)
 
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         return self.model(images)

@@ -52,6 +52,11 @@ class SegmentationTask(TaskModule):
         self.eval_flip = bool(eval_flip)
         self.confusion = segmentation_confusion_matrix(num_classes, ignore_index)
 
+    def example_input(self, datamodule) -> Tensor | None:
+        # Validation pads to this size; without padding (images of one size), the training crop.
+        size = self.data_description.get("hints", {}).get("pad_to") or getattr(datamodule, "image_size", None)
+        return torch.zeros(1, 3, int(size), int(size)) if size else None
+
     def forward(self, images: Tensor) -> Tensor:
         return self.model(self.memory_format(images))
 
