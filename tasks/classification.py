@@ -48,6 +48,10 @@ class ClassificationTask(TaskModule):
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
 
+    def example_input(self, datamodule) -> Tensor | None:
+        size = self.data_description.get("hints", {}).get("image_size")
+        return torch.zeros(1, 3, int(size), int(size)) if size else None
+
     def forward(self, images: Tensor) -> Tensor:
         return self.model(self.memory_format(images))
 

@@ -173,6 +173,9 @@ class _DataModuleBase(L.LightningDataModule):
         self.generate = generate
         self.train_set = None
         self.val_set = None
+        # The epoch whose order the first training loader starts with: a resumed run's next epoch,
+        # which the caller (the runner) sets from the checkpoint before fitting.
+        self.start_epoch = 0
         # Training samples replaced by skip_bad; a shared counter, since workers do the replacing.
         self._replaced = multiprocessing.Value("q", 0)
 
@@ -250,9 +253,8 @@ class _DataModuleBase(L.LightningDataModule):
         loader = self._loader(self.train_set, self.batch_size, shuffle=True)
         # Lightning starts the loader's iterator before it calls set_epoch; with persistent workers
         # that iterator has already drawn its first indices, so a resumed run would replay epoch 0's
-        # order in its first epoch. Set the epoch it resumes at (restored by now) beforehand.
-        if trainer is not None:
-            loader.sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
+        # order in its first epoch. The epoch it starts at is set beforehand.
+        loader.sampler.set_epoch(self.start_epoch)
         if len(loader) == 0:
             # Lightning would warn "no training batches", train nothing, write no checkpoint and exit 0.
             raise DatasetError(self._too_few_samples(loader.sampler))
@@ -403,6 +405,13 @@ class DetectionDataModule(_DataModuleBase):
             "category_ids": [int(mapping[label]) for label in sorted(mapping)],
             "hints": {},
         }
+
+    def coco_ground_truth(self) -> dict[str, Any]:
+        """The validation split's annotations as COCOeval scores them: a COCO-format dict of images,
+        annotations (crowd boxes included, each with its own ``area`` and ``iscrowd``, boxes as
+        annotated) and categories, once the set-up checks have left out what is malformed."""
+        self.setup("validate")
+        return self.val_set.coco.dataset
 
     def _dataset(self, split: str, transform) -> CocoDetection:
         images, annotations = self.paths[split]

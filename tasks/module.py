@@ -7,6 +7,7 @@ import logging
 import os
 import random
 from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -88,6 +89,12 @@ class TaskModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "describe"):
             self.data_description = datamodule.describe()
+        # One input of the right shape: the model summary runs it once to count FLOPs.
+        self.example_input_array = self.example_input(datamodule)
+
+    def example_input(self, datamodule) -> Any:
+        """One input of the shape the network is evaluated at (``None``: unknown)."""
+        return None
 
     def model_meta(self) -> ModelMeta | None:
         """The description of the network as it is now (``None`` for a network not built by one of

@@ -99,6 +99,9 @@ def _train(cfg: DictConfig, start: Start) -> dict[str, Any]:
         for callback in trainer.checkpoint_callbacks:
             callback.dirpath = folder
         log.info("Resuming: checkpoints continue in %s", folder)
+    if ckpt_path and hasattr(datamodule, "start_epoch"):
+        # The training order of the epoch the run continues with, before Lightning builds the loader.
+        datamodule.start_epoch = _next_epoch(ckpt_path)
     images_seen = _ImagesSeen()
     trainer.callbacks.append(images_seen)
     log.info("Training %s; outputs in %s", cfg.get("task_name"), cfg.paths.output_dir)
@@ -133,6 +136,14 @@ def _train(cfg: DictConfig, start: Start) -> dict[str, Any]:
         _write_json(metrics_file, result)
         log.info(_summary(result, metrics_file))
     return result
+
+
+def _next_epoch(ckpt_path: str) -> int:
+    """The epoch a run resumed from ``ckpt_path`` trains first: Lightning's count of the epochs it
+    had processed, or the epoch after the checkpoint's (written at the end of an epoch)."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)  # tensors not read
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    return int(progress.get("processed", checkpoint.get("epoch", -1) + 1))
 
 
 class _ImagesSeen(Callback):

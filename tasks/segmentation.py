@@ -52,6 +52,11 @@ class SegmentationTask(TaskModule):
         self.eval_flip = bool(eval_flip)
         self.confusion = segmentation_confusion_matrix(num_classes, ignore_index)
 
+    def example_input(self, datamodule) -> Tensor | None:
+        # Validation pads to this size; without padding (images of one size), the training crop.
+        size = self.data_description.get("hints", {}).get("pad_to") or getattr(datamodule, "image_size", None)
+        return torch.zeros(1, 3, int(size), int(size)) if size else None
+
     def forward(self, images: Tensor) -> Tensor:
         return self.model(self.memory_format(images))
 
@@ -82,9 +87,7 @@ class SegmentationTask(TaskModule):
         # compute() sums the matrices of all processes under DDP.
         confusion = self.confusion.compute()
         self.confusion.reset()
-        datamodule = getattr(self.trainer, "datamodule", None)
-        names = getattr(getattr(datamodule, "val_set", None), "class_names", None)
-        scores = segmentation_scores(confusion, names)
+        scores = segmentation_scores(confusion, self.data_description.get("class_names"))
         self.log("val/mIoU", scores.pop("mIoU"), prog_bar=True)
         self.log_dict({f"val/{name}": value for name, value in scores.items()})
 

@@ -13,8 +13,9 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from tasks.datamodules import DetectionDataModule
 from vision_mnv2.data import SHAPES, CocoDetection, coco_category_id, write_detection_dataset
-from vision_mnv2.metrics import COCO_STAT_NAMES, CocoEvaluator
+from vision_mnv2.metrics import COCO_BACKENDS, COCO_STAT_NAMES, CocoMeanAveragePrecision
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +91,11 @@ def test_crowd_clipped_tiny_and_empty_images(tmp_path):
 
 def _predictions_from_ground_truth(dataset, jitter):
     rng = np.random.default_rng(0)
-    ids, preds = [], []
+    preds, targets = [], []
     for image_id in dataset.image_ids:
         boxes, labels = dataset._targets[image_id]
         boxes = boxes + rng.normal(0, jitter, size=boxes.shape) if jitter else boxes
-        ids.append(image_id)
+        targets.append({"image_id": torch.tensor(image_id)})
         preds.append(
             {
                 "boxes": torch.as_tensor(boxes, dtype=torch.float32),
@@ -102,34 +103,98 @@ def _predictions_from_ground_truth(dataset, jitter):
                 "labels": torch.as_tensor(labels),
             }
         )
-    return ids, preds
+    return preds, targets
 
 
-def test_perfect_detections_score_one(tiny_coco):
-    dataset = _val(tiny_coco)
-    evaluator = CocoEvaluator(dataset.coco, dataset.label_to_category_id)
-    evaluator.update(*_predictions_from_ground_truth(dataset, jitter=0))
-    stats = evaluator.compute()
-    assert list(stats) == list(COCO_STAT_NAMES)
-    assert stats["mAP"] == pytest.approx(1.0) and stats["mAP_50"] == pytest.approx(1.0)
-    assert {r["category_id"] for r in evaluator.results} <= {coco_category_id(i) for i in range(4)}
-
-
-def test_numbers_equal_pycocotools_on_the_written_results_file(tiny_coco, tmp_path):
-    dataset = _val(tiny_coco)
-    evaluator = CocoEvaluator(dataset.coco, dataset.label_to_category_id)
-    evaluator.update(*_predictions_from_ground_truth(dataset, jitter=3.0))
-    ours = evaluator.compute()
-    assert 0.1 < ours["mAP"] < 0.95
-    results = evaluator.write_results(tmp_path / "detections.json")
-
+def _pycocotools_stats(annotation_file, results_file) -> list[float]:
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(tiny_coco / "annotations" / "instances_val2017.json"))
-        reference = COCOeval(gt, gt.loadRes(str(results)), iouType="bbox")
+        gt = COCO(str(annotation_file))
+        reference = COCOeval(gt, gt.loadRes(str(results_file)), iouType="bbox")
         reference.evaluate()
         reference.accumulate()
         reference.summarize()
-    assert [ours[name] for name in COCO_STAT_NAMES] == pytest.approx(list(reference.stats), abs=1e-12)
+    return [float(value) for value in reference.stats]
 
-    evaluator.reset()
-    assert evaluator.compute()["mAP"] == 0.0
+
+@pytest.mark.parametrize("backend", COCO_BACKENDS)
+def test_perfect_detections_score_one(tiny_coco, tmp_path, backend):
+    dataset = _val(tiny_coco)
+    metric = CocoMeanAveragePrecision(dataset.coco, [1, 3, 5, 7], backend=backend, results_file=tmp_path / "d.json")
+    metric.update(*_predictions_from_ground_truth(dataset, jitter=0))
+    stats = metric.compute()
+    assert list(stats) == list(COCO_STAT_NAMES)
+    assert stats["mAP"] == pytest.approx(1.0) and stats["mAP_50"] == pytest.approx(1.0)
+    results = json.loads((tmp_path / "d.json").read_text())
+    assert {r["category_id"] for r in results} == {coco_category_id(i) for i in range(4)}
+    metric.reset()
+    with pytest.warns(UserWarning, match="called before the ``update``"):
+        assert metric.compute()["mAP"] == 0.0
+
+
+def _crowds_ties_and_areas(root, path):
+    """The generated validation annotations made harder to score: every third object a crowd
+    region, one more crowd region per image, annotated areas that put objects in another size range
+    than their boxes would (COCO's areas are the masks'), a box reaching past its image."""
+    data = json.loads((root / "annotations" / "instances_val2017.json").read_text())
+    next_id = max(ann["id"] for ann in data["annotations"]) + 1
+    for index, ann in enumerate(list(data["annotations"])):
+        ann["iscrowd"] = int(index % 3 == 0)
+        ann["area"] = [ann["area"], 32.0**2 - 0.5, 5000.0, 96.0**2 + 0.5][index % 4]  # small, medium, large
+    for image in data["images"]:
+        data["annotations"].append(
+            {"id": next_id, "image_id": image["id"], "category_id": 3, "bbox": [60.5, 40.25, 30.0, 50.0],
+             "area": 700.0, "iscrowd": 1}
+        )  # fmt: skip
+        next_id += 1
+    x, y, w, h = data["annotations"][1]["bbox"]
+    data["annotations"][1]["bbox"] = [x, y, w + 500.0, h]
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_training_metric_equals_pycocotools_on_the_written_results_file(tiny_coco, tmp_path):
+    """The 12 numbers of every epoch (faster-coco-eval) are pycocotools' on the results file, with
+    crowd regions (detections on them are neither hits nor false positives), areas that are not the
+    boxes', scores tied across images, and images predicted in another order than their ids."""
+    annotations = _crowds_ties_and_areas(tiny_coco, tmp_path / "instances_val.json")
+    datamodule = DetectionDataModule(tiny_coco, num_classes=4, num_workers=0, val_annotations=str(annotations))
+    ground_truth = datamodule.coco_ground_truth()
+    assert sum(ann["iscrowd"] for ann in ground_truth["annotations"]) > 8, "crowd regions reach evaluation"
+    dataset = datamodule.val_set
+    rng = np.random.default_rng(1)
+    preds, targets = [], []
+    for image_id in reversed(dataset.image_ids):
+        boxes = np.array([ann["bbox"] for ann in dataset.coco.imgToAnns[image_id]], dtype=np.float64)
+        boxes = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+        labels = [dataset.category_id_to_label[ann["category_id"]] for ann in dataset.coco.imgToAnns[image_id]]
+        boxes = np.concatenate(
+            [boxes + rng.normal(0, 4.0, size=boxes.shape), rng.uniform(0, 90, size=(3, 4)).cumsum(1)]
+        )
+        labels = labels + rng.integers(1, 5, size=3).tolist()
+        preds.append(
+            {
+                "boxes": torch.as_tensor(boxes, dtype=torch.float32),
+                "scores": torch.as_tensor(rng.choice([0.25, 0.5, 0.75], size=len(labels)), dtype=torch.float32),
+                "labels": torch.as_tensor(labels),
+            }
+        )
+        targets.append({"image_id": torch.tensor(image_id)})
+    numbers = {}
+    for backend in COCO_BACKENDS:
+        results_file = tmp_path / f"{backend}.json"
+        metric = CocoMeanAveragePrecision(ground_truth, [1, 3, 5, 7], backend=backend, results_file=results_file)
+        for start in range(0, len(preds), 3):  # batches of 3 images
+            metric.update(preds[start : start + 3], targets[start : start + 3])
+        stats = metric.compute()
+        numbers[backend] = [stats[name] for name in COCO_STAT_NAMES]
+        assert numbers[backend] == pytest.approx(_pycocotools_stats(annotations, results_file), abs=1e-12)
+    assert numbers["faster_coco_eval"] == pytest.approx(numbers["pycocotools"], abs=1e-12)
+    assert all(0.05 < value < 0.95 for value in numbers["faster_coco_eval"]), numbers
+
+    # The crowd regions and areas matter here: scored as plain objects, every number moves.
+    plain = json.loads(annotations.read_text())
+    for ann in plain["annotations"]:
+        ann["iscrowd"], ann["area"] = 0, ann["bbox"][2] * ann["bbox"][3]
+    (tmp_path / "plain.json").write_text(json.dumps(plain))
+    moved = _pycocotools_stats(tmp_path / "plain.json", tmp_path / "faster_coco_eval.json")
+    assert all(abs(a - b) > 1e-3 for a, b in zip(moved, numbers["faster_coco_eval"])), moved

@@ -13,8 +13,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from vision_mnv2.data.coco import index_coco
-from vision_mnv2.metrics import CocoEvaluator, coco_eval
+from vision_mnv2.metrics import CocoMeanAveragePrecision, coco_eval
 
 from .conftest import REPO_ROOT, tiny_classification_overrides
 
@@ -71,34 +70,36 @@ def _predictions() -> dict[int, dict[str, torch.Tensor]]:
     }
 
 
-def _evaluate_as_rank(rank: int, rendezvous: str, out: str) -> None:
+def _evaluate_as_rank(rank: int, rendezvous: str, out: str, results_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
     runs = []
     evaluate = coco_eval.evaluate_coco_results
     coco_eval.evaluate_coco_results = lambda *args: runs.append(rank) or evaluate(*args)
-    evaluator = CocoEvaluator(index_coco(_ground_truth()), {1: 3})
+    metric = CocoMeanAveragePrecision(_ground_truth(), [3], results_file=results_file)
     predictions = _predictions()
     mine = list(IMAGES)[rank::2]  # 4 images on rank 0, 3 on rank 1
-    evaluator.update(mine, [predictions[i] for i in mine])
-    evaluator.synchronize()
-    held = len(evaluator.results)
-    stats = evaluator.compute()
+    metric.update([predictions[i] for i in mine[:2]], [{"image_id": i} for i in mine[:2]])
+    metric.update([predictions[i] for i in mine[2:]], [{"image_id": i} for i in mine[2:]])
+    stats = metric.compute()
     with open(out, "w") as file:
-        json.dump({"stats": stats, "cocoeval_runs": len(runs), "detections_held": held}, file)
+        json.dump({"stats": stats, "cocoeval_runs": len(runs)}, file)
     dist.destroy_process_group()
 
 
 def test_cocoeval_runs_on_rank_zero_and_every_process_gets_its_numbers(tmp_path):
-    reference = CocoEvaluator(index_coco(_ground_truth()), {1: 3})
+    reference = CocoMeanAveragePrecision(_ground_truth(), [3])
     predictions = _predictions()
-    reference.update(list(IMAGES), [predictions[i] for i in IMAGES])
+    reference.update([predictions[i] for i in IMAGES], [{"image_id": i} for i in IMAGES])
     expected = reference.compute()
     assert 0 < expected["mAP"] < 1
 
     fork = multiprocessing.get_context("fork")  # starts at once, torch already imported
     outs = [tmp_path / f"rank{rank}.json" for rank in range(2)]
+    results_file = tmp_path / "detections.json"
     processes = [
-        fork.Process(target=_evaluate_as_rank, args=(rank, str(tmp_path / "rendezvous"), str(outs[rank])))
+        fork.Process(
+            target=_evaluate_as_rank, args=(rank, str(tmp_path / "rendezvous"), str(outs[rank]), str(results_file))
+        )
         for rank in range(2)
     ]
     for process in processes:
@@ -108,5 +109,6 @@ def test_cocoeval_runs_on_rank_zero_and_every_process_gets_its_numbers(tmp_path)
     assert [process.exitcode for process in processes] == [0, 0]
     ranks = [json.loads(out.read_text()) for out in outs]
     assert [r["cocoeval_runs"] for r in ranks] == [1, 0], "COCOeval on rank 0 only"
-    assert [r["detections_held"] for r in ranks] == [14, 0], "rank 0 holds every detection, the other none"
     assert ranks[0]["stats"] == ranks[1]["stats"] == expected
+    detections = json.loads(results_file.read_text())
+    assert sorted(d["image_id"] for d in detections) == sorted([*IMAGES, *IMAGES]), "rank 0 wrote every detection"

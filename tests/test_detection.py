@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from pycocotools.coco import COCO
+from torchvision import tv_tensors
+from torchvision.ops import box_iou
+from torchvision.transforms import v2
 
 from tasks.datamodules import DetectionDataModule
 from tasks.runner import evaluate, train
 from vision_mnv2.data import write_detection_dataset
-from vision_mnv2.data.detection_transforms import SSDTrainTransform, iou_random_crop, zoom_out
-from vision_mnv2.metrics import evaluate_coco_results
+from vision_mnv2.data.detection_transforms import SSDRandomIoUCrop, SSDTrainTransform
+from vision_mnv2.metrics import COCO_STAT_NAMES, evaluate_coco_results
 
 from .conftest import compose_config, tiny_task_overrides
 
@@ -34,21 +38,110 @@ def _assert_boxes_cover_white(image, boxes):
 BOXES = np.array([[10, 20, 50, 60], [90, 30, 150, 100]], dtype=np.float32)
 
 
+def _sample(image, boxes):
+    return {
+        "image": tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
+        "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY", canvas_size=image.shape[:2]),
+        "labels": torch.arange(1, len(boxes) + 1),
+    }
+
+
+def _coordinates_image(boxes, size=(120, 160)):
+    """Channels 0 and 1: each pixel's x and y in this image; channel 2: 255 on the objects."""
+    image = np.zeros((*size, 3), dtype=np.uint8)
+    image[..., 0] = np.arange(size[1])[None, :]
+    image[..., 1] = np.arange(size[0])[:, None]
+    for x0, y0, x1, y1 in boxes.astype(int):
+        image[y0:y1, x0:x1, 2] = 255
+    return image
+
+
 def test_zoom_out_and_crop_keep_boxes_on_their_objects():
-    rng = np.random.default_rng(0)
-    image = _white_boxes_image(BOXES)
-    for _ in range(20):
-        zoomed, boxes = zoom_out(rng, image, BOXES, 3.0, fill=(0, 0, 0))
-        assert zoomed.shape[0] >= 120 and zoomed.shape[1] >= 160
-        _assert_boxes_cover_white(zoomed, boxes)
-        cropped, cboxes, labels = iou_random_crop(rng, zoomed, boxes, np.array([1, 2]))
-        assert len(cboxes) == len(labels) >= 1
-        assert (
-            (cboxes[:, :2] >= 0).all()
-            and (cboxes[:, 2] <= cropped.shape[1]).all()
-            and (cboxes[:, 3] <= cropped.shape[0]).all()
-        )
-        _assert_boxes_cover_white(cropped, cboxes)
+    """torchvision's zoom-out and IoU crop as SSDTrainTransform configures them: boxes follow their
+    objects; the crop keeps exactly the boxes whose centre it contains, clipped to it."""
+    fill = (255, 255, 0)  # no pixel of the image has x = 255
+    transform = SSDTrainTransform(96, zoom_out_prob=1.0, max_zoom_out=3.0, crop_prob=1.0, fill=fill)
+    torch.manual_seed(0)
+    image = _coordinates_image(BOXES)
+    cropped_some = False
+    for _ in range(40):
+        zoomed = transform.zoom_out(_sample(image, BOXES))
+        zoomed_image, zoomed_boxes = zoomed["image"].permute(1, 2, 0).numpy(), zoomed["boxes"].numpy()
+        assert zoomed_image.shape[0] >= 120 and zoomed_image.shape[1] >= 160
+        offset = zoomed_boxes[0, :2] - BOXES[0, :2]  # where the image lies on the canvas
+        np.testing.assert_array_equal(zoomed_boxes, BOXES + np.tile(offset, 2))
+        np.testing.assert_array_equal(zoomed_image[int(offset[1]), int(offset[0])], [0, 0, 0])
+        cropped = v2.SanitizeBoundingBoxes()(transform.crop(zoomed))
+        cropped_image, boxes = cropped["image"].permute(1, 2, 0).numpy(), cropped["boxes"].numpy()
+        height, width = cropped_image.shape[:2]
+        cropped_some |= (height, width) != zoomed_image.shape[:2]
+        # The crop's place on the canvas, from a pixel of the image that it holds.
+        row, column = (index[0] for index in np.nonzero(cropped_image[..., 0] != 255))
+        x, y = cropped_image[row, column, :2].astype(float) + offset
+        left, top = x - column, y - row
+        centres = (zoomed_boxes[:, :2] + zoomed_boxes[:, 2:]) / 2
+        inside = (centres[:, 0] > left) & (centres[:, 0] < left + width)
+        inside &= (centres[:, 1] > top) & (centres[:, 1] < top + height)
+        assert inside.any() and cropped["labels"].tolist() == [i + 1 for i in np.flatnonzero(inside)]
+        expected = np.clip(zoomed_boxes[inside] - [left, top, left, top], 0, [width, height, width, height])
+        np.testing.assert_allclose(boxes, expected)
+        for x0, y0, x1, y1 in np.round(boxes).astype(int):
+            assert cropped_image[y0:y1, x0:x1, 2].mean() > 200, "the box covers its object"
+    assert cropped_some
+
+
+def _crop_statistics(crop, draws=300):
+    """Share of whole images kept, crop areas (share of the image) and, per IoU, the share of crops
+    that reach it with a box they keep, over ``draws`` crops of one 160x120 image with two boxes."""
+    sample = _sample(np.zeros((120, 160, 3), dtype=np.uint8), BOXES)
+    boxes = sample["boxes"].as_subclass(torch.Tensor)
+    torch.manual_seed(0)
+    areas, best_ious = [], []
+    for _ in range(draws):
+        params = crop.make_params([sample["image"], sample["boxes"]])
+        if not params:
+            areas.append(1.0)
+            best_ious.append(0.0)
+            continue
+        left, top, width, height = params["left"], params["top"], params["width"], params["height"]
+        areas.append(width * height / (160 * 120))
+        window = torch.tensor([[left, top, left + width, top + height]], dtype=torch.float32)
+        best_ious.append(float(box_iou(window, boxes[params["is_within_crop_area"]]).max()))
+    areas, best_ious = np.array(areas), np.array(best_ious)
+    return np.concatenate(
+        [
+            [np.mean(areas == 1.0)],
+            np.quantile(areas, [0.25, 0.5, 0.75]),
+            [np.mean(best_ious >= t) for t in (0.1, 0.3, 0.5, 0.7)],
+        ]
+    )
+
+
+def test_batched_crop_draws_the_crops_torchvision_draws():
+    """SSDRandomIoUCrop tries its crops all at once; what it returns is distributed as torchvision's
+    RandomIoUCrop's (whole images kept, crop sizes, IoU reached), within sampling noise."""
+    ours = _crop_statistics(SSDRandomIoUCrop(trials=50))
+    torchvision = _crop_statistics(v2.RandomIoUCrop(trials=50))
+    np.testing.assert_allclose(ours, torchvision, atol=0.1)
+    assert 0.1 < ours[0] < 0.3 and ours[-2] > 0.15, "some crops kept whole, some reach IoU 0.5"
+
+
+def test_same_seed_gives_the_same_augmentation_and_leaves_torch_generator_alone():
+    transform = SSDTrainTransform(96, zoom_out_prob=0.5, max_zoom_out=2.0, crop_prob=1.0)
+    image, labels = _white_boxes_image(BOXES), np.array([1, 2])
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+
+    def augmented(seed):
+        transform.set_random_seed(seed)
+        return [transform(image, BOXES, labels) for _ in range(3)]
+
+    first, again, other = augmented(7), augmented(7), augmented(8)
+    for (a_image, a_boxes, a_labels), (b_image, b_boxes, b_labels) in zip(first, again):
+        assert torch.equal(a_image, b_image) and np.array_equal(a_boxes, b_boxes) and np.array_equal(a_labels, b_labels)
+    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(first, other)), "another seed, other boxes"
+    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(first, first[1:])), "successive calls differ"
+    assert torch.equal(torch.get_rng_state(), state), "the caller's torch generator is untouched"
 
 
 def test_full_train_transform_output():
@@ -68,7 +161,14 @@ def test_full_train_transform_output():
 @pytest.fixture(scope="module")
 def det_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("det") / "shapes"
-    return write_detection_dataset(root, num_classes=3, train_images=8, val_images=4, image_size=(96, 128), seed=4)
+    root = write_detection_dataset(root, num_classes=3, train_images=8, val_images=4, image_size=(96, 128), seed=4)
+    # Crowd regions in the validation split: kept out of targets, scored as COCOeval scores them.
+    annotations = root / "annotations" / "instances_val2017.json"
+    data = json.loads(annotations.read_text())
+    for ann in data["annotations"][::3]:
+        ann["iscrowd"] = 1
+    annotations.write_text(json.dumps(data))
+    return root
 
 
 def test_datamodule_batches_are_lists(det_root):
@@ -81,6 +181,40 @@ def test_datamodule_batches_are_lists(det_root):
     assert val_images[0].shape == (3, 96, 128), "evaluation keeps the original size"
     with pytest.raises(ValueError, match="lists 3 categories but data.num_classes is 80"):
         DetectionDataModule(det_root, num_classes=80, num_workers=0).setup("fit")
+
+
+def _first_batch(root, seed, workers, start_epoch=0):
+    L.seed_everything(seed)
+    datamodule = DetectionDataModule(root, num_classes=3, image_size=64, batch_size=4, num_workers=workers)
+    datamodule.setup("fit")
+    datamodule.start_epoch = start_epoch
+    loader = datamodule.train_dataloader()
+    batches = iter(loader)  # as Lightning does: the workers start drawing before set_epoch
+    loader.sampler.set_epoch(start_epoch)
+    return next(batches)
+
+
+def test_augmented_batches_depend_on_the_seed_and_epoch_only(det_root):
+    """Per-sample seeding reaches torchvision's transforms in the loader workers: the same seed gives
+    the same images and boxes with 0 or 2 workers; a loader told to start at epoch 2 gives epoch 2's
+    first batch (a resumed run with persistent workers)."""
+    images, targets = _first_batch(det_root, 3, workers=0)
+    for other_images, other_targets in (_first_batch(det_root, 3, workers=2), _first_batch(det_root, 3, workers=0)):
+        assert all(torch.equal(a, b) for a, b in zip(images, other_images))
+        assert all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(targets, other_targets))
+    other_images, _ = _first_batch(det_root, 4, workers=0)
+    assert not all(torch.equal(a, b) for a, b in zip(images, other_images))
+
+    L.seed_everything(3)
+    uninterrupted = DetectionDataModule(det_root, num_classes=3, image_size=64, batch_size=4, num_workers=0)
+    uninterrupted.setup("fit")
+    loader = uninterrupted.train_dataloader()
+    loader.sampler.set_epoch(2)
+    epoch_2_images, epoch_2_targets = next(iter(loader))
+    resumed_images, resumed_targets = _first_batch(det_root, 3, workers=2, start_epoch=2)
+    assert [int(t["image_id"]) for t in resumed_targets] == [int(t["image_id"]) for t in epoch_2_targets]
+    assert all(torch.equal(a, b) for a, b in zip(resumed_images, epoch_2_images))
+    assert [int(t["image_id"]) for t in targets] != [int(t["image_id"]) for t in epoch_2_targets]
 
 
 def test_ssdlite_task_trains_and_evaluates(det_root, tmp_path):
@@ -99,9 +233,10 @@ def test_ssdlite_task_trains_and_evaluates(det_root, tmp_path):
         "val/mAR_100",
     } <= set(metrics)
     detections = json.loads((tmp_path / "train" / "detections_val.json").read_text())
-    # The logged mAP is pycocotools' on the written results file of that epoch.
+    # The 12 numbers logged (faster-coco-eval) are pycocotools' on the written results file of that epoch.
     annotations = COCO(str(det_root / "annotations" / "instances_val2017.json"))
-    assert metrics["val/mAP"] == pytest.approx(evaluate_coco_results(annotations, detections)["mAP"], abs=1e-6)
+    reference = evaluate_coco_results(annotations, detections)
+    assert {name: metrics[f"val/{name}"] for name in COCO_STAT_NAMES} == pytest.approx(reference, abs=1e-6)
     assert detections and {"image_id", "category_id", "bbox", "score"} == set(detections[0])
     assert {d["category_id"] for d in detections} <= {1, 3, 5}, "results carry the dataset's category ids"
 

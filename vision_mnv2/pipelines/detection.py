@@ -191,17 +191,17 @@ class DetectionPipeline(Pipeline):
         return dataset.load_image(dataset.image_ids[index])
 
     def evaluate(self, dataset: Any, limit: int | None = None) -> dict[str, float]:
-        """COCOeval's 12 numbers on a COCO-format split (``CocoDetection``); the dataset's categories
-        must be the model's."""
-        from ..metrics import CocoEvaluator  # noqa: PLC0415
+        """COCOeval's 12 numbers (pycocotools, the reference) on a COCO-format split
+        (``CocoDetection``); the dataset's categories must be the model's."""
+        from ..metrics import CocoMeanAveragePrecision  # noqa: PLC0415
 
         dataset_ids = [int(dataset.label_to_category_id[label]) for label in sorted(dataset.label_to_category_id)]
         if dataset_ids != self.category_ids:
             raise ValueError(
                 f"{dataset.annotation_file}: category ids {dataset_ids} differ from the model's {self.category_ids}"
             )
-        evaluator = CocoEvaluator(dataset.coco, dataset.label_to_category_id)
+        metric = CocoMeanAveragePrecision(dataset.coco, self.category_ids, backend="pycocotools")
         for image_id in iterate(dataset.image_ids, limit):
             (prediction,) = self.predict(dataset.load_image(image_id))
-            evaluator.update([int(image_id)], [prediction])
-        return evaluator.compute()
+            metric.update([prediction], [{"image_id": int(image_id)}])
+        return metric.compute()
