@@ -1,5 +1,6 @@
 """Models: the MobileNetV2 backbone and the networks built on it."""
 
+from .backbone import FeatureBackbone
 from .classification import mobilenet_v2
 from .deeplabv3 import DeepLabV3, deeplabv3_mobilenet_v2, multi_scale_probabilities
 from .memory_efficient import (
@@ -23,6 +24,7 @@ from .weights import (
 __all__ = [
     "DeepLabV3",
     "deeplabv3_mobilenet_v2",
+    "FeatureBackbone",
     "FeatureInfo",
     "InvertedResidual",
     "MobileNetV2",

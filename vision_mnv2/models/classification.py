@@ -26,6 +26,8 @@ def mobilenet_v2(
     backbone_weights: str | os.PathLike | None = None,
     round_nearest: int = 8,
     tf_padding: bool = False,
+    bottleneck_activation: str = "linear",
+    shortcut: str = "bottleneck",
 ) -> MobileNetV2:
     """MobileNetV2 classifier (paper Table 2), optionally loaded from a weight file.
 
@@ -48,6 +50,10 @@ def mobilenet_v2(
         round_nearest: layer widths are rounded to multiples of this (8: TF-slim and torchvision).
         tf_padding: TensorFlow's "SAME" padding in the stride-2 convs, for weights trained in TF
             (``vision_mnv2.convert.tflite`` sets it for Google's models).
+        bottleneck_activation / shortcut: the paper's ablations (section 6.4, Figure 6): ``"linear"``
+            or ``"relu6"`` after each projection; the residual connections ``"bottleneck"`` (the
+            paper's), ``"expansion"`` or ``"none"`` (see :class:`InvertedResidual`). Same parameters
+            as the default network; ``expansion_groups`` refuses ``shortcut="expansion"``.
     """
     model = MobileNetV2(
         num_classes=num_classes,
@@ -57,6 +63,8 @@ def mobilenet_v2(
         normalization=normalization,
         round_nearest=round_nearest,
         tf_padding=tf_padding,
+        bottleneck_activation=bottleneck_activation,
+        shortcut=shortcut,
     )
     if backbone_weights is not None:
         load_backbone_weights(model.backbone, backbone_weights)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
+from .backbone import FeatureBackbone
 from .memory_efficient import set_expansion_groups
 from .mobilenetv2 import MobileNetV2Backbone
 from .normalization import InputNormalization, Normalization
@@ -35,7 +36,7 @@ class DeepLabV3(nn.Module):
 
     def __init__(
         self,
-        backbone: MobileNetV2Backbone,
+        backbone: FeatureBackbone,
         num_classes: int,
         atrous_rates: tuple[int, ...],
         channels: int = 256,
@@ -76,6 +77,8 @@ def deeplabv3_mobilenet_v2(
     round_nearest: int = 8,
     tf_padding: bool = False,
     align_corners: bool = False,
+    bottleneck_activation: str = "linear",
+    shortcut: str = "bottleneck",
 ) -> DeepLabV3:
     """DeepLabv3 + MobileNetV2 (paper Table 7: 4.52M parameters with ASPP, 2.11M without).
 
@@ -95,11 +98,12 @@ def deeplabv3_mobilenet_v2(
         tf_padding: TensorFlow's "SAME" padding in the stride-2 convs (exact at every input size;
             at odd sizes such as DeepLab's 513 it is the same as PyTorch's).
         align_corners: upsample the logits with ``align_corners=True``, as DeepLab does.
+        bottleneck_activation / shortcut: the paper's ablations (section 6.4, Figure 6): ``"linear"``
+            or ``"relu6"`` after each projection; the residual connections ``"bottleneck"`` (the
+            paper's), ``"expansion"`` or ``"none"`` (see :class:`InvertedResidual`). Same parameters
+            as the default network; ``expansion_groups`` refuses ``shortcut="expansion"``.
     """
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if output_stride not in (8, 16):
-        raise ValueError(f"DeepLabv3 output_stride must be 8 or 16, got {output_stride!r}")
+    _check_deeplab_arguments(num_classes, output_stride)
     backbone = MobileNetV2Backbone(
         width_mult,
         output_stride,
@@ -107,7 +111,47 @@ def deeplabv3_mobilenet_v2(
         round_nearest=round_nearest,
         drop_unused=True,
         tf_padding=tf_padding,
+        bottleneck_activation=bottleneck_activation,
+        shortcut=shortcut,
     )
+    model = _assemble_deeplab(
+        backbone,
+        num_classes=num_classes,
+        output_stride=output_stride,
+        aspp=aspp,
+        weights=weights,
+        backbone_weights=backbone_weights,
+        freeze_backbone=freeze_backbone,
+        frozen_bn=frozen_bn,
+        normalization=normalization,
+        align_corners=align_corners,
+    )
+    if expansion_groups is not None:
+        set_expansion_groups(model, expansion_groups)
+    return model
+
+
+def _check_deeplab_arguments(num_classes, output_stride) -> None:
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if output_stride not in (8, 16):
+        raise ValueError(f"DeepLabv3 output_stride must be 8 or 16, got {output_stride!r}")
+
+
+def _assemble_deeplab(
+    backbone: FeatureBackbone,
+    *,
+    num_classes: int,
+    output_stride: int,
+    aspp: bool,
+    weights,
+    backbone_weights,
+    freeze_backbone: bool | int,
+    frozen_bn: bool,
+    normalization,
+    align_corners: bool,
+) -> DeepLabV3:
+    """The segmenter around ``backbone``: the ASPP or mobile head, weights, freezing."""
     if backbone_weights is not None:
         load_backbone_weights(backbone, backbone_weights)
     rates = tuple(r * 16 // output_stride for r in ASPP_RATES_OS16) if aspp else ()
@@ -116,8 +160,6 @@ def deeplabv3_mobilenet_v2(
         load_weights(model, weights)
     if freeze_backbone is not False or frozen_bn:
         backbone.freeze(freeze_backbone, frozen_bn)
-    if expansion_groups is not None:
-        set_expansion_groups(model, expansion_groups)
     return model
 
 
