@@ -22,6 +22,7 @@ from torchvision.ops import clip_boxes_to_image, sigmoid_focal_loss
 from .backbone import FeatureBackbone
 from .detection_postprocess import multiclass_nms
 from .memory_efficient import set_expansion_groups
+from .mobilenetv1 import MobileNetV1Backbone
 from .mobilenetv2 import MobileNetV2Backbone, make_divisible
 from .normalization import resolve_normalization
 from .registry import register_model
@@ -31,13 +32,17 @@ __all__ = [
     "FocalLossSSD",
     "SSDLite",
     "SSDLiteExtractor",
+    "SSDLiteMobileNetV1Extractor",
     "SSDLiteMobileNetV2Extractor",
     "TFSSDAnchorGenerator",
+    "ssdlite_mobilenet_v1",
     "ssdlite_mobilenet_v2",
 ]
 
 # TF OD API `ssdlite_mobilenet_v2_coco`: the two backbone maps and the depths of the 4 extra layers.
 BACKBONE_TAPS = ("layer15/expansion", "layer19")
+# TF OD API `ssdlite_mobilenet_v1_coco` (its `ssd_mobilenet_v1` feature extractor): stride 16 and 32.
+V1_BACKBONE_TAPS = ("Conv2d_11_pointwise", "Conv2d_13_pointwise")
 EXTRA_DEPTHS = (512, 256, 256, 128)
 
 
@@ -92,6 +97,18 @@ class SSDLiteMobileNetV2Extractor(SSDLiteExtractor):
             tf_padding=tf_padding,
             bottleneck_activation=bottleneck_activation,
             shortcut=shortcut,
+        )
+        super().__init__(backbone, width_mult, min_depth)
+
+
+class SSDLiteMobileNetV1Extractor(SSDLiteExtractor):
+    """MobileNetV1's ``Conv2d_11_pointwise`` (stride 16, 512 channels) and ``Conv2d_13_pointwise``
+    (stride 32, 1024 channels), then the four extra layers, as TF's ``ssdlite_mobilenet_v1_coco``.
+    ``min_depth`` 16 applies to the backbone too, as in TF's feature extractor."""
+
+    def __init__(self, width_mult: float = 1.0, min_depth: int = 16, tf_padding: bool = False) -> None:
+        backbone = MobileNetV1Backbone(
+            width_mult=width_mult, out_features=V1_BACKBONE_TAPS, min_depth=min_depth, tf_padding=tf_padding
         )
         super().__init__(backbone, width_mult, min_depth)
 
@@ -262,6 +279,59 @@ def ssdlite_mobilenet_v2(
     if expansion_groups is not None:
         set_expansion_groups(model, expansion_groups)
     return model
+
+
+@register_model("ssdlite_mobilenet_v1", task="detection")
+def ssdlite_mobilenet_v1(
+    num_classes: int = 80,
+    width_mult: float = 1.0,
+    image_size: int = 320,
+    weights: str | os.PathLike | None = None,
+    backbone_weights: str | os.PathLike | None = None,
+    score_thresh: float = 0.001,
+    nms_thresh: float = 0.6,
+    detections_per_img: int = 100,
+    classification_loss: str = "hard_negative_mining",
+    freeze_backbone: bool | int = False,
+    frozen_bn: bool = False,
+    normalization: str | dict | list | None = "imagenet",
+    anchor_min_scale: float = 0.2,
+    anchor_max_scale: float = 0.95,
+    anchor_lowest_scale: float = 0.1,
+    min_depth: int = 16,
+    tf_padding: bool = False,
+    **kwargs,
+) -> SSDLite:
+    """SSDLite + MobileNetV1, the paper's comparison row (Table 6: 5.1M parameters, 1.3B MAdds at
+    320x320, 80 classes): TF's ``ssdlite_mobilenet_v1_coco``, the same head, extra layers and
+    anchors as :func:`ssdlite_mobilenet_v2` on MobileNetV1's ``Conv2d_11_pointwise`` (stride 16)
+    and ``Conv2d_13_pointwise`` (stride 32).
+
+    Args: as :func:`ssdlite_mobilenet_v2` (``backbone_weights``: a checkpoint of any task of this
+        project with a MobileNetV1 backbone), and
+        min_depth: the fewest channels of a backbone or extra layer (16 in TF's SSD feature extractor).
+        tf_padding: TensorFlow's "SAME" padding in the backbone's stride-2 convs.
+    """
+    _check_ssdlite_arguments(num_classes, classification_loss, kwargs)
+    extractor = SSDLiteMobileNetV1Extractor(width_mult, min_depth=min_depth, tf_padding=tf_padding)
+    return _assemble_ssdlite(
+        extractor,
+        num_classes=num_classes,
+        image_size=image_size,
+        weights=weights,
+        backbone_weights=backbone_weights,
+        score_thresh=score_thresh,
+        nms_thresh=nms_thresh,
+        detections_per_img=detections_per_img,
+        classification_loss=classification_loss,
+        freeze_backbone=freeze_backbone,
+        frozen_bn=frozen_bn,
+        normalization=normalization,
+        anchor_min_scale=anchor_min_scale,
+        anchor_max_scale=anchor_max_scale,
+        anchor_lowest_scale=anchor_lowest_scale,
+        **kwargs,
+    )
 
 
 DETECTORS = {"hard_negative_mining": SSDLite, "focal": FocalLossSSD}
