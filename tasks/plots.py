@@ -156,6 +156,22 @@ def tradeoff_series(runs: list[Run], by: str = "resolution") -> dict[str, list[t
     return {label.format(key): sorted(points) for key, points in sorted(groups.items())}
 
 
+def _chance_line(ax, runs: list[Run]) -> None:
+    """Dashed line at 100 / classes %, when every run has the same classes: short runs sit near it."""
+    classes = {run.config.get("data", {}).get("num_classes") for run in runs}
+    if len(classes) == 1 and isinstance(next(iter(classes)), int):
+        chance = 100.0 / next(iter(classes))
+        ax.axhline(chance, linestyle="--", color="gray", linewidth=1, label=f"chance ({chance:g}%)")
+
+
+def _plain_log_ticks(axis) -> None:
+    from matplotlib.ticker import FuncFormatter  # noqa: PLC0415
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    axis.set_major_formatter(plain)
+    axis.set_minor_formatter(plain)
+
+
 def _pyplot():
     try:
         import matplotlib  # noqa: PLC0415
@@ -183,10 +199,14 @@ def tradeoff_figure(runs: list[Run], by: str = "resolution", title: str | None =
                     f"width {run.width_mult:g}",
                     (count_run_macs(run) / 1e6, run.best),
                     textcoords="offset points",
-                    xytext=(4, -12),
+                    xytext=(0, 7),
+                    ha="center",
                     fontsize=8,
                 )
+    _chance_line(ax, runs)
     ax.set_xscale("log")
+    ax.margins(x=0.08, y=0.12)
+    _plain_log_ticks(ax.xaxis)
     ax.set_xlabel("multiply-adds per image, millions (log scale)")
     ax.set_ylabel("validation top-1, %")
     ax.set_title(title or "Accuracy against multiply-adds (paper Figure 5)")
@@ -229,12 +249,13 @@ def ablation_figure(runs: list[Run], title: str | None = None):
         for label, history in curves.items():
             epochs, scores = zip(*history)
             ax.plot(epochs, scores, marker=".", label=label)
+        _chance_line(ax, runs)
         ax.set_title(titles[key], fontsize=11)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         if curves:
-            ax.legend(loc="lower right")
+            ax.legend(loc="upper left", fontsize=9)
     axes[0].set_ylabel("validation top-1, %")
     fig.suptitle(title or "Ablations (paper Figure 6)")
     return fig

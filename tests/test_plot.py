@@ -109,7 +109,7 @@ def test_tradeoff_figure_has_one_line_per_resolution(tmp_path):
 
     assert out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
-    assert sorted(lines) == ["32 px", "48 px"]
+    assert sorted(lines) == ["32 px", "48 px", "chance (12.5%)"]
     for size in (32, 48):
         xs, ys = lines[f"{size} px"].get_data()
         expected_macs = [count_macs(mobilenet_v2(width_mult=w, num_classes=8), (size, size)) / 1e6 for w in (0.35, 0.5)]
@@ -118,7 +118,11 @@ def test_tradeoff_figure_has_one_line_per_resolution(tmp_path):
     assert fig.axes[0].get_xscale() == "log"
 
     by_width = _plot_tool().main(["tradeoff", str(folder), "--by", "width", "--out", str(tmp_path / "w.png")])
-    assert sorted(line.get_label() for line in by_width.axes[0].get_lines()) == ["width 0.35", "width 0.5"]
+    assert sorted(line.get_label() for line in by_width.axes[0].get_lines()) == [
+        "chance (12.5%)",
+        "width 0.35",
+        "width 0.5",
+    ]
 
 
 def test_ablation_figure_has_one_curve_per_variant(tmp_path):
@@ -141,8 +145,9 @@ def test_ablation_figure_has_one_curve_per_variant(tmp_path):
 
     assert out.is_file()
     panel_a, panel_b = ({line.get_label(): line for line in ax.get_lines()} for ax in fig.axes[:2])
-    assert sorted(panel_a) == ["ReLU6 in bottleneck", "linear bottleneck (paper)"]
+    assert sorted(panel_a) == ["ReLU6 in bottleneck", "chance (12.5%)", "linear bottleneck (paper)"]
     assert sorted(panel_b) == [
+        "chance (12.5%)",
         "no residual connection",
         "shortcut between bottlenecks (paper)",
         "shortcut between expansions",
