@@ -47,6 +47,8 @@ BUILDER_KEYS = {
     "data.num_classes": "num_classes",
     "backbone.width_mult": "width_mult",
     "backbone.output_stride": "output_stride",
+    "backbone.bottleneck_activation": "bottleneck_activation",
+    "backbone.shortcut": "shortcut",
     "head.aspp": "aspp",
     "head.classification_loss": "classification_loss",
     "head.score_thresh": "score_thresh",

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from vision_mnv2.models import MobileNetV2Backbone
+from vision_mnv2.models import FeatureBackbone
 
 __all__ = ["parameter_groups", "configure_optimizers", "warmup_factor"]
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def _backbone_parameters(model: nn.Module) -> set[int]:
     for module in model.modules():
-        if isinstance(module, MobileNetV2Backbone):
+        if isinstance(module, FeatureBackbone):  # MobileNetV2's or MobileNetV1's
             return {id(p) for p in module.parameters()}
     return set()
 

@@ -1,15 +1,24 @@
-"""Models: the MobileNetV2 backbone and the networks built on it."""
+"""Models: the MobileNetV2 backbone and the networks built on it (and MobileNetV1, for the paper's
+comparison rows)."""
 
-from .classification import mobilenet_v2
-from .deeplabv3 import DeepLabV3, deeplabv3_mobilenet_v2, multi_scale_probabilities
+from .backbone import FeatureBackbone
+from .classification import mobilenet_v1, mobilenet_v2
+from .deeplabv3 import DeepLabV3, deeplabv3_mobilenet_v1, deeplabv3_mobilenet_v2, multi_scale_probabilities
 from .memory_efficient import (
     largest_activations,
     memory_efficient_inference,
     set_expansion_groups,
     split_expansion_forward,
 )
+from .mobilenetv1 import DepthwiseSeparable, MobileNetV1, MobileNetV1Backbone
 from .mobilenetv2 import FeatureInfo, InvertedResidual, MobileNetV2, MobileNetV2Backbone, make_divisible
-from .ssdlite import SSDLiteMobileNetV2Extractor, TFSSDAnchorGenerator, ssdlite_mobilenet_v2
+from .ssdlite import (
+    SSDLiteMobileNetV1Extractor,
+    SSDLiteMobileNetV2Extractor,
+    TFSSDAnchorGenerator,
+    ssdlite_mobilenet_v1,
+    ssdlite_mobilenet_v2,
+)
 from .weights import (
     TransferReport,
     WeightsError,
@@ -22,11 +31,17 @@ from .weights import (
 
 __all__ = [
     "DeepLabV3",
+    "DepthwiseSeparable",
+    "deeplabv3_mobilenet_v1",
     "deeplabv3_mobilenet_v2",
+    "FeatureBackbone",
     "FeatureInfo",
     "InvertedResidual",
+    "MobileNetV1",
+    "MobileNetV1Backbone",
     "MobileNetV2",
     "MobileNetV2Backbone",
+    "SSDLiteMobileNetV1Extractor",
     "SSDLiteMobileNetV2Extractor",
     "TFSSDAnchorGenerator",
     "TransferReport",
@@ -41,7 +56,9 @@ __all__ = [
     "memory_efficient_inference",
     "set_expansion_groups",
     "split_expansion_forward",
+    "mobilenet_v1",
     "mobilenet_v2",
     "multi_scale_probabilities",
+    "ssdlite_mobilenet_v1",
     "ssdlite_mobilenet_v2",
 ]

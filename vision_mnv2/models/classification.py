@@ -1,15 +1,16 @@
-"""Public builder of the MobileNetV2 classifier."""
+"""Public builders of the classifiers: MobileNetV2, and MobileNetV1 for the paper's comparison rows."""
 
 from __future__ import annotations
 
 import os
 
 from .memory_efficient import set_expansion_groups
+from .mobilenetv1 import MobileNetV1
 from .mobilenetv2 import MobileNetV2
 from .registry import register_model
 from .weights import load_backbone_weights, load_weights
 
-__all__ = ["mobilenet_v2"]
+__all__ = ["mobilenet_v1", "mobilenet_v2"]
 
 
 @register_model("mobilenet_v2", task="classification")
@@ -26,6 +27,8 @@ def mobilenet_v2(
     backbone_weights: str | os.PathLike | None = None,
     round_nearest: int = 8,
     tf_padding: bool = False,
+    bottleneck_activation: str = "linear",
+    shortcut: str = "bottleneck",
 ) -> MobileNetV2:
     """MobileNetV2 classifier (paper Table 2), optionally loaded from a weight file.
 
@@ -48,6 +51,10 @@ def mobilenet_v2(
         round_nearest: layer widths are rounded to multiples of this (8: TF-slim and torchvision).
         tf_padding: TensorFlow's "SAME" padding in the stride-2 convs, for weights trained in TF
             (``vision_mnv2.convert.tflite`` sets it for Google's models).
+        bottleneck_activation / shortcut: the paper's ablations (section 6.4, Figure 6): ``"linear"``
+            or ``"relu6"`` after each projection; the residual connections ``"bottleneck"`` (the
+            paper's), ``"expansion"`` or ``"none"`` (see :class:`InvertedResidual`). Same parameters
+            as the default network; ``expansion_groups`` refuses ``shortcut="expansion"``.
     """
     model = MobileNetV2(
         num_classes=num_classes,
@@ -57,6 +64,8 @@ def mobilenet_v2(
         normalization=normalization,
         round_nearest=round_nearest,
         tf_padding=tf_padding,
+        bottleneck_activation=bottleneck_activation,
+        shortcut=shortcut,
     )
     if backbone_weights is not None:
         load_backbone_weights(model.backbone, backbone_weights)
@@ -66,4 +75,54 @@ def mobilenet_v2(
         model.backbone.freeze(freeze_backbone, frozen_bn)
     if expansion_groups is not None:
         set_expansion_groups(model, expansion_groups)
+    return model
+
+
+@register_model("mobilenet_v1", task="classification")
+def mobilenet_v1(
+    width_mult: float = 1.0,
+    num_classes: int = 1000,
+    weights: str | os.PathLike | None = None,
+    output_stride: int = 32,
+    dropout: float = 0.001,
+    freeze_backbone: bool | int = False,
+    frozen_bn: bool = False,
+    normalization: str | dict | list | None = "imagenet",
+    backbone_weights: str | os.PathLike | None = None,
+    min_depth: int = 8,
+    tf_padding: bool = False,
+) -> MobileNetV1:
+    """MobileNetV1 classifier as TF-slim builds it (paper Table 4's comparison row: 4.2M parameters,
+    575M MAdds; TF-slim and the MobileNetV1 paper count 569M).
+
+    Args:
+        width_mult: TF-slim's depth multiplier (0.25 to 1.0); channels ``max(int(c * width_mult), min_depth)``.
+        num_classes: number of output logits.
+        weights: ``None`` or a checkpoint / state dict of this project's MobileNetV1 classifier (every
+            key must fit). There is no torchvision MobileNetV1.
+        output_stride: 32, or 16 / 8 by dilation (same weights).
+        dropout: dropout before the linear layer (TF-slim keeps 0.999, i.e. drops 0.001).
+        freeze_backbone / frozen_bn: see :meth:`MobileNetV1Backbone.freeze` (stages 0-5).
+        normalization: the input statistics the weights expect (``"imagenet"``, ``"tf"`` or
+            ``{mean, std}``); the model takes RGB in [0, 1] and normalises itself.
+        backbone_weights: only the backbone, from a checkpoint of any task of this project with a
+            MobileNetV1 backbone.
+        min_depth: the fewest channels of a layer (8 in TF-slim's classifier).
+        tf_padding: TensorFlow's "SAME" padding in the stride-2 convs, for weights trained in TF.
+    """
+    model = MobileNetV1(
+        num_classes=num_classes,
+        width_mult=width_mult,
+        output_stride=output_stride,
+        dropout=dropout,
+        normalization=normalization,
+        min_depth=min_depth,
+        tf_padding=tf_padding,
+    )
+    if backbone_weights is not None:
+        load_backbone_weights(model.backbone, backbone_weights)
+    if weights is not None:
+        load_weights(model, weights)
+    if freeze_backbone is not False or frozen_bn:
+        model.backbone.freeze(freeze_backbone, frozen_bn)
     return model

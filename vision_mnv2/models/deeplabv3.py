@@ -1,9 +1,11 @@
-"""DeepLabv3 on MobileNetV2 (paper section 6.3, Table 7).
+"""DeepLabv3 on MobileNetV2 (paper section 6.3, Table 7), and on MobileNetV1 for the table's
+comparison row.
 
-The head sits on the 320-channel map (layer 18); the final 1280-channel conv is not used and not
-built. ``aspp=True``: torchvision's ASPP (1x1 conv, three 3x3 atrous convs, image pooling, 256
-channels each, fused by a 1x1 conv). ``aspp=False``: the paper's mobile head, the same module with
-no atrous branch (1x1 conv + image pooling). Logits are upsampled bilinearly to the input size.
+The head sits on MobileNetV2's 320-channel map (layer 18); the final 1280-channel conv is not used
+and not built. On MobileNetV1 it sits on the last layer (``Conv2d_13_pointwise``, 1024 channels).
+``aspp=True``: torchvision's ASPP (1x1 conv, three 3x3 atrous convs, image pooling, 256 channels
+each, fused by a 1x1 conv). ``aspp=False``: the paper's mobile head, the same module with no atrous
+branch (1x1 conv + image pooling). Logits are upsampled bilinearly to the input size.
 """
 
 from __future__ import annotations
@@ -16,15 +18,18 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
+from .backbone import FeatureBackbone
 from .memory_efficient import set_expansion_groups
+from .mobilenetv1 import MobileNetV1Backbone
 from .mobilenetv2 import MobileNetV2Backbone
 from .normalization import InputNormalization, Normalization
 from .registry import register_model
 from .weights import load_backbone_weights, load_weights
 
-__all__ = ["DeepLabV3", "deeplabv3_mobilenet_v2", "multi_scale_probabilities"]
+__all__ = ["DeepLabV3", "deeplabv3_mobilenet_v1", "deeplabv3_mobilenet_v2", "multi_scale_probabilities"]
 
 HEAD_TAP = "layer18"
+V1_HEAD_TAP = "Conv2d_13_pointwise"
 # DeepLab's atrous rates at output stride 16; doubled at output stride 8.
 ASPP_RATES_OS16 = (6, 12, 18)
 
@@ -35,7 +40,7 @@ class DeepLabV3(nn.Module):
 
     def __init__(
         self,
-        backbone: MobileNetV2Backbone,
+        backbone: FeatureBackbone,
         num_classes: int,
         atrous_rates: tuple[int, ...],
         channels: int = 256,
@@ -76,6 +81,8 @@ def deeplabv3_mobilenet_v2(
     round_nearest: int = 8,
     tf_padding: bool = False,
     align_corners: bool = False,
+    bottleneck_activation: str = "linear",
+    shortcut: str = "bottleneck",
 ) -> DeepLabV3:
     """DeepLabv3 + MobileNetV2 (paper Table 7: 4.52M parameters with ASPP, 2.11M without).
 
@@ -95,11 +102,12 @@ def deeplabv3_mobilenet_v2(
         tf_padding: TensorFlow's "SAME" padding in the stride-2 convs (exact at every input size;
             at odd sizes such as DeepLab's 513 it is the same as PyTorch's).
         align_corners: upsample the logits with ``align_corners=True``, as DeepLab does.
+        bottleneck_activation / shortcut: the paper's ablations (section 6.4, Figure 6): ``"linear"``
+            or ``"relu6"`` after each projection; the residual connections ``"bottleneck"`` (the
+            paper's), ``"expansion"`` or ``"none"`` (see :class:`InvertedResidual`). Same parameters
+            as the default network; ``expansion_groups`` refuses ``shortcut="expansion"``.
     """
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if output_stride not in (8, 16):
-        raise ValueError(f"DeepLabv3 output_stride must be 8 or 16, got {output_stride!r}")
+    _check_deeplab_arguments(num_classes, output_stride)
     backbone = MobileNetV2Backbone(
         width_mult,
         output_stride,
@@ -107,7 +115,86 @@ def deeplabv3_mobilenet_v2(
         round_nearest=round_nearest,
         drop_unused=True,
         tf_padding=tf_padding,
+        bottleneck_activation=bottleneck_activation,
+        shortcut=shortcut,
     )
+    model = _assemble_deeplab(
+        backbone,
+        num_classes=num_classes,
+        output_stride=output_stride,
+        aspp=aspp,
+        weights=weights,
+        backbone_weights=backbone_weights,
+        freeze_backbone=freeze_backbone,
+        frozen_bn=frozen_bn,
+        normalization=normalization,
+        align_corners=align_corners,
+    )
+    if expansion_groups is not None:
+        set_expansion_groups(model, expansion_groups)
+    return model
+
+
+@register_model("deeplabv3_mobilenet_v1", task="segmentation")
+def deeplabv3_mobilenet_v1(
+    num_classes: int = 21,
+    width_mult: float = 1.0,
+    output_stride: int = 16,
+    aspp: bool = True,
+    weights: str | os.PathLike | None = None,
+    backbone_weights: str | os.PathLike | None = None,
+    freeze_backbone: bool | int = False,
+    frozen_bn: bool = False,
+    normalization: str | dict | list | None = "imagenet",
+    tf_padding: bool = False,
+    align_corners: bool = False,
+) -> DeepLabV3:
+    """DeepLabv3 + MobileNetV1, the paper's comparison row (Table 7: OS16 with ASPP, 11.15M
+    parameters, 14.25B MAdds): the same head as :func:`deeplabv3_mobilenet_v2`, on MobileNetV1's
+    last layer (``Conv2d_13_pointwise``, 1024 channels) at output stride 16 or 8 by dilation.
+
+    Args: as :func:`deeplabv3_mobilenet_v2` (``backbone_weights``: a checkpoint of any task of this
+        project with a MobileNetV1 backbone).
+    """
+    _check_deeplab_arguments(num_classes, output_stride)
+    backbone = MobileNetV1Backbone(
+        width_mult, output_stride, out_features=[V1_HEAD_TAP], drop_unused=True, tf_padding=tf_padding
+    )
+    return _assemble_deeplab(
+        backbone,
+        num_classes=num_classes,
+        output_stride=output_stride,
+        aspp=aspp,
+        weights=weights,
+        backbone_weights=backbone_weights,
+        freeze_backbone=freeze_backbone,
+        frozen_bn=frozen_bn,
+        normalization=normalization,
+        align_corners=align_corners,
+    )
+
+
+def _check_deeplab_arguments(num_classes, output_stride) -> None:
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if output_stride not in (8, 16):
+        raise ValueError(f"DeepLabv3 output_stride must be 8 or 16, got {output_stride!r}")
+
+
+def _assemble_deeplab(
+    backbone: FeatureBackbone,
+    *,
+    num_classes: int,
+    output_stride: int,
+    aspp: bool,
+    weights,
+    backbone_weights,
+    freeze_backbone: bool | int,
+    frozen_bn: bool,
+    normalization,
+    align_corners: bool,
+) -> DeepLabV3:
+    """The segmenter around ``backbone``: the ASPP or mobile head, weights, freezing."""
     if backbone_weights is not None:
         load_backbone_weights(backbone, backbone_weights)
     rates = tuple(r * 16 // output_stride for r in ASPP_RATES_OS16) if aspp else ()
@@ -116,8 +203,6 @@ def deeplabv3_mobilenet_v2(
         load_weights(model, weights)
     if freeze_backbone is not False or frozen_bn:
         backbone.freeze(freeze_backbone, frozen_bn)
-    if expansion_groups is not None:
-        set_expansion_groups(model, expansion_groups)
     return model
 
 

@@ -10,6 +10,11 @@ and only one group of the expanded tensor (t times wider than the block's input 
 alive. The multiply-adds do not change. TF-slim calls this ``split_expansion``; no common PyTorch
 library ships it. It applies in eval mode only (batch norm uses its running statistics, so it is a
 per-channel affine map that splits exactly); training always takes the standard path.
+
+The paper's ablations (section 6.4): a ReLU6 after the projection (``bottleneck_activation="relu6"``)
+acts on the whole sum, after the groups are added up, so it is applied there and the split stays
+exact. A shortcut between expansions (``shortcut="expansion"``) hands each block's whole expanded
+tensor to the next block, the tensor this path never materialises: such networks are refused.
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ def split_expansion_forward(block: nn.Module, x: Tensor, groups: int) -> Tensor:
     if project_conv.bias is not None:  # a folded batch norm's shift: added once, not per group
         out = out.add_(project_conv.bias.view(1, -1, 1, 1))
     out = _bn_slice(out, project_bn, 0, out.shape[1])
+    for module in list(block.project)[2:]:  # an activation after the projection (ablation): on the sum
+        out = module(out)
     if block.use_residual:
         out = out.add_(x)
     return out
@@ -102,6 +109,13 @@ def set_expansion_groups(model: nn.Module, groups: int | Sequence[int] | Mapping
     for k in chosen:
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"expansion groups must be integers >= 1 (1 = standard path), got {k!r}")
+    for index, (block, k) in enumerate(zip(blocks, chosen)):
+        if k > 1 and getattr(block, "shortcut", "bottleneck") == "expansion":
+            raise ValueError(
+                f"expansion groups {k} for block {index}: the memory-efficient path needs the expanded tensor "
+                "never whole, and shortcut='expansion' hands it whole to the next block; use "
+                "shortcut='bottleneck' or 'none', or expansion_groups=None"
+            )
     for block, k in zip(blocks, chosen):
         block.expansion_groups = k
     return chosen

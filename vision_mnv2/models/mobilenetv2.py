@@ -3,7 +3,9 @@
 The network is split the way every head in this project needs it:
 
 * :class:`InvertedResidual` - one bottleneck: 1x1 expansion + BN + ReLU6, 3x3 depthwise + BN + ReLU6,
-  1x1 linear projection + BN (no activation), residual add when stride 1 and c_in == c_out.
+  1x1 linear projection + BN (no activation), residual add when stride 1 and c_in == c_out. The
+  paper's ablations (section 6.4, Figure 6) are switches: a ReLU6 after the projection, and the
+  shortcut between expansions or none at all.
 * :class:`MobileNetV2Backbone` - the 19 layers of Table 2 up to the 1280-channel 1x1 conv, with a width
   multiplier, any input size, output stride 32/16/8 by dilation, and named feature taps
   (``"layer15/expansion"``, ``"layer18"``, ``"layer19"``, ...) that heads ask for by name.
@@ -17,18 +19,20 @@ is layer k, so the module indices are exactly torchvision's ``features[i]``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.ops.misc import Conv2dNormActivation
 
+from .backbone import FeatureBackbone, FeatureInfo
 from .memory_efficient import split_expansion_forward
 from .normalization import InputNormalization, Normalization
 
 __all__ = [
+    "BOTTLENECK_ACTIVATIONS",
     "BOTTLENECK_SETTINGS",
+    "SHORTCUTS",
     "FeatureInfo",
     "InvertedResidual",
     "MobileNetV2",
@@ -51,6 +55,15 @@ STEM_CHANNELS = 32
 LAST_CHANNELS = 1280
 EXPANSION_DIVISOR = 8
 VALID_OUTPUT_STRIDES = (8, 16, 32)
+# Paper section 6.4, Figure 6a: the linear bottleneck, or a ReLU6 after the projection as well.
+BOTTLENECK_ACTIVATIONS = ("linear", "relu6")
+# Figure 6b: where the residual connections go (see InvertedResidual).
+SHORTCUTS = ("bottleneck", "expansion", "none")
+
+
+def _check_choice(name: str, value, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -119,6 +132,27 @@ class InvertedResidual(nn.Module):
     """Inverted residual with linear bottleneck (paper Figure 3b, Table 1).
 
     ``expand`` is absent when the expansion factor is 1, as in the paper and torchvision.
+
+    The paper's ablations (section 6.4, Figure 6) change no parameter, only what is computed:
+
+    * ``bottleneck_activation="relu6"``: a ReLU6 after the projection's batch norm (Figure 6a's
+      "ReLU6 in bottleneck"); ``"linear"``, the paper's block, has none.
+    * ``shortcut="bottleneck"`` (the paper's): ``output = block(x) + x`` where stride is 1 and the
+      channels match. ``"none"``: no residual connection anywhere.
+    * ``shortcut="expansion"`` (Figure 6b's "shortcut between expansions"): the residual stream runs
+      through the wide layers instead, as in a classic (non-inverted) residual network. The
+      expansion output of a block (after its 1x1 conv, BN and ReLU6: the tensor the depthwise conv
+      reads) is added to the expansion output of the next block, ``e[k+1] = expand[k+1](x[k]) +
+      e[k]``, and the sum is what the next depthwise conv reads and passes on; the bottleneck
+      output has no shortcut. The add spans the depthwise conv and projection of block k and the
+      expansion of block k+1, so it exists where those keep the shape: block k has stride 1 and
+      both blocks expand to the same width. In Table 2's network that is exactly after each of the
+      10 blocks that have a bottleneck shortcut (t = 6 throughout and the expansion is 6x the
+      block's input, so equal widths mean c_in == c_out), with 10 adds too; the tensors added are
+      6x wider. A t = 1 block has no expansion layer, so it neither sends nor receives one (in
+      Table 2 only the first block, which has no shortcut either way). The backbone decides where
+      the shapes allow it and builds the receiving block with ``expansion_shortcut=True``; such a
+      block needs the previous block's expansion (:meth:`forward_with_expansion`).
     """
 
     def __init__(
@@ -130,10 +164,17 @@ class InvertedResidual(nn.Module):
         dilation: int = 1,
         hidden_channels: int | None = None,
         tf_padding: bool = False,
+        bottleneck_activation: str = "linear",
+        shortcut: str = "bottleneck",
+        expansion_shortcut: bool = False,
     ) -> None:
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
+        _check_choice("bottleneck_activation", bottleneck_activation, BOTTLENECK_ACTIVATIONS)
+        _check_choice("shortcut", shortcut, SHORTCUTS)
+        if expansion_shortcut and (shortcut != "expansion" or expand_ratio == 1):
+            raise ValueError("expansion_shortcut needs shortcut='expansion' and an expansion layer (expand_ratio != 1)")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.stride = stride
@@ -141,7 +182,10 @@ class InvertedResidual(nn.Module):
         self.expand_ratio = expand_ratio
         hidden = int(round(in_channels * expand_ratio)) if hidden_channels is None else hidden_channels
         self.hidden_channels = hidden
-        self.use_residual = stride == 1 and in_channels == out_channels
+        self.bottleneck_activation = bottleneck_activation
+        self.shortcut = shortcut
+        self.use_residual = shortcut == "bottleneck" and stride == 1 and in_channels == out_channels
+        self.expansion_shortcut = bool(expansion_shortcut)
         # > 1: in eval mode, compute the expansion in this many channel groups (paper section 5.1;
         # see memory_efficient.py); the output is the same, the expanded tensor never whole.
         self.expansion_groups = 1
@@ -161,34 +205,42 @@ class InvertedResidual(nn.Module):
             groups=hidden,
             activation_layer=nn.ReLU6,
         )
-        # Linear bottleneck: no activation after the projection (paper section 3.2).
-        self.project = Conv2dNormActivation(hidden, out_channels, kernel_size=1, norm_layer=_bn, activation_layer=None)
+        # Linear bottleneck: no activation after the projection (paper section 3.2), unless the
+        # ablation asks for one.
+        self.project = Conv2dNormActivation(
+            hidden,
+            out_channels,
+            kernel_size=1,
+            norm_layer=_bn,
+            activation_layer=nn.ReLU6 if bottleneck_activation == "relu6" else None,
+        )
 
-    def forward_with_expansion(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Return the block output and the expansion output (the input of the depthwise conv)."""
+    def forward_with_expansion(self, x: Tensor, previous_expansion: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Return the block output and the expansion output (the input of the depthwise conv).
+
+        ``previous_expansion``: the previous block's expansion output, added to this block's when it
+        was built with ``expansion_shortcut`` (``shortcut="expansion"``); ignored otherwise.
+        """
         expanded = self.expand(x) if self.expand is not None else x
+        if self.expansion_shortcut:
+            if previous_expansion is None:
+                raise ValueError(
+                    "this block adds the previous block's expansion (shortcut='expansion'): pass it as "
+                    "previous_expansion, as MobileNetV2Backbone does"
+                )
+            expanded = expanded + previous_expansion
         out = self.project(self.depthwise(expanded))
         if self.use_residual:
             out = out + x
         return out, expanded
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, previous_expansion: Tensor | None = None) -> Tensor:
         if self.expansion_groups > 1 and not self.training:
             return split_expansion_forward(self, x, self.expansion_groups)
-        return self.forward_with_expansion(x)[0]
+        return self.forward_with_expansion(x, previous_expansion)[0]
 
 
-@dataclass(frozen=True)
-class FeatureInfo:
-    """One named feature tap: what a head needs to size itself."""
-
-    name: str
-    channels: int
-    reduction: int  # input size / feature size: with dilation it stops growing at the output stride
-    module_index: int  # index into ``backbone.features``
-
-
-class MobileNetV2Backbone(nn.Module):
+class MobileNetV2Backbone(FeatureBackbone):
     """The 19 layers of paper Table 2 (no pooling, no classifier) with named feature taps.
 
     Args:
@@ -206,6 +258,11 @@ class MobileNetV2Backbone(nn.Module):
             layer 18), so that they hold no parameters; their names stay in ``feature_info``.
         tf_padding: pad the stride-2 convs as TensorFlow's "SAME" (see :class:`TFSamePadConv2d`), for
             weights trained in TensorFlow; exact at every input size.
+        bottleneck_activation: ``"linear"`` (the paper's) or ``"relu6"`` after every projection
+            (paper section 6.4, Figure 6a).
+        shortcut: ``"bottleneck"`` (the paper's), ``"expansion"`` or ``"none"`` (Figure 6b); see
+            :class:`InvertedResidual` for what "between expansions" connects. Neither ablation changes
+            the parameters: every variant has the same state-dict layout and loads the same weights.
     """
 
     def __init__(
@@ -216,6 +273,8 @@ class MobileNetV2Backbone(nn.Module):
         round_nearest: int = 8,
         drop_unused: bool = False,
         tf_padding: bool = False,
+        bottleneck_activation: str = "linear",
+        shortcut: str = "bottleneck",
     ) -> None:
         super().__init__()
         if not isinstance(width_mult, (int, float)) or width_mult <= 0:
@@ -224,10 +283,14 @@ class MobileNetV2Backbone(nn.Module):
             raise ValueError(f"output_stride must be one of {VALID_OUTPUT_STRIDES}, got {output_stride!r}")
         if not isinstance(round_nearest, int) or round_nearest < 1:
             raise ValueError(f"round_nearest must be a positive integer, got {round_nearest!r}")
+        _check_choice("bottleneck_activation", bottleneck_activation, BOTTLENECK_ACTIVATIONS)
+        _check_choice("shortcut", shortcut, SHORTCUTS)
         self.width_mult = float(width_mult)
         self.output_stride = output_stride
         self.round_nearest = round_nearest
         self.tf_padding = bool(tf_padding)
+        self.bottleneck_activation = bottleneck_activation
+        self.shortcut = shortcut
 
         in_channels = make_divisible(STEM_CHANNELS * width_mult, round_nearest)
         self.last_channels = make_divisible(LAST_CHANNELS * max(1.0, width_mult), round_nearest)
@@ -237,6 +300,7 @@ class MobileNetV2Backbone(nn.Module):
         ]
         infos: list[FeatureInfo] = [FeatureInfo("layer1", in_channels, 2, 0)]
         current_stride, dilation = 2, 1
+        previous: InvertedResidual | None = None
         for t, c, n, s in BOTTLENECK_SETTINGS:
             out_channels = make_divisible(c * width_mult, round_nearest)
             for i in range(n):
@@ -250,9 +314,29 @@ class MobileNetV2Backbone(nn.Module):
                 # TF-slim's rule (expand_input_by_factor); the same as in_channels * t whenever the
                 # input is a multiple of 8, i.e. for every round_nearest=8 network.
                 hidden = make_divisible(in_channels * t, EXPANSION_DIVISOR) if t != 1 else in_channels
-                block = InvertedResidual(
-                    in_channels, out_channels, stride, t, block_dilation, hidden_channels=hidden, tf_padding=tf_padding
+                # Shortcut between expansions: from the previous block's expansion output to this one's,
+                # where the previous block keeps the resolution and both expand to the same width.
+                expansion_shortcut = (
+                    shortcut == "expansion"
+                    and t != 1
+                    and previous is not None
+                    and previous.expand is not None
+                    and previous.stride == 1
+                    and previous.hidden_channels == hidden
                 )
+                block = InvertedResidual(
+                    in_channels,
+                    out_channels,
+                    stride,
+                    t,
+                    block_dilation,
+                    hidden_channels=hidden,
+                    tf_padding=tf_padding,
+                    bottleneck_activation=bottleneck_activation,
+                    shortcut=shortcut,
+                    expansion_shortcut=expansion_shortcut,
+                )
+                previous = block
                 index = len(layers)
                 layers.append(block)
                 reduction_in = current_stride // stride  # stride at the block's input
@@ -279,9 +363,7 @@ class MobileNetV2Backbone(nn.Module):
             self.features = self.features[: deepest + 1]
         self._init_weights()
 
-    @property
-    def out_channels(self) -> dict[str, int]:
-        return {name: self.feature_info[name].channels for name in self.out_features}
+    num_stages = len(BOTTLENECK_SETTINGS) + 1
 
     def stage_of_layer(self) -> list[int]:
         """Stage of each entry of ``features``: 0 the stem, 1-7 the bottleneck sequences of paper
@@ -292,50 +374,6 @@ class MobileNetV2Backbone(nn.Module):
         stages.append(len(BOTTLENECK_SETTINGS) + 1)
         return stages[: len(self.features)]
 
-    def freeze(self, stages: bool | int = True, frozen_bn: bool = False) -> None:
-        """Stop training the first layers, for fine-tuning on little data.
-
-        ``stages``: ``True`` freezes the whole backbone, ``False`` / -1 nothing, ``N >= 0`` the stem
-        and the first N bottleneck stages (as mmdetection's ``frozen_stages``). Frozen layers keep
-        their batch-norm statistics too. ``frozen_bn`` keeps the statistics of *every* batch-norm
-        layer of the backbone fixed while the weights still train (mmdetection's ``norm_eval``):
-        small fine-tuning batches then do not overwrite ImageNet's statistics.
-        """
-        if isinstance(stages, bool):
-            last_frozen = len(BOTTLENECK_SETTINGS) + 1 if stages else -1
-        elif isinstance(stages, int) and -1 <= stages <= len(BOTTLENECK_SETTINGS) + 1:
-            last_frozen = stages
-        else:
-            raise ValueError(f"freeze_backbone must be true, false or a stage count -1..8, got {stages!r}")
-        self.frozen_layers = [i for i, stage in enumerate(self.stage_of_layer()) if stage <= last_frozen]
-        self.frozen_bn = bool(frozen_bn)
-        for index in self.frozen_layers:
-            for param in self.features[index].parameters():
-                param.requires_grad_(False)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> MobileNetV2Backbone:
-        super().train(mode)
-        if mode:
-            for index in getattr(self, "frozen_layers", ()):
-                self.features[index].eval()
-            if getattr(self, "frozen_bn", False):
-                for module in self.modules():
-                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                        module.eval()
-        return self
-
-    def _init_weights(self) -> None:
-        # torchvision's initialisation, so a model built here trains like torchvision's.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """Return the requested taps by name, running only as many layers as they need."""
         wanted = {self.feature_info[name].module_index for name in self.out_features}
@@ -343,11 +381,16 @@ class MobileNetV2Backbone(nn.Module):
             self.feature_info[name].module_index: name for name in self.out_features if name.endswith("/expansion")
         }
         taps: dict[str, Tensor] = {}
+        # shortcut="expansion": each block's expansion output goes on to the next block.
+        carry_expansion = self.shortcut == "expansion"
+        expansion: Tensor | None = None
         for index, layer in enumerate(self.features):
             if index > max(wanted):
                 break
-            if index in expansion_taps:
-                x, taps[expansion_taps[index]] = layer.forward_with_expansion(x)
+            if isinstance(layer, InvertedResidual) and (carry_expansion or index in expansion_taps):
+                x, expansion = layer.forward_with_expansion(x, expansion)
+                if index in expansion_taps:
+                    taps[expansion_taps[index]] = expansion
             else:
                 x = layer(x)
             name = f"layer{index + 1}"
@@ -369,13 +412,20 @@ class MobileNetV2(nn.Module):
         normalization=None,
         round_nearest: int = 8,
         tf_padding: bool = False,
+        bottleneck_activation: str = "linear",
+        shortcut: str = "bottleneck",
     ) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         self.normalize = InputNormalization(normalization)
         self.backbone = MobileNetV2Backbone(
-            width_mult=width_mult, output_stride=output_stride, round_nearest=round_nearest, tf_padding=tf_padding
+            width_mult=width_mult,
+            output_stride=output_stride,
+            round_nearest=round_nearest,
+            tf_padding=tf_padding,
+            bottleneck_activation=bottleneck_activation,
+            shortcut=shortcut,
         )
         self.num_classes = num_classes
         # Same layout as torchvision's classifier (Dropout at index 0, Linear at 1).

@@ -19,17 +19,30 @@ from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.ssdlite import SSDLiteHead, _extra_block, _normal_init
 from torchvision.ops import clip_boxes_to_image, sigmoid_focal_loss
 
+from .backbone import FeatureBackbone
 from .detection_postprocess import multiclass_nms
 from .memory_efficient import set_expansion_groups
+from .mobilenetv1 import MobileNetV1Backbone
 from .mobilenetv2 import MobileNetV2Backbone, make_divisible
 from .normalization import resolve_normalization
 from .registry import register_model
 from .weights import load_backbone_weights, load_weights
 
-__all__ = ["FocalLossSSD", "SSDLite", "SSDLiteMobileNetV2Extractor", "TFSSDAnchorGenerator", "ssdlite_mobilenet_v2"]
+__all__ = [
+    "FocalLossSSD",
+    "SSDLite",
+    "SSDLiteExtractor",
+    "SSDLiteMobileNetV1Extractor",
+    "SSDLiteMobileNetV2Extractor",
+    "TFSSDAnchorGenerator",
+    "ssdlite_mobilenet_v1",
+    "ssdlite_mobilenet_v2",
+]
 
 # TF OD API `ssdlite_mobilenet_v2_coco`: the two backbone maps and the depths of the 4 extra layers.
 BACKBONE_TAPS = ("layer15/expansion", "layer19")
+# TF OD API `ssdlite_mobilenet_v1_coco` (its `ssd_mobilenet_v1` feature extractor): stride 16 and 32.
+V1_BACKBONE_TAPS = ("Conv2d_11_pointwise", "Conv2d_13_pointwise")
 EXTRA_DEPTHS = (512, 256, 256, 128)
 
 
@@ -39,18 +52,15 @@ def _head_norm() -> partial:
     return partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
 
 
-class SSDLiteMobileNetV2Extractor(nn.Module):
-    """Six feature maps: the expansion output of layer 15 (stride 16), layer 19 (stride 32, 1280
-    channels), then four extra layers (1x1 to half depth, 3x3 stride-2 depthwise, 1x1)."""
+class SSDLiteExtractor(nn.Module):
+    """Six feature maps: the backbone's two taps (its ``out_features``, stride 16 and 32), then four
+    extra layers (1x1 to half depth, 3x3 stride-2 depthwise, 1x1) of 512, 256, 256, 128 channels
+    times ``width_mult`` (multiples of 16, at least ``min_depth``)."""
 
-    def __init__(
-        self, width_mult: float = 1.0, min_depth: int = 16, round_nearest: int = 8, tf_padding: bool = False
-    ) -> None:
+    def __init__(self, backbone: FeatureBackbone, width_mult: float = 1.0, min_depth: int = 16) -> None:
         super().__init__()
-        self.backbone = MobileNetV2Backbone(
-            width_mult=width_mult, out_features=BACKBONE_TAPS, round_nearest=round_nearest, tf_padding=tf_padding
-        )
-        channels = [self.backbone.feature_info[name].channels for name in BACKBONE_TAPS]
+        self.backbone = backbone
+        channels = list(backbone.out_channels.values())
         depths = [max(min_depth, make_divisible(d * width_mult, 16)) for d in EXTRA_DEPTHS]
         extras = []
         for depth in depths:
@@ -65,6 +75,42 @@ class SSDLiteMobileNetV2Extractor(nn.Module):
         for block in self.extra:
             maps.append(block(maps[-1]))
         return OrderedDict((str(i), m) for i, m in enumerate(maps))
+
+
+class SSDLiteMobileNetV2Extractor(SSDLiteExtractor):
+    """The expansion output of layer 15 (stride 16, 576 channels), layer 19 (stride 32, 1280
+    channels), then the four extra layers."""
+
+    def __init__(
+        self,
+        width_mult: float = 1.0,
+        min_depth: int = 16,
+        round_nearest: int = 8,
+        tf_padding: bool = False,
+        bottleneck_activation: str = "linear",
+        shortcut: str = "bottleneck",
+    ) -> None:
+        backbone = MobileNetV2Backbone(
+            width_mult=width_mult,
+            out_features=BACKBONE_TAPS,
+            round_nearest=round_nearest,
+            tf_padding=tf_padding,
+            bottleneck_activation=bottleneck_activation,
+            shortcut=shortcut,
+        )
+        super().__init__(backbone, width_mult, min_depth)
+
+
+class SSDLiteMobileNetV1Extractor(SSDLiteExtractor):
+    """MobileNetV1's ``Conv2d_11_pointwise`` (stride 16, 512 channels) and ``Conv2d_13_pointwise``
+    (stride 32, 1024 channels), then the four extra layers, as TF's ``ssdlite_mobilenet_v1_coco``.
+    ``min_depth`` 16 applies to the backbone too, as in TF's feature extractor."""
+
+    def __init__(self, width_mult: float = 1.0, min_depth: int = 16, tf_padding: bool = False) -> None:
+        backbone = MobileNetV1Backbone(
+            width_mult=width_mult, out_features=V1_BACKBONE_TAPS, min_depth=min_depth, tf_padding=tf_padding
+        )
+        super().__init__(backbone, width_mult, min_depth)
 
 
 class TFSSDAnchorGenerator(DefaultBoxGenerator):
@@ -173,6 +219,8 @@ def ssdlite_mobilenet_v2(
     anchor_lowest_scale: float = 0.1,
     round_nearest: int = 8,
     tf_padding: bool = False,
+    bottleneck_activation: str = "linear",
+    shortcut: str = "bottleneck",
     **kwargs,
 ) -> SSDLite:
     """SSDLite + MobileNetV2 (paper Table 6: 4.3M parameters, 0.8B MACs at 320x320, 80 classes).
@@ -196,24 +244,136 @@ def ssdlite_mobilenet_v2(
             image side) of the first and last layer, and of the lowest layer's extra square box.
         round_nearest / tf_padding: the backbone's channel rounding and TF "SAME" padding, as
             :func:`mobilenet_v2` (for backbones from TF-trained weights, e.g. Google's converted models).
+        bottleneck_activation / shortcut: the paper's ablations (section 6.4, Figure 6): ``"linear"``
+            or ``"relu6"`` after each projection; the residual connections ``"bottleneck"`` (the
+            paper's), ``"expansion"`` or ``"none"`` (see :class:`InvertedResidual`). Same parameters
+            as the default network; ``expansion_groups`` refuses ``shortcut="expansion"``.
         kwargs: passed to torchvision's ``SSD`` (``topk_candidates``, ``positive_fraction``, ...).
     """
+    _check_ssdlite_arguments(num_classes, classification_loss, kwargs)
+    extractor = SSDLiteMobileNetV2Extractor(
+        width_mult,
+        round_nearest=round_nearest,
+        tf_padding=tf_padding,
+        bottleneck_activation=bottleneck_activation,
+        shortcut=shortcut,
+    )
+    model = _assemble_ssdlite(
+        extractor,
+        num_classes=num_classes,
+        image_size=image_size,
+        weights=weights,
+        backbone_weights=backbone_weights,
+        score_thresh=score_thresh,
+        nms_thresh=nms_thresh,
+        detections_per_img=detections_per_img,
+        classification_loss=classification_loss,
+        freeze_backbone=freeze_backbone,
+        frozen_bn=frozen_bn,
+        normalization=normalization,
+        anchor_min_scale=anchor_min_scale,
+        anchor_max_scale=anchor_max_scale,
+        anchor_lowest_scale=anchor_lowest_scale,
+        **kwargs,
+    )
+    if expansion_groups is not None:
+        set_expansion_groups(model, expansion_groups)
+    return model
+
+
+@register_model("ssdlite_mobilenet_v1", task="detection")
+def ssdlite_mobilenet_v1(
+    num_classes: int = 80,
+    width_mult: float = 1.0,
+    image_size: int = 320,
+    weights: str | os.PathLike | None = None,
+    backbone_weights: str | os.PathLike | None = None,
+    score_thresh: float = 0.001,
+    nms_thresh: float = 0.6,
+    detections_per_img: int = 100,
+    classification_loss: str = "hard_negative_mining",
+    freeze_backbone: bool | int = False,
+    frozen_bn: bool = False,
+    normalization: str | dict | list | None = "imagenet",
+    anchor_min_scale: float = 0.2,
+    anchor_max_scale: float = 0.95,
+    anchor_lowest_scale: float = 0.1,
+    min_depth: int = 16,
+    tf_padding: bool = False,
+    **kwargs,
+) -> SSDLite:
+    """SSDLite + MobileNetV1, the paper's comparison row (Table 6: 5.1M parameters, 1.3B MAdds at
+    320x320, 80 classes): TF's ``ssdlite_mobilenet_v1_coco``, the same head, extra layers and
+    anchors as :func:`ssdlite_mobilenet_v2` on MobileNetV1's ``Conv2d_11_pointwise`` (stride 16)
+    and ``Conv2d_13_pointwise`` (stride 32).
+
+    Args: as :func:`ssdlite_mobilenet_v2` (``backbone_weights``: a checkpoint of any task of this
+        project with a MobileNetV1 backbone), and
+        min_depth: the fewest channels of a backbone or extra layer (16 in TF's SSD feature extractor).
+        tf_padding: TensorFlow's "SAME" padding in the backbone's stride-2 convs.
+    """
+    _check_ssdlite_arguments(num_classes, classification_loss, kwargs)
+    extractor = SSDLiteMobileNetV1Extractor(width_mult, min_depth=min_depth, tf_padding=tf_padding)
+    return _assemble_ssdlite(
+        extractor,
+        num_classes=num_classes,
+        image_size=image_size,
+        weights=weights,
+        backbone_weights=backbone_weights,
+        score_thresh=score_thresh,
+        nms_thresh=nms_thresh,
+        detections_per_img=detections_per_img,
+        classification_loss=classification_loss,
+        freeze_backbone=freeze_backbone,
+        frozen_bn=frozen_bn,
+        normalization=normalization,
+        anchor_min_scale=anchor_min_scale,
+        anchor_max_scale=anchor_max_scale,
+        anchor_lowest_scale=anchor_lowest_scale,
+        **kwargs,
+    )
+
+
+DETECTORS = {"hard_negative_mining": SSDLite, "focal": FocalLossSSD}
+
+
+def _check_ssdlite_arguments(num_classes, classification_loss, kwargs) -> None:
     for key in ("image_mean", "image_std"):
         if key in kwargs:
             raise ValueError(f"{key} is set by normalization=imagenet|tf|{{mean, std}}, not directly")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    detectors = {"hard_negative_mining": SSDLite, "focal": FocalLossSSD}
-    if classification_loss not in detectors:
-        raise ValueError(f"classification_loss must be one of {sorted(detectors)}, got {classification_loss!r}")
-    extractor = SSDLiteMobileNetV2Extractor(width_mult, round_nearest=round_nearest, tf_padding=tf_padding)
+    if classification_loss not in DETECTORS:
+        raise ValueError(f"classification_loss must be one of {sorted(DETECTORS)}, got {classification_loss!r}")
+
+
+def _assemble_ssdlite(
+    extractor: SSDLiteExtractor,
+    *,
+    num_classes: int,
+    image_size: int,
+    weights,
+    backbone_weights,
+    score_thresh: float,
+    nms_thresh: float,
+    detections_per_img: int,
+    classification_loss: str,
+    freeze_backbone: bool | int,
+    frozen_bn: bool,
+    normalization,
+    anchor_min_scale: float,
+    anchor_max_scale: float,
+    anchor_lowest_scale: float,
+    **kwargs,
+) -> SSDLite:
+    """The detector around ``extractor``: TF's anchors, torchvision's separable head, weights, freezing."""
     if backbone_weights is not None:
         load_backbone_weights(extractor.backbone, backbone_weights)
     anchors = TFSSDAnchorGenerator(
         min_ratio=anchor_min_scale, max_ratio=anchor_max_scale, lowest_scale=anchor_lowest_scale
     )
     head = SSDLiteHead(extractor.out_channels, anchors.num_anchors_per_location(), num_classes + 1, _head_norm())
-    model = detectors[classification_loss](
+    model = DETECTORS[classification_loss](
         extractor,
         anchors,
         (image_size, image_size),
@@ -229,6 +389,4 @@ def ssdlite_mobilenet_v2(
         load_weights(model, weights)
     if freeze_backbone is not False or frozen_bn:
         extractor.backbone.freeze(freeze_backbone, frozen_bn)
-    if expansion_groups is not None:
-        set_expansion_groups(model, expansion_groups)
     return model

@@ -1,4 +1,5 @@
-"""Reading weight files: torchvision's MobileNetV2 state dicts and this project's own checkpoints.
+"""Reading weight files: torchvision's MobileNetV2 state dicts and this project's own checkpoints
+(MobileNetV2 or MobileNetV1 backbones).
 
 Files are read with ``torch.load(weights_only=True)``: a weight file is data, never code.
 
@@ -172,33 +173,64 @@ def _check_fit(
         raise WeightsError(f"weights file {str(path)!r} does not fit {target}: " + "; ".join(problems))
 
 
+# Both backbones' stem conv: how a backbone is found in a file, whatever the task around it.
+_STEM_KEY = "features.0.0.weight"
+# What tells the two apart: the first layer after the stem (V2's bottleneck has a projection, V1's
+# separable layer a pointwise conv).
+_FAMILY_KEYS = {"features.1.project.0.weight": "MobileNetV2", "features.1.pointwise.0.weight": "MobileNetV1"}
+
+
+def _backbone_prefixes(keys) -> list[str]:
+    return sorted({k[: -len(_STEM_KEY)] for k in keys if k.endswith(_STEM_KEY)})
+
+
+def _family(keys, prefix: str) -> str | None:
+    """``"MobileNetV2"`` / ``"MobileNetV1"`` for the backbone under ``prefix``, ``None`` if neither."""
+    keys = set(keys)
+    found = [family for key, family in _FAMILY_KEYS.items() if prefix + key in keys]
+    return found[0] if len(found) == 1 else None
+
+
+def _check_family(file_keys, file_prefix: str, own_keys, own_prefix: str, path) -> None:
+    """A MobileNetV2 backbone's weights offered to a MobileNetV1 (or the reverse): name both, rather
+    than list every key that does not fit."""
+    theirs, ours = _family(file_keys, file_prefix), _family(own_keys, own_prefix)
+    if theirs and ours and theirs != ours:
+        raise WeightsError(
+            f"weights file {str(path)!r} holds a {theirs} backbone; this model's backbone is a {ours} "
+            "(backbone=mobilenet_v1|mobilenet_v2 must match the weights)"
+        )
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     """Load a weight file into ``model``; any missing or unexpected key, or a shape that does not fit,
     raises :class:`WeightsError` naming them."""
     state_dict = _read_in_project_layout(path)
-    _check_fit(model.state_dict(), state_dict, path, type(model).__name__, unexpected_too=True)
+    own = model.state_dict()
+    theirs, ours = _backbone_prefixes(state_dict), _backbone_prefixes(own)
+    if len(theirs) == 1 and len(ours) == 1:
+        _check_family(state_dict, theirs[0], own, ours[0], path)
+    _check_fit(own, state_dict, path, type(model).__name__, unexpected_too=True)
     model.load_state_dict(state_dict)
 
 
-_STEM_KEY = "features.0.0.weight"
-
-
 def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
-    """Load only the MobileNetV2 backbone out of any weight file this project understands.
+    """Load only the backbone (MobileNetV2 or MobileNetV1) out of any weight file this project understands.
 
     The file may be torchvision's classifier, or a checkpoint of any task here (classifier, detector,
     segmenter): the backbone is found by its stem conv wherever it sits in the file, and every one of
     its keys must fit.
     """
     state_dict = _read_in_project_layout(path)
-    prefixes = sorted({k[: -len(_STEM_KEY)] for k in state_dict if k.endswith(_STEM_KEY)})
+    prefixes = _backbone_prefixes(state_dict)
     if len(prefixes) != 1:
         raise WeightsError(
-            f"weights file {str(path)!r} holds {len(prefixes)} MobileNetV2 backbones "
+            f"weights file {str(path)!r} holds {len(prefixes)} MobileNet backbones "
             f"(found under {prefixes or 'no prefix'}); expected exactly one"
         )
     prefix = prefixes[0]
     own = backbone.state_dict()
+    _check_family(state_dict, prefix, own, "", path)
     backbone_keys = {
         k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix) and k[len(prefix) :] in own
     }
@@ -226,10 +258,10 @@ class TransferReport:
 
 
 def _backbone_prefix(keys, where: str) -> str:
-    prefixes = sorted({k[: -len(_STEM_KEY)] for k in keys if k.endswith(_STEM_KEY)})
+    prefixes = _backbone_prefixes(keys)
     if len(prefixes) != 1:
         raise WeightsError(
-            f"{where} holds {len(prefixes)} MobileNetV2 backbones (under {prefixes or 'no prefix'}); expected one"
+            f"{where} holds {len(prefixes)} MobileNet backbones (under {prefixes or 'no prefix'}); expected one"
         )
     return prefixes[0]
 
@@ -247,6 +279,7 @@ def transfer_weights(model: nn.Module, path: str | os.PathLike) -> TransferRepor
     own = model.state_dict()
     file_prefix = _backbone_prefix(state_dict, f"weights file {str(path)!r}")
     model_prefix = _backbone_prefix(own, type(model).__name__)
+    _check_family(state_dict, file_prefix, own, model_prefix, path)
     report = TransferReport(str(path))
     chosen: dict[str, Tensor] = {}
     backbone_own = {k[len(model_prefix) :]: v for k, v in own.items() if k.startswith(model_prefix)}

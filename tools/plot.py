@@ -1,0 +1,49 @@
+"""The paper's figures from Hydra multiruns of tools/train.py:
+
+    python tools/plot.py tradeoff MULTIRUN_FOLDER [--by resolution|width] [--out docs/figure5.png]
+    python tools/plot.py ablation MULTIRUN_FOLDER [--out docs/figure6.png]
+
+tradeoff (Figure 5): best validation top-1 against multiply-adds, one line per input size (or per
+width multiplier), from `python tools/train.py experiment=sweep_width_resolution`.
+ablation (Figure 6): validation top-1 after each epoch, (a) linear bottleneck against ReLU6 after the
+projection, (b) shortcut between bottlenecks / between expansions / none, from
+`python tools/train.py experiment=sweep_ablations`.
+
+MULTIRUN_FOLDER is outputs/<task_name>/multirun/<date_time>; unfinished runs are left out. Needs
+matplotlib (pip install 'vision-mnv2[plot]')."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("figure", choices=("tradeoff", "ablation"))
+    parser.add_argument("folder", type=Path, help="a Hydra multirun folder (outputs/<task_name>/multirun/<date_time>)")
+    parser.add_argument("--by", choices=("resolution", "width"), default="resolution", help="tradeoff: one line per")
+    parser.add_argument("--out", type=Path, default=None, help="PNG to write (default: FOLDER/<figure>.png)")
+    parser.add_argument("--title", default=None)
+    args = parser.parse_args(argv)
+
+    from tasks.plots import ablation_figure, read_multirun, tradeoff_figure  # noqa: PLC0415  (after --help)
+
+    runs = read_multirun(args.folder)
+    if args.figure == "tradeoff":
+        fig = tradeoff_figure(runs, by=args.by, title=args.title)
+    else:
+        fig = ablation_figure(runs, title=args.title)
+    out = args.out or args.folder / f"{args.figure}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    print(f"{args.figure}: {len(runs)} runs of {args.folder} -> {out}")
+    return fig
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        sys.exit(f"plot: {exc}")
