@@ -100,6 +100,13 @@ class SegmentationPipeline(Pipeline):
         axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
         return {"images": axes, "logits": axes}
 
+    def executorch_dynamic_shapes(self, dynamic_size: bool = True, **options: Any):
+        if not dynamic_size:
+            return None
+        from torch.export import Dim  # noqa: PLC0415
+
+        return ({2: Dim("height", min=32, max=4096), 3: Dim("width", min=32, max=4096)},)
+
     def example_input(self, batch: int = 2) -> Tensor:
         pad = self.meta.preprocessing.get("pad_to")
         height, width = pad if pad else (96, 128)  # not square, so the export keeps the two sizes apart
