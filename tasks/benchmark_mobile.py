@@ -6,6 +6,7 @@ is meaningful on a shared machine. The program is exported from Google's convert
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Sequence
@@ -134,7 +135,8 @@ def report(rows: Sequence[MobileRow], threads: int, photos: Sequence[Path], comm
         f"### On-device int8: ExecuTorch (XNNPACK) vs Google's int8 TFLite, batch 1, {threads} threads",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {platform.machine()}; {versions}; {time.strftime('%Y-%m-%d')}. "
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end "
+        f"(other jobs share it); {versions}; {time.strftime('%Y-%m-%d')}. "
         f"The program is exported from Google's converted checkpoint, int8 (XNNPACK's PT2E quantiser, "
         f"per-channel weights) calibrated on {len(photos)} photo(s) ({', '.join(p.name for p in photos)}), "
         "at the TFLite file's input size; both run on XNNPACK kernels. Latency: best of the alternated medians. "
