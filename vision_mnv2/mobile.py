@@ -133,7 +133,9 @@ class ExecuTorchRunner:
 
     ``threads``: XNNPACK's thread pool size, which is process-wide in ExecuTorch's Python bindings."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, threads: int | None = None, input_shape: Sequence[int] | None = None
+    ) -> None:
         _require_executorch()
         from executorch.runtime import Runtime  # noqa: PLC0415
 
@@ -147,7 +149,15 @@ class ExecuTorchRunner:
         except Exception as error:  # the bindings raise RuntimeError with a numeric code only
             raise ValueError(f"{self.path}: not an ExecuTorch program ({error})") from error
         self.method = program.load_method("forward")
+        # A program exported at a fixed size (the description's input_shape): other sizes are an
+        # error naming both, not the runtime's numeric status code.
+        self.input_shape = list(input_shape) if isinstance(input_shape, (list, tuple)) else None
 
     def __call__(self, images: Tensor) -> tuple[Tensor, ...]:
+        if self.input_shape and list(images.shape[1:]) != self.input_shape[1:]:
+            raise ValueError(
+                f"{self.path}: the program takes images of {self.input_shape[1:]} (exported at a fixed size); "
+                f"got {list(images.shape[1:])}"
+            )
         per_image = [self.method.execute((images[i : i + 1].contiguous().float(),)) for i in range(images.shape[0])]
         return tuple(torch.cat([outputs[k] for outputs in per_image]) for k in range(len(per_image[0])))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import CheckpointError, ModelMeta, load_model
-from ..mobile import ExecuTorchRunner
+from ..mobile import ExecuTorchRunner, read_executorch_meta
 from .base import OnnxRunner, Pipeline, TorchRunner, read_executorch_description, read_onnx_meta
 from .classification import ClassificationPipeline
 from .detection import DetectionExportModule, DetectionPipeline
@@ -122,7 +122,11 @@ def load(
         if task is not None and meta.task != task:
             raise CheckpointError(f"this export is a {meta.task} model; you asked for {task}: {path}")
         export.pop("outputs", None)
-        runner = OnnxRunner(path, threads) if onnx else ExecuTorchRunner(path, threads)
+        if onnx:
+            runner = OnnxRunner(path, threads)
+        else:
+            shape = read_executorch_meta(path).get("executorch", {}).get("input_shape")
+            runner = ExecuTorchRunner(path, threads, shape)
         return PIPELINES[meta.task](meta, runner=runner, **{**export, **options})
 
     from ..checkpoint import read_checkpoint  # noqa: PLC0415

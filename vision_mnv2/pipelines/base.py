@@ -338,14 +338,13 @@ class Pipeline:
         if self.model is None:
             raise ValueError("export needs the PyTorch model; this pipeline runs an exported file")
         options = self.executorch_options(**{**self.export_options, **options})
+        example = self.example_input(batch=1)
+        dynamic_shapes = self.executorch_dynamic_shapes(**options)
+        metadata = self.executorch_metadata(quantize, **options)
+        # The size the program takes: fixed (the example's) unless dynamic shapes say otherwise.
+        metadata["executorch"]["input_shape"] = "1 x 3 x H x W" if dynamic_shapes else list(example.shape)
         return write_executorch(
-            self.export_module(**options),
-            path,
-            self.example_input(batch=1),
-            self.executorch_metadata(quantize, **options),
-            self.executorch_dynamic_shapes(**options),
-            quantize,
-            calibration,
+            self.export_module(**options), path, example, metadata, dynamic_shapes, quantize, calibration
         )
 
 
