@@ -179,7 +179,7 @@ def open_pipeline(cfg: DictConfig, overrides: Sequence[str] | None = None, **pip
         raise ValueError("needs ckpt_path=PATH (a checkpoint written by tools/train.py or tools/convert.py)")
     path = Path(cfg.ckpt_path).expanduser()
     expected = _expected_task(cfg, overrides)
-    if path.suffix.lower() == ".onnx":
+    if path.suffix.lower() in (".onnx", ".pte"):
         return load(path, expected, threads=cfg.get("threads"), pipeline_options=pipeline_options)
     _, meta = read_checkpoint(path, expected)
     if meta.task == "segmentation" and "module" in cfg:
@@ -284,7 +284,7 @@ def inherit_from_init(cfg: DictConfig, overrides: Sequence[str] | None = None) -
     was set. Torchvision files and names carry no description and need none (ImageNet statistics,
     PyTorch padding: the defaults)."""
     source = cfg.get("init_from")
-    if not source or "model" not in cfg or Path(str(source)).suffix.lower() == ".onnx":
+    if not source or "model" not in cfg or Path(str(source)).suffix.lower() in (".onnx", ".pte"):
         return {}
     path = Path(str(source)).expanduser()
     if not path.is_file():

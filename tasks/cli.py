@@ -31,6 +31,10 @@ def with_task_from_checkpoint(argv: Sequence[str]) -> list[str]:
             from vision_mnv2.pipelines.base import read_onnx_meta  # noqa: PLC0415
 
             task = read_onnx_meta(path)[0].task
+        elif path.suffix.lower() == ".pte":
+            from vision_mnv2.pipelines.base import read_executorch_description  # noqa: PLC0415
+
+            task = read_executorch_description(path)[0].task
         else:
             from vision_mnv2.checkpoint import read_checkpoint  # noqa: PLC0415
 

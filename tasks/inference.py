@@ -1,4 +1,5 @@
-"""``tools/predict.py`` and ``tools/export.py``: a checkpoint's model on images, or as an ONNX file.
+"""``tools/predict.py`` and ``tools/export.py``: a checkpoint's model on images, or as an ONNX file
+or an ExecuTorch program.
 
 Everything about the task lives in its pipeline (:mod:`vision_mnv2.pipelines`); these functions only
 read the command's configuration, go through the images and write files."""
@@ -7,9 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from omegaconf import DictConfig
 from PIL import Image
 
@@ -71,17 +75,60 @@ def predict(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     return output
 
 
-def export(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
-    """Write the checkpoint's network as ONNX (``cfg.export.file``, default
-    ``<run folder>/<builder>.onnx``) with its description in the file's metadata."""
+EXPORT_FORMATS = {"onnx": ".onnx", "executorch": ".pte"}
+
+
+def calibration_images(cfg: DictConfig, pipeline: Any, overrides: list[str] | None = None) -> Iterator[Any]:
+    """Network inputs for int8 calibration: ``cfg.export.calibration`` (an image, a folder, a COCO
+    JSON or a VOC list) when given, else the checkpoint's training images, as tools/quantize.py takes them."""
     options = cfg.get("export") or {}
+    count = int(options.get("calibration_images", 64))
+    source = options.get("calibration")
+    if source:
+        refs = image_source(source)
+        for index in np.random.default_rng(0).permutation(len(refs))[:count]:
+            tensor, _ = pipeline.preprocess(read_rgb(refs[int(index)].file))
+            yield pipeline.collate([tensor])
+        return
+    from hydra.utils import instantiate  # noqa: PLC0415
+
+    from .checkpoints import evaluation_data  # noqa: PLC0415
+
+    datamodule = instantiate(evaluation_data(cfg, pipeline.meta, overrides))
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    for batch in pipeline.calibration_batches(datamodule.train_set, count):
+        yield torch.from_numpy(batch)
+
+
+def export(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
+    """Write the checkpoint's network (``cfg.export.file``, default ``<run folder>/<builder>.onnx``
+    or ``.pte``) as ONNX with its description in the file's metadata, or (``export.format=executorch``)
+    as an ExecuTorch program for XNNPACK, float32 or ``export.quantize=int8``, described in
+    ``<file>.pte.json``."""
+    options = cfg.get("export") or {}
+    kind = str(options.get("format") or "onnx").lower()
+    if kind not in EXPORT_FORMATS:
+        raise ValueError(f"export.format must be one of {sorted(EXPORT_FORMATS)}, got {options.get('format')!r}")
+    quantize = options.get("quantize")
+    if quantize is not None and (kind != "executorch" or str(quantize).lower() != "int8"):
+        raise ValueError(
+            f"export.quantize={quantize!r}: int8 is available for export.format=executorch "
+            "(ONNX graphs are quantised by tools/quantize.py)"
+        )
     pipeline = open_pipeline(cfg, overrides)
     task_options = pipeline.export_options_from(options)
-    target = Path(options.get("file") or Path(cfg.paths.output_dir) / f"{pipeline.meta.builder}.onnx")
-    path = pipeline.export_onnx(target, opset=int(options.get("opset", 17)), **task_options)
+    default = Path(cfg.paths.output_dir) / f"{pipeline.meta.builder}{'_int8' if quantize else ''}{EXPORT_FORMATS[kind]}"
+    target = Path(options.get("file") or default)
+    if kind == "onnx":
+        path = pipeline.export_onnx(target, opset=int(options.get("opset", 17)), **task_options)
+    else:
+        calibration = calibration_images(cfg, pipeline, overrides) if quantize else None
+        path = pipeline.export_executorch(target, "int8" if quantize else None, calibration, **task_options)
     size = pipeline.meta.input_size
     print(
         f"exported the {pipeline.task} model ({pipeline.num_classes} classes, input "
         f"{'x'.join(map(str, size)) if size else 'any size'}) to {path}"
+        + (f" ({'int8' if quantize else 'float32'}, description in {path.name}.json)" if kind == "executorch" else "")
     )
     return path

@@ -8,6 +8,7 @@ detector = vision_mnv2.load("outputs/ssdlite/<run>/checkpoints/last.ckpt")
 detector.meta.class_names, detector.meta.preprocessing, detector.model   # what it is
 detector.export_onnx("detector.onnx")              # NMS inside, description in the metadata
 vision_mnv2.load("detector.onnx")(read_rgb("photo.jpg"))  # the same, in ONNX Runtime
+detector.export_executorch("detector.pte", quantize="int8", calibration=batches)  # on-device, XNNPACK
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import CheckpointError, ModelMeta, load_model
-from .base import OnnxRunner, Pipeline, TorchRunner, read_onnx_meta
+from ..mobile import ExecuTorchRunner, read_executorch_meta
+from .base import OnnxRunner, Pipeline, TorchRunner, read_executorch_description, read_onnx_meta
 from .classification import ClassificationPipeline
 from .detection import DetectionExportModule, DetectionPipeline
 from .segmentation import SegmentationPipeline
@@ -29,6 +31,7 @@ __all__ = [
     "ClassificationPipeline",
     "DetectionExportModule",
     "DetectionPipeline",
+    "ExecuTorchRunner",
     "OnnxRunner",
     "Pipeline",
     "SegmentationPipeline",
@@ -98,7 +101,8 @@ def load(
 
     Args:
         path: a ``.ckpt`` / ``.pt`` checkpoint written by training, ``tools/convert.py`` or
-            :func:`vision_mnv2.checkpoint.save_model`; or a ``.onnx`` file written by export.
+            :func:`vision_mnv2.checkpoint.save_model`; or a ``.onnx`` / ``.pte`` (ExecuTorch, its
+            description in ``<file>.pte.json``) file written by export.
         task: the task you expect; another one is an error naming both.
         image_size: run at another input size than the model was trained at (logged).
         fold_bn: fold batch norm into the convolutions (same outputs, faster; PyTorch only).
@@ -110,14 +114,20 @@ def load(
     """
     path = Path(path).expanduser()
     options = dict(pipeline_options or {})
-    if path.suffix.lower() == ".onnx":
+    if path.suffix.lower() in (".onnx", ".pte"):
         if changes or image_size:
             raise ValueError(f"{path}: an exported graph is fixed; changes {sorted(changes)} need the checkpoint")
-        meta, export = read_onnx_meta(path)
+        onnx = path.suffix.lower() == ".onnx"
+        meta, export = read_onnx_meta(path) if onnx else read_executorch_description(path)
         if task is not None and meta.task != task:
             raise CheckpointError(f"this export is a {meta.task} model; you asked for {task}: {path}")
         export.pop("outputs", None)
-        return PIPELINES[meta.task](meta, runner=OnnxRunner(path, threads), **{**export, **options})
+        if onnx:
+            runner = OnnxRunner(path, threads)
+        else:
+            shape = read_executorch_meta(path).get("executorch", {}).get("input_shape")
+            runner = ExecuTorchRunner(path, threads, shape)
+        return PIPELINES[meta.task](meta, runner=runner, **{**export, **options})
 
     from ..checkpoint import read_checkpoint  # noqa: PLC0415
     from ..export import fold_batch_norm  # noqa: PLC0415

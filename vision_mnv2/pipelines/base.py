@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ..checkpoint import ModelMeta
 from ..models.normalization import InputNormalization, resolve_normalization
 
-__all__ = ["ExportedNetwork", "OnnxRunner", "Pipeline", "TorchRunner"]
+__all__ = ["ExportedNetwork", "OnnxRunner", "Pipeline", "TorchRunner", "read_executorch_description"]
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +301,52 @@ class Pipeline:
             opset,
         )
 
+    # -- on-device export (ExecuTorch, vision_mnv2.mobile) ---------------------------------------
+
+    def executorch_options(self, **options: Any) -> dict[str, Any]:
+        """The export options an ExecuTorch program of this task is made with (detection: no NMS)."""
+        return options
+
+    def executorch_dynamic_shapes(self, **options: Any) -> tuple[dict[int, Any], ...] | None:
+        """``torch.export`` dynamic shapes of the input; ``None``: the example's size only."""
+        return None
+
+    def executorch_metadata(self, quantize: str | None = None, **options: Any) -> dict[str, Any]:
+        """The description written beside a ``.pte``: what :meth:`onnx_metadata` stores, as JSON."""
+        meta = self.meta.as_dict()
+        meta["export"] = {"outputs": self.output_names(**options), **options}
+        meta["executorch"] = {
+            "backend": "xnnpack",
+            "precision": quantize or "float32",
+            "input": "images: float32 1 x 3 x H x W, RGB scaled to [0, 1] (pixel / 255); normalised inside",
+            "outputs": self.output_names(**options),
+        }
+        return meta
+
+    def export_executorch(
+        self,
+        path: str | os.PathLike,
+        quantize: str | None = None,
+        calibration: Iterable[np.ndarray | Tensor] | None = None,
+        **options: Any,
+    ) -> Path:
+        """Write the network as an ExecuTorch program lowered to XNNPACK (batch 1), in float32 or
+        (``quantize="int8"``) int8 calibrated on ``calibration`` (input batches, as
+        :meth:`calibration_batches` gives), with the model's description in ``<path>.json``."""
+        from ..mobile import write_executorch  # noqa: PLC0415
+
+        if self.model is None:
+            raise ValueError("export needs the PyTorch model; this pipeline runs an exported file")
+        options = self.executorch_options(**{**self.export_options, **options})
+        example = self.example_input(batch=1)
+        dynamic_shapes = self.executorch_dynamic_shapes(**options)
+        metadata = self.executorch_metadata(quantize, **options)
+        # The size the program takes: fixed (the example's) unless dynamic shapes say otherwise.
+        metadata["executorch"]["input_shape"] = "1 x 3 x H x W" if dynamic_shapes else list(example.shape)
+        return write_executorch(
+            self.export_module(**options), path, example, metadata, dynamic_shapes, quantize, calibration
+        )
+
 
 def read_onnx_meta(path: str | os.PathLike) -> tuple[ModelMeta, dict[str, Any]]:
     """The model description and export options stored in an ONNX file written by this project."""
@@ -312,6 +358,17 @@ def read_onnx_meta(path: str | os.PathLike) -> tuple[ModelMeta, dict[str, Any]]:
         raise ValueError(f"{path}: not an ONNX export of this project (no {ONNX_META_KEY!r} metadata)")
     data = json.loads(props[ONNX_META_KEY])
     export = data.pop("export", {})
+    return ModelMeta.from_dict(data), export
+
+
+def read_executorch_description(path: str | os.PathLike) -> tuple[ModelMeta, dict[str, Any]]:
+    """The model description and export options written beside an ExecuTorch program."""
+    from ..mobile import read_executorch_meta  # noqa: PLC0415
+
+    data = read_executorch_meta(path)
+    if "task" not in data or "export" not in data:
+        raise ValueError(f"{path}: its description is not one this project writes (no task / export)")
+    export = data.pop("export")
     return ModelMeta.from_dict(data), export
 
 

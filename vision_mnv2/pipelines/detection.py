@@ -119,6 +119,12 @@ class DetectionPipeline(Pipeline):
     def export_module(self, nms: bool = True, **options: Any) -> nn.Module:
         return DetectionExportModule(self.model, self.image_size, nms, self.category_ids)
 
+    def executorch_options(self, nms: bool = True, **options: Any) -> dict[str, Any]:
+        # ExecuTorch has no kernel for torchvision's NMS (its output size depends on the data): the
+        # program gives every anchor's boxes and scores, and this pipeline selects, as it does for
+        # ONNX graphs exported with nms=false. On a phone the app runs the same selection.
+        return {**options, "nms": False}
+
     def output_names(self, nms: bool = True, **options: Any) -> list[str]:
         return ["boxes", "scores", "category_ids", "num_detections"] if nms else ["boxes", "scores", "labels"]
 

@@ -3,6 +3,7 @@ multi-scale + flip voting, mIoU."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,8 @@ from ..visualize import draw_mask_overlay
 from .base import ExportedNetwork, Normalized, Pipeline, iterate, to_tensor
 
 __all__ = ["SegmentationPipeline"]
+
+log = logging.getLogger(__name__)
 
 
 class SegmentationPipeline(Pipeline):
@@ -99,6 +102,22 @@ class SegmentationPipeline(Pipeline):
     def dynamic_axes(self, dynamic_size: bool = True, **options: Any) -> dict[str, dict[int, str]]:
         axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
         return {"images": axes, "logits": axes}
+
+    def executorch_dynamic_shapes(self, dynamic_size: bool = True, **options: Any):
+        if not dynamic_size:
+            return None
+        if self.meta.builder_args.get("tf_padding"):
+            # TF "SAME" padding is computed from the input size (max(), floor division); ExecuTorch
+            # cannot hold that symbolic arithmetic (its verifier rejects sym_max), so such networks
+            # (Google's DeepLab) are exported at their padded size, pad_to (513 for DeepLab).
+            log.warning(
+                "segmentation with TF padding: the ExecuTorch program takes %s images only",
+                self.example_input(1).shape[2:],
+            )
+            return None
+        from torch.export import Dim  # noqa: PLC0415
+
+        return ({2: Dim("height", min=64, max=4096), 3: Dim("width", min=64, max=4096)},)
 
     def example_input(self, batch: int = 2) -> Tensor:
         pad = self.meta.preprocessing.get("pad_to")
