@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import io
 import json
 import logging
@@ -75,10 +76,17 @@ def read_coco_json(annotation_file: str | os.PathLike) -> dict:
     path = Path(annotation_file).expanduser()
     if not path.is_file():
         raise DatasetError(f"annotation file {str(path)!r} does not exist")
+    collecting = gc.isenabled()
+    # COCO's file is ~20M Python objects, made in one call and none of them garbage: without this
+    # the collector re-scans the growing heap again and again while they are made (~30% of the load).
+    gc.disable()
     try:
         data = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DatasetError(f"{path}: not a valid JSON file ({error})") from None
+    finally:
+        if collecting:
+            gc.enable()
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected a JSON object with 'images', 'annotations' and 'categories'")
     for key in _REQUIRED:
@@ -200,8 +208,9 @@ def _screen_images(images: list, bad: BadSamples) -> tuple[list[int], set]:
     return kept, rejected
 
 
-def _screen_annotations(data: dict, images: list, rejected: set, bad: BadSamples) -> np.ndarray:
-    """Indices of the good annotations of ``data`` (on the kept ``images``)."""
+def _screen_annotations(data: dict, images: list, rejected: set, bad: BadSamples):
+    """Indices of the good annotations of ``data`` (on the kept ``images``), and their ``id``,
+    ``image_id``, ``category_id`` and ``bbox`` columns as arrays when the column checks read them."""
     annotations = data["annotations"]
     category_ids = {category["id"] for category in data["categories"]}
     count = len(annotations)
@@ -237,6 +246,7 @@ def _screen_annotations(data: dict, images: list, rejected: set, bad: BadSamples
         bbox = np.fromiter((value for box in boxes for value in box), np.float64, 4 * count).reshape(-1, 4)
     except _SlowPath:
         suspect[:] = True
+        ids = None
     if not suspect.all():
         image_ids = np.fromiter((image["id"] for image in images), np.int64, len(images))
         order = np.argsort(image_ids)
@@ -264,7 +274,18 @@ def _screen_annotations(data: dict, images: list, rejected: set, bad: BadSamples
                 keep[index] = True
             elif problem is not _REJECTED:
                 bad.add(where, problem)
-    return np.flatnonzero(keep)
+    kept = np.flatnonzero(keep)
+    if ids is None or (keep & suspect).any():  # columns with placeholders in kept rows
+        return kept, None
+    return kept, {**{key: column[kept] for key, column in ids.items()}, "bbox": bbox[kept]}
+
+
+def _screen(data: dict, bad: BadSamples) -> tuple[dict, dict | None]:
+    kept, rejected = _screen_images(data["images"], bad)
+    images = [data["images"][index] for index in kept]
+    kept, columns = _screen_annotations(data, images, rejected, bad)
+    annotations = [data["annotations"][index] for index in kept.tolist()]
+    return {**data, "images": images, "annotations": annotations}, columns
 
 
 def screen_coco_entries(data: dict, bad: BadSamples) -> dict:
@@ -274,10 +295,7 @@ def screen_coco_entries(data: dict, bad: BadSamples) -> dict:
 
     Checked column by column in NumPy (COCO's 860k annotations in about a second); the entries a
     column check flags are checked again one by one, which names the problem."""
-    kept, rejected = _screen_images(data["images"], bad)
-    images = [data["images"][index] for index in kept]
-    annotations = [data["annotations"][index] for index in _screen_annotations(data, images, rejected, bad)]
-    return {**data, "images": images, "annotations": annotations}
+    return _screen(data, bad)[0]
 
 
 def index_coco(data: dict) -> COCO:
@@ -290,7 +308,9 @@ def index_coco(data: dict) -> COCO:
 
 
 def _optional_numbers(entries: list[dict], key: str) -> np.ndarray:
-    return np.fromiter((entry.get(key, np.nan) for entry in entries), np.float64, len(entries))
+    """``entry[key]`` of each entry, NaN where it is missing or not a number."""
+    values = (entry.get(key) for entry in entries)
+    return np.fromiter((v if type(v) in (int, float) else np.nan for v in values), np.float64, len(entries))
 
 
 def _json_number(value: float) -> int | float:
@@ -351,9 +371,9 @@ class CocoDetection(Dataset):
         data = read_coco_json(self.annotation_file)
         phase("JSON read")
         self.bad = BadSamples(str(self.annotation_file), skip_bad)
-        data = screen_coco_entries(data, self.bad)
+        data, columns = _screen(data, self.bad)
         phase("JSON entries screened")
-        data = self._screen_image_files(data, check_images)
+        data, columns = self._screen_image_files(data, columns, check_images)
         phase("image files checked")
         self.bad.resolve()
         self.categories = [dict(category) for category in data["categories"]]
@@ -364,7 +384,7 @@ class CocoDetection(Dataset):
         self.label_to_category_id = {label: cid for cid, label in self.category_id_to_label.items()}
         names = {category["id"]: category["name"] for category in self.categories}
         self.class_names = [names[cid] for cid in self.category_ids]
-        self._index(data)
+        self._index(data, columns)
         phase("arrays built")
         if not len(self.image_ids):
             raise DatasetError(f"{self.annotation_file}: the dataset has no images")
@@ -377,7 +397,7 @@ class CocoDetection(Dataset):
                 self.stats.clipped,
             )
 
-    def _screen_image_files(self, data: dict, check: str) -> dict:
+    def _screen_image_files(self, data: dict, columns: dict | None, check: str) -> tuple[dict, dict | None]:
         """Drop images whose file is missing, unreadable or of another size than the JSON says
         (into :attr:`bad`), with their annotations."""
         images = data["images"]
@@ -394,13 +414,14 @@ class CocoDetection(Dataset):
             else:
                 kept.append(image)
         if len(kept) == len(images):
-            return data
+            return data, columns
         kept_ids = {image["id"] for image in kept}
         annotations = [ann for ann in data["annotations"] if ann["image_id"] in kept_ids]
-        return {**data, "images": kept, "annotations": annotations}
+        return {**data, "images": kept, "annotations": annotations}, None
 
-    def _index(self, data: dict) -> None:
-        """The arrays the dataset keeps (in image id order), from the screened entries."""
+    def _index(self, data: dict, columns: dict | None) -> None:
+        """The arrays the dataset keeps (in image id order), from the screened entries and their
+        columns where screening read them."""
         images = sorted(data["images"], key=lambda image: image["id"])
         self.image_ids = np.fromiter((image["id"] for image in images), np.int64, len(images))
         names = [image["file_name"].encode("utf-8", "surrogateescape") for image in images]
@@ -411,18 +432,21 @@ class CocoDetection(Dataset):
         # Every screened annotation, crowds included, as annotated: what evaluation scores against.
         annotations = data["annotations"]
         count = len(annotations)
-        image_of = np.searchsorted(self.image_ids, np.fromiter((a["image_id"] for a in annotations), np.int64, count))
+        if columns is None:
+            columns = {
+                key: np.fromiter((a[key] for a in annotations), np.int64, count)
+                for key in ("id", "image_id", "category_id")
+            }
+            columns["bbox"] = np.fromiter((v for a in annotations for v in a["bbox"]), np.float64, 4 * count)
+        image_of = np.searchsorted(self.image_ids, columns["image_id"])
         order = np.argsort(image_of, kind="stable")  # grouped by image, file order within one
-        annotations = [annotations[i] for i in order.tolist()]
         self._ann_image = image_of[order]
-        self._ann_ids = np.fromiter((a["id"] for a in annotations), np.int64, count)
-        self._ann_category = np.fromiter((a["category_id"] for a in annotations), np.int64, count)
-        self._ann_bbox = np.fromiter((v for a in annotations for v in a["bbox"]), np.float64, 4 * count).reshape(-1, 4)
-        self._ann_area = _optional_numbers(annotations, "area")
-        crowd = np.fromiter((bool(a.get("iscrowd", 0)) for a in annotations), bool, count)
-        self._ann_crowd = (
-            np.fromiter((a.get("iscrowd", 0) for a in annotations), np.int64, count) if crowd.any() else None
-        )
+        self._ann_ids = columns["id"][order]
+        self._ann_category = columns["category_id"][order]
+        self._ann_bbox = columns["bbox"].reshape(-1, 4)[order]
+        self._ann_area = _optional_numbers(annotations, "area")[order]
+        crowd = np.fromiter((bool(a.get("iscrowd", 0)) for a in annotations), bool, count)[order]
+        self._ann_crowd = crowd if crowd.any() else None
 
         # Training targets: crowds left out, boxes clipped to their image, under a pixel dropped.
         x0, y0 = self._ann_bbox[:, 0], self._ann_bbox[:, 1]
@@ -441,7 +465,7 @@ class CocoDetection(Dataset):
         )
         self.stats.dropped_examples = [
             f"annotation {a['id']} of image {a['image_id']}: bbox {a['bbox']}"
-            for a in (annotations[i] for i in np.flatnonzero(dropped)[:_EXAMPLES].tolist())
+            for a in (annotations[i] for i in order[np.flatnonzero(dropped)[:_EXAMPLES]].tolist())
         ]
         self._boxes = clipped[keep].astype(np.float32)
         self._labels = np.searchsorted(self.category_ids, self._ann_category[keep]).astype(np.int64) + 1
@@ -484,7 +508,7 @@ class CocoDetection(Dataset):
             if width == width and height == height:  # not NaN: the file gives them
                 image.update(width=_json_number(width), height=_json_number(height))
             images.append(image)
-        crowd = self._ann_crowd.tolist() if self._ann_crowd is not None else [0] * len(self._ann_ids)
+        crowd = self._ann_crowd.astype(int).tolist() if self._ann_crowd is not None else [0] * len(self._ann_ids)
         annotations = []
         for ann_id, image, category, bbox, area, iscrowd in zip(
             self._ann_ids.tolist(), self.image_ids[self._ann_image].tolist(), self._ann_category.tolist(),
