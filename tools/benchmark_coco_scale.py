@@ -154,7 +154,11 @@ def _in_child(function, *args):
 
     process = context.Process(target=run)
     process.start()
-    status, value = parent_end.recv()
+    child_end.close()  # so that a child killed (out of memory) ends the wait with EOFError
+    try:
+        status, value = parent_end.recv()
+    except EOFError:
+        status, value = "error", f"the process ended without a result (exit code {process.join() or process.exitcode})"
     process.join()
     if status != "ok":
         raise RuntimeError(f"{function.__name__} failed: {value}")
@@ -223,10 +227,9 @@ def _datamodule_setup(root: Path) -> dict:
     }
 
 
-def _workers_and_throughput(root: Path, samples: int, train_split: str, train_annotations: str, step: bool) -> dict:
+def _workers_and_throughput(root: Path, samples: int, train_split: str, train_annotations: str) -> dict:
     """Set up, iterate the training loader (2 workers) until each worker made ``samples`` samples,
-    read the workers' memory; then time the SSDLite training step per sample."""
-    import torch
+    read the workers' memory."""
 
     from tasks.datamodules import DetectionDataModule
 
@@ -256,28 +259,42 @@ def _workers_and_throughput(root: Path, samples: int, train_split: str, train_an
         "pss_mb": float(np.mean([m["pss"] for m in after])) / 1024,
         "samples_per_worker": made // len(workers),
     }
-    if step:
-        from vision_mnv2.models import ssdlite_mobilenet_v2
-
-        model = ssdlite_mobilenet_v2(num_classes=datamodule.num_classes, image_size=datamodule.image_size)
-        model.train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.15, momentum=0.9, weight_decay=4e-5)
-        images, targets = batch
-        targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
-        times, cpu = [], []
-        for _ in range(4):  # the first is warm-up
-            begin, begin_cpu = time.perf_counter(), time.process_time()
-            losses = model(images, targets)
-            optimizer.zero_grad()
-            sum(losses.values()).backward()
-            optimizer.step()
-            times.append(time.perf_counter() - begin)
-            cpu.append(time.process_time() - begin_cpu)
-        result["step_samples_per_s"] = len(images) / float(np.median(times[1:]))
-        result["step_cpu_per_sample"] = float(np.median(cpu[1:])) / len(images)
-        result["batch_size"] = len(images)
-        result["threads"] = torch.get_num_threads()
     return result
+
+
+def _training_step(root: Path, batch_size: int) -> dict:
+    """The SSDLite 320 training step (forward, backward, SGD) per sample on a batch of the
+    validation split through the training augmentation (set-up of the small split only)."""
+    import torch
+
+    from tasks.datamodules import DetectionDataModule
+    from vision_mnv2.models import ssdlite_mobilenet_v2
+
+    config = _data_config(root)
+    config.update(train_images="val2017", train_annotations="annotations/instances_val2017.json")
+    datamodule = DetectionDataModule(**config)
+    datamodule.setup("fit")
+    samples = [datamodule.train_set[index] for index in range(batch_size)]
+    images = [image for image, _ in samples]
+    targets = [{"boxes": t["boxes"], "labels": t["labels"]} for _, t in samples]
+    model = ssdlite_mobilenet_v2(num_classes=datamodule.num_classes, image_size=datamodule.image_size)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.15, momentum=0.9, weight_decay=4e-5)
+    times, cpu = [], []
+    for _ in range(4):  # the first is warm-up
+        begin, begin_cpu = time.perf_counter(), time.process_time()
+        losses = model(images, targets)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        times.append(time.perf_counter() - begin)
+        cpu.append(time.process_time() - begin_cpu)
+    return {
+        "step_samples_per_s": batch_size / float(np.median(times[1:])),
+        "step_cpu_per_sample": float(np.median(cpu[1:])) / batch_size,
+        "batch_size": batch_size,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def _warm_page_cache(root: Path) -> None:
@@ -293,6 +310,7 @@ def main(argv=None) -> int:
     parser.add_argument("--train-images", type=int, default=118287)
     parser.add_argument("--boxes", type=int, default=860001, help="training boxes (validation: in proportion)")
     parser.add_argument("--samples", type=int, default=2000, help="training samples per loader worker")
+    parser.add_argument("--step-batch", type=int, default=8, help="batch of the timed training step (memory)")
     parser.add_argument("--root", default=None, help="where the set is generated; default in the cache")
     parser.add_argument("--update-docs", action="store_true", help="replace this measurement's section of --docs")
     parser.add_argument("--docs", default="docs/BENCHMARKS.md")
@@ -309,14 +327,12 @@ def main(argv=None) -> int:
     print("pycocotools", reference, flush=True)
     setup = _in_child(_datamodule_setup, root)
     print("setup", setup, flush=True)
-    full = _in_child(
-        _workers_and_throughput, root, args.samples, "train2017", "annotations/instances_train2017.json", True
-    )
+    full = _in_child(_workers_and_throughput, root, args.samples, "train2017", "annotations/instances_train2017.json")
     print("full", full, flush=True)
-    small = _in_child(
-        _workers_and_throughput, root, args.samples, "val2017", "annotations/instances_val2017.json", False
-    )
+    small = _in_child(_workers_and_throughput, root, args.samples, "val2017", "annotations/instances_val2017.json")
     print("small", small, flush=True)
+    full.update(_in_child(_training_step, root, args.step_batch))
+    print("step", full, flush=True)
 
     ratio = setup["cpu"] / reference["cpu"]
     lines = [
