@@ -14,7 +14,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from tasks.datamodules import DetectionDataModule
-from vision_mnv2.data import SHAPES, CocoDetection, coco_category_id, write_detection_dataset
+from vision_mnv2.data import SHAPES, CocoDetection, DatasetError, coco_category_id, write_detection_dataset
 from vision_mnv2.metrics import COCO_BACKENDS, COCO_STAT_NAMES, CocoMeanAveragePrecision
 
 
@@ -294,3 +294,16 @@ def test_dataset_holds_no_python_objects_per_image_or_box(tmp_path):
         assert len(dataset) == images and dataset.stats.kept == 10 * images
         del dataset
     assert held[1] - held[0] < 50, held  # noqa: PLR2004
+
+
+def test_annotations_of_a_file_whose_every_image_is_bad_are_named(tmp_path):
+    images = [{"id": 1, "file_name": "a.jpg", "width": "wide", "height": 80}]
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 4, "bbox": [1, 1, 5, 5]},  # goes with its image, not counted
+        {"id": 2, "image_id": 5, "category_id": 4, "bbox": [1, 1, 5, 5]},
+    ]
+    path = tmp_path / "instances.json"
+    (tmp_path / "images").mkdir()
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 4, "name": "x"}]}))
+    with pytest.raises(DatasetError, match=r"2 bad sample.*'width' must be a positive number.*image_id 5 is not in"):
+        CocoDetection(tmp_path / "images", path)

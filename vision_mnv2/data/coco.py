@@ -247,17 +247,16 @@ def _screen_annotations(data: dict, images: list, rejected: set, bad: BadSamples
     except _SlowPath:
         suspect[:] = True
         ids = None
+    if not len(images):
+        suspect[:] = True  # every annotation names an unknown (or rejected) image
     if not suspect.all():
         image_ids = np.fromiter((image["id"] for image in images), np.int64, len(images))
         order = np.argsort(image_ids)
         sizes = np.stack(
             [_number_array([images[i].get(key, _MISSING) for i in order]) for key in ("width", "height")], axis=1
         )
-        at = np.minimum(np.searchsorted(image_ids[order], ids["image_id"]), max(len(images) - 1, 0))
-        if len(images):
-            suspect |= image_ids[order][at] != ids["image_id"]
-        else:
-            suspect[:] = True
+        at = np.minimum(np.searchsorted(image_ids[order], ids["image_id"]), len(images) - 1)
+        suspect |= image_ids[order][at] != ids["image_id"]
         suspect |= ~np.isin(ids["category_id"], np.fromiter(category_ids, np.int64, len(category_ids)))
         x, y, w, h = bbox.T
         with np.errstate(invalid="ignore"):
