@@ -307,3 +307,28 @@ def test_annotations_of_a_file_whose_every_image_is_bad_are_named(tmp_path):
     path.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 4, "name": "x"}]}))
     with pytest.raises(DatasetError, match=r"2 bad sample.*'width' must be a positive number.*image_id 5 is not in"):
         CocoDetection(tmp_path / "images", path)
+
+
+def test_coco_sized_benchmark_set_is_valid_coco_and_generated_once(tmp_path):
+    """tools/benchmark_coco_scale.py's generator, at a small size: pycocotools reads what it writes,
+    the dataset set-up finds nothing bad in it, images are hard links, and a second call reuses it."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "tools" / "benchmark_coco_scale.py"
+    spec = importlib.util.spec_from_file_location("benchmark_coco_scale", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    root = tool.generate(tmp_path / "set", train_images=40, boxes=300, val_images=10)
+    annotations = root / "annotations" / "instances_train2017.json"
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(annotations))
+    assert len(coco.imgs) == 40 and 200 < len(coco.anns) < 400 and len(coco.cats) == 80  # noqa: PLR2004
+    assert all(len(ann["segmentation"][0]) == 48 for ann in coco.anns.values())  # noqa: PLR2004
+    dataset = CocoDetection(root / "train2017", annotations)
+    assert len(dataset) == 40 and len(dataset.bad) == 0 and dataset.stats.dropped == 0  # noqa: PLR2004
+    assert dataset.stats.kept + dataset.stats.crowd == len(coco.anns)
+    assert (root / "train2017" / coco.imgs[1]["file_name"]).stat().st_nlink > 1, "hard links, not copies"
+    written = annotations.stat().st_mtime_ns
+    assert tool.generate(root, train_images=40, boxes=300, val_images=10) == root
+    assert annotations.stat().st_mtime_ns == written
