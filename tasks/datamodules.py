@@ -411,7 +411,7 @@ class DetectionDataModule(_DataModuleBase):
         annotations (crowd boxes included, each with its own ``area`` and ``iscrowd``, boxes as
         annotated) and categories, once the set-up checks have left out what is malformed."""
         self.setup("validate")
-        return self.val_set.coco.dataset
+        return self.val_set.ground_truth()
 
     def _dataset(self, split: str, transform) -> CocoDetection:
         images, annotations = self.paths[split]

@@ -14,7 +14,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from tasks.datamodules import DetectionDataModule
-from vision_mnv2.data import SHAPES, CocoDetection, coco_category_id, write_detection_dataset
+from vision_mnv2.data import SHAPES, CocoDetection, DatasetError, coco_category_id, write_detection_dataset
 from vision_mnv2.metrics import COCO_BACKENDS, COCO_STAT_NAMES, CocoMeanAveragePrecision
 
 
@@ -83,17 +83,17 @@ def test_crowd_clipped_tiny_and_empty_images(tmp_path):
     stats = dataset.stats
     assert (stats.kept, stats.crowd, stats.clipped, stats.dropped) == (2, 1, 2, 2)
     assert len(dataset.bad) == 0
-    boxes, labels = dataset._targets[1]
+    boxes, labels = dataset.target(1)
     np.testing.assert_allclose(boxes, [[10, 10, 30, 30], [90, 70, 100, 80]])
     assert labels.tolist() == [1, 1]
-    assert dataset._targets[2][0].shape == (0, 4), "images without annotations are kept"
+    assert dataset.target(2)[0].shape == (0, 4), "images without annotations are kept"
 
 
 def _predictions_from_ground_truth(dataset, jitter):
     rng = np.random.default_rng(0)
     preds, targets = [], []
     for image_id in dataset.image_ids:
-        boxes, labels = dataset._targets[image_id]
+        boxes, labels = dataset.target(image_id)
         boxes = boxes + rng.normal(0, jitter, size=boxes.shape) if jitter else boxes
         targets.append({"image_id": torch.tensor(image_id)})
         preds.append(
@@ -198,3 +198,137 @@ def test_training_metric_equals_pycocotools_on_the_written_results_file(tiny_coc
     (tmp_path / "plain.json").write_text(json.dumps(plain))
     moved = _pycocotools_stats(tmp_path / "plain.json", tmp_path / "faster_coco_eval.json")
     assert all(abs(a - b) > 1e-3 for a, b in zip(moved, numbers["faster_coco_eval"])), moved
+
+
+def _reference_targets(annotation_file):
+    """Training targets as the dict-based dataset made them: per image (in id order) its
+    annotations from pycocotools' index, crowds left out, clipped to the image, under a pixel dropped."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(annotation_file))
+    labels_of = {cid: i + 1 for i, cid in enumerate(sorted(coco.getCatIds()))}
+    targets = {}
+    for image_id in sorted(coco.getImgIds()):
+        width, height = coco.imgs[image_id]["width"], coco.imgs[image_id]["height"]
+        boxes, labels = [], []
+        for ann in coco.imgToAnns.get(image_id, []):
+            if ann["iscrowd"]:
+                continue
+            x, y, w, h = ann["bbox"]
+            x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+            x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+            if x1 - x0 >= 1.0 and y1 - y0 >= 1.0:
+                boxes.append((x0, y0, x1, y1))
+                labels.append(labels_of[ann["category_id"]])
+        targets[image_id] = (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64))
+    return coco, targets
+
+
+def test_array_backed_dataset_gives_the_samples_and_ground_truth_of_the_json(tiny_coco, tmp_path):
+    """Crowds, boxes reaching past the image, boxes under a pixel, areas that are not the boxes',
+    annotations listed out of image order: every sample and the evaluation ground truth are what
+    the annotation file says."""
+    annotations = _crowds_ties_and_areas(tiny_coco, tmp_path / "instances_val.json")
+    data = json.loads(annotations.read_text())
+    data["annotations"][2]["bbox"] = [3.25, 4.5, 0.75, 9.0]  # under a pixel wide: dropped
+    data["annotations"][4]["bbox"] = [-5.5, 10.0, 20.0, 12.0]  # clipped at the left
+    data["annotations"].reverse()  # the file's order is not the images'
+    annotations.write_text(json.dumps(data))
+    dataset = CocoDetection(tiny_coco / "val2017", annotations)
+    coco, reference = _reference_targets(annotations)
+    assert dataset.image_ids.tolist() == list(reference)
+    for index, (image_id, (boxes, labels)) in enumerate(reference.items()):
+        image, target = dataset[index]
+        assert int(target["image_id"]) == image_id
+        assert torch.equal(target["boxes"], torch.from_numpy(boxes)) and torch.equal(
+            target["labels"], torch.from_numpy(labels)
+        )
+        np.testing.assert_array_equal(
+            image, np.asarray(Image.open(tiny_coco / "val2017" / coco.imgs[image_id]["file_name"]))
+        )
+    assert dataset.stats.dropped == 1 and dataset.stats.clipped == 2 and dataset.stats.crowd > 8  # noqa: PLR2004
+    assert dataset.stats.kept == sum(len(labels) for _, labels in reference.values())
+    truth = dataset.ground_truth()
+    assert [image["id"] for image in truth["images"]] == list(reference)
+    by_id = {ann["id"]: ann for ann in data["annotations"]}
+    assert sorted(ann["id"] for ann in truth["annotations"]) == sorted(by_id)
+    for ann in truth["annotations"]:
+        original = by_id[ann["id"]]
+        assert {key: ann[key] for key in ("image_id", "category_id", "bbox", "area", "iscrowd")} == {
+            key: original[key] for key in ("image_id", "category_id", "bbox", "area", "iscrowd")
+        }
+    assert dataset.coco.imgToAnns[int(dataset.image_ids[0])], "a pycocotools index of it on demand"
+
+
+def _scaled_coco(folder, images, boxes_per_image):
+    """A COCO file of ``images`` images (hard links to one JPEG) with ``boxes_per_image`` boxes each."""
+    folder.mkdir()
+    Image.new("RGB", (64, 48)).save(folder / "a.jpg")
+    (folder / "images").mkdir()
+    entries, annotations = [], []
+    for image_id in range(1, images + 1):
+        (folder / "images" / f"{image_id}.jpg").hardlink_to(folder / "a.jpg")
+        entries.append({"id": image_id, "file_name": f"{image_id}.jpg", "width": 64, "height": 48})
+        for _ in range(boxes_per_image):
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
+                                "bbox": [1.5, 2.0, 30.0, 20.0], "area": 600.0, "iscrowd": 0,
+                                "segmentation": [[1.5, 2.0, 31.5, 2.0, 31.5, 22.0]]})  # fmt: skip
+    path = folder / "instances.json"
+    path.write_text(json.dumps({"images": entries, "annotations": annotations, "categories": [{"id": 1, "name": "x"}]}))
+    return folder / "images", path
+
+
+def test_dataset_holds_no_python_objects_per_image_or_box(tmp_path):
+    """Loader workers are forked: every Python object the dataset keeps is copied into each worker
+    once reference counts or the garbage collector touch its page. The dataset keeps arrays: the
+    objects it holds do not grow with 30x the images and boxes (dicts per entry would add ~20k)."""
+    import gc
+
+    held = []
+    for name, images in (("small", 20), ("large", 600)):
+        image_dir, annotations = _scaled_coco(tmp_path / name, images, boxes_per_image=10)
+        gc.collect()
+        before = len(gc.get_objects())
+        dataset = CocoDetection(image_dir, annotations)
+        gc.collect()
+        held.append(len(gc.get_objects()) - before)
+        assert len(dataset) == images and dataset.stats.kept == 10 * images
+        del dataset
+    assert held[1] - held[0] < 50, held  # noqa: PLR2004
+
+
+def test_annotations_of_a_file_whose_every_image_is_bad_are_named(tmp_path):
+    images = [{"id": 1, "file_name": "a.jpg", "width": "wide", "height": 80}]
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 4, "bbox": [1, 1, 5, 5]},  # goes with its image, not counted
+        {"id": 2, "image_id": 5, "category_id": 4, "bbox": [1, 1, 5, 5]},
+    ]
+    path = tmp_path / "instances.json"
+    (tmp_path / "images").mkdir()
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 4, "name": "x"}]}))
+    with pytest.raises(DatasetError, match=r"2 bad sample.*'width' must be a positive number.*image_id 5 is not in"):
+        CocoDetection(tmp_path / "images", path)
+
+
+def test_coco_sized_benchmark_set_is_valid_coco_and_generated_once(tmp_path):
+    """tools/benchmark_coco_scale.py's generator, at a small size: pycocotools reads what it writes,
+    the dataset set-up finds nothing bad in it, images are hard links, and a second call reuses it."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "tools" / "benchmark_coco_scale.py"
+    spec = importlib.util.spec_from_file_location("benchmark_coco_scale", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    root = tool.generate(tmp_path / "set", train_images=40, boxes=300, val_images=10)
+    annotations = root / "annotations" / "instances_train2017.json"
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(annotations))
+    assert len(coco.imgs) == 40 and 200 < len(coco.anns) < 400 and len(coco.cats) == 80  # noqa: PLR2004
+    assert all(len(ann["segmentation"][0]) == 48 for ann in coco.anns.values())  # noqa: PLR2004
+    dataset = CocoDetection(root / "train2017", annotations)
+    assert len(dataset) == 40 and len(dataset.bad) == 0 and dataset.stats.dropped == 0  # noqa: PLR2004
+    assert dataset.stats.kept + dataset.stats.crowd == len(coco.anns)
+    assert (root / "train2017" / coco.imgs[1]["file_name"]).stat().st_nlink > 1, "hard links, not copies"
+    written = annotations.stat().st_mtime_ns
+    assert tool.generate(root, train_images=40, boxes=300, val_images=10) == root
+    assert annotations.stat().st_mtime_ns == written

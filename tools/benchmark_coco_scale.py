@@ -1,0 +1,392 @@
+"""COCO-sized detection data on one machine, measured side by side in one run:
+
+    python tools/benchmark_coco_scale.py [--train-images 118287] [--boxes 860001] [--samples 2000] [--update-docs]
+
+A COCO-layout set of COCO 2017's size is generated into the cache (once; reused when present):
+118,287 training and 5,000 validation images, ~860k boxes with COCO's 80 category ids, 1% crowd,
+~1% images without boxes, and a 24-point polygon per box so that the JSON is about as large as
+``instances_train2017.json``. Image files are hard links to six 640x480-class JPEGs (COCO's common
+sizes): every file name exists and decodes at a real photo's cost, at no disk cost.
+
+Measured, each in a fresh forked process:
+
+- set-up of ``data=coco`` as ``configs/data/coco.yaml`` configures it (``DetectionDataModule.setup``:
+  JSON validation, image checks, targets; train and val) against pycocotools' ``COCO(json)`` load of
+  the same two files (the reference);
+- memory: what the training dataset holds in the main process, and the private memory (USS, PSS
+  from ``/proc/<pid>/smaps_rollup``) of each of 2 loader workers after ``--samples`` training
+  samples each, against the same on a 5,000-image set (the validation split as training data):
+  flat per-worker memory means a ratio near 1;
+- training-loader throughput with 2 workers (320, the recipe's augmentation) against the SSDLite
+  320 training step (forward, backward, SGD step) per sample.
+
+Page cache warm (the files are read before timing). Writes docs/BENCHMARKS.md with --update-docs."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+# COCO 2017's 80 category ids (1..90 with gaps).
+COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
+# (width, height) of the image variants: COCO's most common sizes.
+IMAGE_SIZES = [(640, 480), (480, 640), (640, 427), (427, 640), (640, 360), (500, 375)]
+_VERSION = "coco_scale_v1"
+
+
+def _write_variants(folder: Path, seed: int) -> list[Path]:
+    """Six smooth, photo-like JPEGs (decode cost of a real photo of that size, not of noise)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index, (width, height) in enumerate(IMAGE_SIZES):
+        low = rng.uniform(0, 255, size=(height // 16 + 1, width // 16 + 1, 3)).astype(np.uint8)
+        image = Image.fromarray(low).resize((width, height), Image.BICUBIC)
+        noise = rng.normal(0, 6, size=(height, width, 3))
+        array = np.clip(np.asarray(image, dtype=np.float64) + noise, 0, 255).astype(np.uint8)
+        path = folder / f"variant_{index}.jpg"
+        Image.fromarray(array).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def _polygons(rng: np.random.Generator, count: int = 256, points: int = 24) -> list[str]:
+    """Polygon texts of COCO's look (2-decimal coordinates); boxes reuse them, only the size matters."""
+    polygons = []
+    for _ in range(count):
+        coords = rng.uniform(0, 640, size=2 * points)
+        polygons.append("[[" + ",".join(f"{v:.2f}" for v in coords) + "]]")
+    return polygons
+
+
+def _write_split(root: Path, split: str, images: int, boxes: int, first_id: int, variants, rng) -> None:
+    folder = root / split
+    folder.mkdir(parents=True)
+    sizes = rng.integers(len(IMAGE_SIZES), size=images)
+    image_ids = first_id + np.arange(images)
+    # Boxes per image: ~1% images without any, the rest Poisson around the mean COCO needs.
+    empty = rng.random(images) < 0.01
+    counts = np.where(empty, 0, 1 + rng.poisson(max(boxes / images / 0.99 - 1, 0), size=images))
+    image_text = []
+    for image_id, size in zip(image_ids.tolist(), sizes.tolist()):
+        name = f"{image_id:012d}.jpg"
+        os.link(variants[size], folder / name)
+        width, height = IMAGE_SIZES[size]
+        image_text.append(
+            f'{{"license": 1, "file_name": "{name}", "coco_url": "http://images.cocodataset.org/{split}/{name}", '
+            f'"height": {height}, "width": {width}, "date_captured": "2013-11-14 11:18:45", "id": {image_id}}}'
+        )
+    total = int(counts.sum())
+    owner = np.repeat(np.arange(images), counts)
+    width = np.array([IMAGE_SIZES[s][0] for s in sizes], dtype=np.float64)[owner]
+    height = np.array([IMAGE_SIZES[s][1] for s in sizes], dtype=np.float64)[owner]
+    # Box sides log-uniform from 2 px to the image side (COCO: many small objects), inside the image.
+    w = np.floor(np.exp(rng.uniform(np.log(2), np.log(width))) * 100) / 100
+    h = np.floor(np.exp(rng.uniform(np.log(2), np.log(height))) * 100) / 100
+    x = np.floor(rng.uniform(0, 1, total) * (width - w) * 100) / 100
+    y = np.floor(rng.uniform(0, 1, total) * (height - h) * 100) / 100
+    category = np.asarray(COCO_CATEGORY_IDS)[rng.integers(80, size=total)]
+    crowd = (rng.random(total) < 0.01).astype(int)
+    polygons = _polygons(rng)
+    polygon = rng.integers(len(polygons), size=total)
+    annotation_text = [
+        f'{{"segmentation": {polygons[p]}, "area": {a:.4f}, "iscrowd": {c}, "image_id": {i}, '
+        f'"bbox": [{bx:.2f}, {by:.2f}, {bw:.2f}, {bh:.2f}], "category_id": {k}, "id": {n}}}'
+        for p, a, c, i, bx, by, bw, bh, k, n in zip(
+            polygon.tolist(), (0.6 * w * h).tolist(), crowd.tolist(), image_ids[owner].tolist(),
+            x.tolist(), y.tolist(), w.tolist(), h.tolist(), category.tolist(), range(first_id, first_id + total),
+        )
+    ]  # fmt: skip
+    categories = [{"supercategory": "thing", "id": c, "name": f"class_{c}"} for c in COCO_CATEGORY_IDS]
+    with open(root / "annotations" / f"instances_{split}.json", "w") as file:
+        file.write('{"info": {"description": "COCO-sized benchmark set"}, "licenses": [{"id": 1, "name": "x"}], ')
+        file.write('"images": [' + ", ".join(image_text) + "], ")
+        file.write('"annotations": [' + ", ".join(annotation_text) + "], ")
+        file.write('"categories": ' + json.dumps(categories) + "}")
+
+
+def generate(root: Path, train_images: int, boxes: int, val_images: int = 5000, seed: int = 0) -> Path:
+    """The COCO-sized set at ``root``; written once (into a sibling folder, renamed when complete)."""
+    if (root / "annotations" / "instances_val2017.json").is_file():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root.parent).free
+    needed = int(boxes * 700 + (train_images + val_images) * 400 + (200 << 20))  # JSON + directory entries
+    if free < 2 * needed:
+        raise SystemExit(f"{root.parent}: {free / 2**30:.1f} GiB free, the set needs about {needed / 2**30:.1f} GiB")
+    partial = root.with_name(root.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    (partial / "annotations").mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    variants = _write_variants(partial, seed)
+    start = time.perf_counter()
+    _write_split(partial, "train2017", train_images, boxes, 1, variants, rng)
+    _write_split(partial, "val2017", val_images, round(boxes * val_images / train_images), 10**7, variants, rng)
+    print(f"generated {root} in {time.perf_counter() - start:.0f} s")
+    partial.rename(root)
+    return root
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurements, each in a fresh forked process so that one leaves nothing behind for the next.
+
+
+def _in_child(function, *args):
+    """``function(*args)`` in a forked process; returns its (picklable) result."""
+    context = multiprocessing.get_context("fork")
+    parent_end, child_end = context.Pipe(duplex=False)
+
+    def run():
+        try:
+            child_end.send(("ok", function(*args)))
+        except BaseException as error:  # reported in the parent
+            child_end.send(("error", repr(error)))
+
+    process = context.Process(target=run)
+    process.start()
+    child_end.close()  # so that a child killed (out of memory) ends the wait with EOFError
+    try:
+        status, value = parent_end.recv()
+    except EOFError:
+        status, value = "error", f"the process ended without a result (exit code {process.join() or process.exitcode})"
+    process.join()
+    if status != "ok":
+        raise RuntimeError(f"{function.__name__} failed: {value}")
+    return value
+
+
+def _memory_kb(pid: int | str = "self") -> dict[str, int]:
+    """RSS, PSS and USS (private clean + dirty) of a process, kB, from smaps_rollup."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        fields[key] = int(value.split()[0])
+    return {"rss": fields["Rss"], "pss": fields["Pss"], "uss": fields["Private_Clean"] + fields["Private_Dirty"]}
+
+
+def _cpu_seconds(pids) -> float:
+    """User + system CPU time of processes (fields 14, 15 of /proc/<pid>/stat)."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _data_config(root: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "configs" / "data" / "coco.yaml"))
+    config.pop("_target_")
+    config.update(root=str(root), num_workers=2, pin_memory=False)
+    return config
+
+
+def _pycocotools_load(root: Path) -> dict:
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    start, cpu = time.perf_counter(), time.process_time()
+    with contextlib.redirect_stdout(io.StringIO()):
+        train = COCO(str(root / "annotations" / "instances_train2017.json"))
+        COCO(str(root / "annotations" / "instances_val2017.json"))
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"seconds": seconds, "cpu": cpu, "images": len(train.imgs), "boxes": len(train.anns)}
+
+
+def _datamodule_setup(root: Path) -> dict:
+    from tasks.datamodules import DetectionDataModule
+
+    gc.collect()
+    before = _memory_kb()["rss"]
+    start, cpu = time.perf_counter(), time.process_time()
+    datamodule = DetectionDataModule(**_data_config(root))
+    datamodule.setup("fit")
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    gc.collect()
+    held = _memory_kb()["rss"] - before
+    phases = getattr(datamodule.train_set, "setup_cpu_seconds", None)
+    return {
+        "seconds": seconds,
+        "cpu": cpu,
+        "held_mb": held / 1024,
+        "phases": phases,
+        "images": len(datamodule.train_set),
+    }
+
+
+def _workers_and_throughput(root: Path, samples: int, train_split: str, train_annotations: str) -> dict:
+    """Set up, iterate the training loader (2 workers) until each worker made ``samples`` samples,
+    read the workers' memory."""
+
+    from tasks.datamodules import DetectionDataModule
+
+    config = _data_config(root)
+    config.update(train_images=train_split, train_annotations=train_annotations)
+    datamodule = DetectionDataModule(**config)
+    datamodule.setup("fit")
+    gc.collect()
+    loader = datamodule.train_dataloader()
+    iterator = iter(loader)
+    batch = next(iterator)  # workers started and warm
+    workers = [worker.pid for worker in iterator._workers]
+    first = [_memory_kb(pid) for pid in workers]
+    made, start, cpu = 0, time.perf_counter(), _cpu_seconds(workers)
+    while made < samples * len(workers):
+        batch = next(iterator)
+        made += len(batch[0])
+    seconds, cpu = time.perf_counter() - start, _cpu_seconds(workers) - cpu
+    after = [_memory_kb(pid) for pid in workers]
+    del iterator, loader
+    result = {
+        "images": len(datamodule.train_set),
+        "samples_per_s": made / seconds,
+        "cpu_per_sample": cpu / made,
+        "uss_first_mb": float(np.mean([m["uss"] for m in first])) / 1024,
+        "uss_mb": float(np.mean([m["uss"] for m in after])) / 1024,
+        "pss_mb": float(np.mean([m["pss"] for m in after])) / 1024,
+        "samples_per_worker": made // len(workers),
+    }
+    return result
+
+
+def _training_step(root: Path, batch_size: int) -> dict:
+    """The SSDLite 320 training step (forward, backward, SGD) per sample on a batch of the
+    validation split through the training augmentation (set-up of the small split only)."""
+    import torch
+
+    from tasks.datamodules import DetectionDataModule
+    from vision_mnv2.models import ssdlite_mobilenet_v2
+
+    config = _data_config(root)
+    config.update(train_images="val2017", train_annotations="annotations/instances_val2017.json")
+    datamodule = DetectionDataModule(**config)
+    datamodule.setup("fit")
+    samples = [datamodule.train_set[index] for index in range(batch_size)]
+    images = [image for image, _ in samples]
+    targets = [{"boxes": t["boxes"], "labels": t["labels"]} for _, t in samples]
+    model = ssdlite_mobilenet_v2(num_classes=datamodule.num_classes, image_size=datamodule.image_size)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.15, momentum=0.9, weight_decay=4e-5)
+    times, cpu = [], []
+    for _ in range(4):  # the first is warm-up
+        begin, begin_cpu = time.perf_counter(), time.process_time()
+        losses = model(images, targets)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        times.append(time.perf_counter() - begin)
+        cpu.append(time.process_time() - begin_cpu)
+    return {
+        "step_samples_per_s": batch_size / float(np.median(times[1:])),
+        "step_cpu_per_sample": float(np.median(cpu[1:])) / batch_size,
+        "batch_size": batch_size,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _warm_page_cache(root: Path) -> None:
+    for path in (root / "annotations").glob("*.json"):
+        path.read_bytes()
+    for split in ("train2017", "val2017"):
+        for entry in os.scandir(root / split):
+            entry.stat()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-images", type=int, default=118287)
+    parser.add_argument("--boxes", type=int, default=860001, help="training boxes (validation: in proportion)")
+    parser.add_argument("--samples", type=int, default=2000, help="training samples per loader worker")
+    parser.add_argument("--step-batch", type=int, default=8, help="batch of the timed training step (memory)")
+    parser.add_argument("--root", default=None, help="where the set is generated; default in the cache")
+    parser.add_argument("--update-docs", action="store_true", help="replace this measurement's section of --docs")
+    parser.add_argument("--docs", default="docs/BENCHMARKS.md")
+    args = parser.parse_args(argv)
+
+    from vision_mnv2.reports import command_line, write_section
+
+    cache = Path(os.environ.get("VISION_MNV2_CACHE", Path.home() / ".cache" / "vision_mnv2"))
+    default = cache / f"{_VERSION}_{args.train_images}_{args.boxes}"
+    root = generate(Path(args.root) if args.root else default, args.train_images, args.boxes)
+    _warm_page_cache(root)
+
+    reference = _in_child(_pycocotools_load, root)
+    print("pycocotools", reference, flush=True)
+    setup = _in_child(_datamodule_setup, root)
+    print("setup", setup, flush=True)
+    full = _in_child(_workers_and_throughput, root, args.samples, "train2017", "annotations/instances_train2017.json")
+    print("full", full, flush=True)
+    small = _in_child(_workers_and_throughput, root, args.samples, "val2017", "annotations/instances_val2017.json")
+    print("small", small, flush=True)
+    full.update(_in_child(_training_step, root, args.step_batch))
+    print("step", full, flush=True)
+
+    ratio = setup["cpu"] / reference["cpu"]
+    lines = [
+        f"### COCO-sized data: set-up, loader-worker memory, loader throughput ({reference['images']:,} "
+        f"training images, {reference['boxes']:,} boxes)",
+        "",
+        f"Command: `{command_line('benchmark_coco_scale.py', argv)}`  ",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end; "
+        f"{time.strftime('%Y-%m-%d')}. Generated COCO-layout set (COCO 2017's image and box counts, 80 category "
+        "ids, 24-point polygons: a JSON the size of instances_train2017.json; images hard links to six "
+        "640x480-class JPEGs); page cache warm; one run each, in fresh processes. `data=coco` as "
+        "configs/data/coco.yaml sets it (check_images quick, skip_bad). CPU seconds (all threads of the process) "
+        "are the comparison: on a shared machine wall time measures the neighbours.",
+        "",
+        "| set-up (train + val) | CPU seconds | ratio | wall seconds |",
+        "|---|---|---|---|",
+        f"| pycocotools `COCO(json)` of both files (reference) | {reference['cpu']:.1f} | 1.00 | {reference['seconds']:.1f} |",
+        f"| `DetectionDataModule.setup('fit')` | {setup['cpu']:.1f} | {ratio:.2f} | {setup['seconds']:.1f} |",
+    ]
+    if setup["phases"]:
+        lines.append(
+            "| of which, training split (CPU seconds): "
+            + ", ".join(f"{name} {value:.1f}" for name, value in setup["phases"].items())
+            + " | | | |"
+        )
+    per_worker = full["uss_mb"] / small["uss_mb"]
+    lines += [
+        "",
+        f"Memory the datasets hold in the main process (resident set after `setup('fit')`, less before): "
+        f"{setup['held_mb']:,.0f} MB.",
+        "",
+        f"| loader worker (of 2), after {full['samples_per_worker']:,} training samples each "
+        "| USS, MB | PSS, MB | USS after its first batch, MB | USS ratio |",
+        "|---|---|---|---|---|",
+        f"| {small['images']:,}-image training set (reference) | {small['uss_mb']:.0f} | {small['pss_mb']:.0f} "
+        f"| {small['uss_first_mb']:.0f} | 1.00 |",
+        f"| {full['images']:,}-image training set | {full['uss_mb']:.0f} | {full['pss_mb']:.0f} "
+        f"| {full['uss_first_mb']:.0f} | {per_worker:.2f} |",
+        "",
+        "| training at 320, per sample | CPU ms | samples per CPU second | ratio | wall samples/s |",
+        "|---|---|---|---|---|",
+        f"| SSDLite 320 step: forward, backward, SGD (batch {full['batch_size']}, {full['threads']} threads; "
+        f"reference) | {full['step_cpu_per_sample'] * 1e3:.0f} | {1 / full['step_cpu_per_sample']:.1f} | 1.00 "
+        f"| {full['step_samples_per_s']:.1f} |",
+        f"| training loader, 2 workers (decode + SSD augmentation) | {full['cpu_per_sample'] * 1e3:.1f} "
+        f"| {1 / full['cpu_per_sample']:.1f} | {full['step_cpu_per_sample'] / full['cpu_per_sample']:.2f} "
+        f"| {full['samples_per_s']:.1f} |",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.update_docs:
+        write_section(Path(args.docs), "coco_scale", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
