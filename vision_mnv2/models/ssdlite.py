@@ -24,9 +24,17 @@ from .memory_efficient import set_expansion_groups
 from .mobilenetv2 import MobileNetV2Backbone, make_divisible
 from .normalization import resolve_normalization
 from .registry import register_model
+from .ssd_tf_loss import TFArgMaxMatcher, TFMultipleGridAnchorGenerator, TFSSDLoss
 from .weights import load_backbone_weights, load_weights
 
-__all__ = ["FocalLossSSD", "SSDLite", "SSDLiteMobileNetV2Extractor", "TFSSDAnchorGenerator", "ssdlite_mobilenet_v2"]
+__all__ = [
+    "FocalLossSSD",
+    "SSDLite",
+    "TFLossSSD",
+    "SSDLiteMobileNetV2Extractor",
+    "TFSSDAnchorGenerator",
+    "ssdlite_mobilenet_v2",
+]
 
 # TF OD API `ssdlite_mobilenet_v2_coco`: the two backbone maps and the depths of the 4 extra layers.
 BACKBONE_TAPS = ("layer15/expansion", "layer19")
@@ -153,6 +161,30 @@ class FocalLossSSD(SSDLite):
         return losses
 
 
+class TFLossSSD(SSDLite):
+    """SSDLite trained as TF's ``ssdlite_mobilenet_v2_coco`` config trains it (see
+    :mod:`.ssd_tf_loss`): argmax matching with a forced match per box, sigmoid loss over all
+    ``C + 1`` columns, TF's hard example miner. Scores are per-class sigmoids, background dropped."""
+
+    def __init__(self, *args, tf_loss: dict | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.tf_loss = TFSSDLoss(**(tf_loss or {}))
+        self.proposal_matcher = TFArgMaxMatcher(0.5, 0.5, force_match_for_each_row=True)
+
+    def class_scores(self, logits: Tensor) -> Tensor:
+        return torch.sigmoid(logits[..., 1:])
+
+    def compute_loss(self, targets, head_outputs, anchors, matched_idxs) -> dict[str, Tensor]:
+        return self.tf_loss(targets, head_outputs, anchors, matched_idxs, self.box_coder)
+
+
+def _set_batch_norm(model: nn.Module, momentum: float | None, eps: float | None) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = module.momentum if momentum is None else momentum
+            module.eps = module.eps if eps is None else eps
+
+
 @register_model("ssdlite_mobilenet_v2", task="detection")
 def ssdlite_mobilenet_v2(
     num_classes: int = 80,
@@ -173,6 +205,9 @@ def ssdlite_mobilenet_v2(
     anchor_lowest_scale: float = 0.1,
     round_nearest: int = 8,
     tf_padding: bool = False,
+    anchors: str = "clipped",
+    batch_norm_momentum: float | None = None,
+    batch_norm_eps: float | None = None,
     **kwargs,
 ) -> SSDLite:
     """SSDLite + MobileNetV2 (paper Table 6: 4.3M parameters, 0.8B MACs at 320x320, 80 classes).
@@ -186,7 +221,8 @@ def ssdlite_mobilenet_v2(
             project; only its backbone is taken.
         classification_loss: ``"hard_negative_mining"`` (torchvision's: softmax cross-entropy, the 3
             hardest negatives per positive; TF's config mines the same ratio but with a sigmoid loss)
-            or ``"focal"`` (sigmoid focal loss, every anchor).
+            , ``"focal"`` (sigmoid focal loss, every anchor) or ``"tf"`` (TF's config: sigmoid
+            loss with background column, TF's hard example miner; :class:`TFLossSSD`).
         freeze_backbone / frozen_bn: see :meth:`MobileNetV2Backbone.freeze` (fine-tuning).
         expansion_groups: memory-efficient inference (paper section 5.1): k channel groups per
             expansion, one k or one per block; ``None`` the standard path. Eval mode only.
@@ -196,6 +232,10 @@ def ssdlite_mobilenet_v2(
             image side) of the first and last layer, and of the lowest layer's extra square box.
         round_nearest / tf_padding: the backbone's channel rounding and TF "SAME" padding, as
             :func:`mobilenet_v2` (for backbones from TF-trained weights, e.g. Google's converted models).
+        anchors: ``"clipped"`` (torchvision's order, box sides clipped to the image) or ``"tf"``
+            (TF's ``ssd_anchor_generator``: its order, ratio 0.3333, not clipped).
+        batch_norm_momentum / batch_norm_eps: every batch norm's settings (PyTorch momentum = 1 -
+            TF decay; TF's config: 0.0003 / 0.001); ``None`` keeps the builders' own.
         kwargs: passed to torchvision's ``SSD`` (``topk_candidates``, ``positive_fraction``, ...).
     """
     for key in ("image_mean", "image_std"):
@@ -203,19 +243,27 @@ def ssdlite_mobilenet_v2(
             raise ValueError(f"{key} is set by normalization=imagenet|tf|{{mean, std}}, not directly")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    detectors = {"hard_negative_mining": SSDLite, "focal": FocalLossSSD}
+    detectors = {"hard_negative_mining": SSDLite, "focal": FocalLossSSD, "tf": TFLossSSD}
     if classification_loss not in detectors:
         raise ValueError(f"classification_loss must be one of {sorted(detectors)}, got {classification_loss!r}")
     extractor = SSDLiteMobileNetV2Extractor(width_mult, round_nearest=round_nearest, tf_padding=tf_padding)
     if backbone_weights is not None:
         load_backbone_weights(extractor.backbone, backbone_weights)
-    anchors = TFSSDAnchorGenerator(
-        min_ratio=anchor_min_scale, max_ratio=anchor_max_scale, lowest_scale=anchor_lowest_scale
+    scales = {"lowest_scale": anchor_lowest_scale}
+    if anchors == "clipped":
+        anchor_generator = TFSSDAnchorGenerator(min_ratio=anchor_min_scale, max_ratio=anchor_max_scale, **scales)
+    elif anchors == "tf":
+        anchor_generator = TFMultipleGridAnchorGenerator(
+            min_scale=anchor_min_scale, max_scale=anchor_max_scale, **scales
+        )
+    else:
+        raise ValueError(f"anchors must be 'clipped' or 'tf', got {anchors!r}")
+    head = SSDLiteHead(
+        extractor.out_channels, anchor_generator.num_anchors_per_location(), num_classes + 1, _head_norm()
     )
-    head = SSDLiteHead(extractor.out_channels, anchors.num_anchors_per_location(), num_classes + 1, _head_norm())
     model = detectors[classification_loss](
         extractor,
-        anchors,
+        anchor_generator,
         (image_size, image_size),
         num_classes + 1,
         head=head,
@@ -225,6 +273,7 @@ def ssdlite_mobilenet_v2(
         normalization=normalization,
         **kwargs,
     )
+    _set_batch_norm(model, batch_norm_momentum, batch_norm_eps)
     if weights is not None:
         load_weights(model, weights)
     if freeze_backbone is not False or frozen_bn:
