@@ -3,7 +3,9 @@ the sigmoid loss with TF's hard example miner against a direct computation, conf
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from torchvision.models.detection.image_list import ImageList
 
 from tasks.datamodules import DetectionDataModule
 from tasks.runner import train
+from tasks.ssd_recipe_check import kangaroo_split, report
 from vision_mnv2.data import write_detection_dataset
 from vision_mnv2.models import ssdlite_mobilenet_v2
 from vision_mnv2.models.ssd_tf_loss import TFArgMaxMatcher, TFMultipleGridAnchorGenerator, TFSSDLoss
@@ -212,3 +215,41 @@ def test_tf_variant_training_decreases_its_loss(tmp_path):
         optimizer.step()
         history.append(loss.item())
     assert history[-1] < 0.5 * history[0], history
+
+
+def test_an_image_without_boxes_adds_loss_only_under_the_tf_recipe():
+    """Today's per-image 3:1 mining takes no negatives from an image without positives; TF's miner
+    takes at least 3."""
+    torch.manual_seed(0)
+    empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    for loss, adds in (("hard_negative_mining", False), ("tf", True)):
+        model = ssdlite_mobilenet_v2(num_classes=3, width_mult=0.35, image_size=96, classification_loss=loss)
+        losses = model.train()([torch.rand(3, 96, 96), torch.rand(3, 96, 96)], empty * 2)
+        assert (losses["classification"].item() > 0) is adds, loss
+        assert losses["bbox_regression"].item() == 0
+
+
+KANGAROO = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kangaroo"
+
+
+@pytest.mark.skipif(not (KANGAROO / "annots").is_dir(), reason="../shared/data/kangaroo is not here")
+def test_benchmark_split_of_a_voc_set(tmp_path):
+    counts = kangaroo_split(KANGAROO / "annots", KANGAROO / "images", tmp_path)
+    xml = sorted(p.stem for p in (KANGAROO / "annots").glob("*.xml"))
+    assert counts == {"train": len(xml) - len(xml[::5]), "val": len(xml[::5])}
+    train, val = (json.loads((tmp_path / f"{s}.json").read_text()) for s in ("train", "val"))
+    names = {i["file_name"] for i in train["images"]} | {i["file_name"] for i in val["images"]}
+    assert len(names) == len(xml), "every photo in exactly one split"
+    assert not {i["file_name"] for i in train["images"]} & {i["file_name"] for i in val["images"]}
+    assert all((tmp_path / "images" / n).is_file() for n in names)
+
+
+def test_benchmark_report_names_the_better_recipe():
+    rows = [
+        {"recipe": "today's", "mAP": 0.2, "mAP_50": 0.4, "seconds": 10.0},
+        {"recipe": "TF's", "mAP": 0.3, "mAP_50": 0.5, "seconds": 12.0},
+    ]
+    text = report(rows, "t", "s", "python tools/benchmark_ssd_recipes.py")
+    assert "| TF's | 0.3000 | 0.5000 | 12 |" in text and "**1.50**; TF's recipe trains better" in text
+    rows[1]["mAP"] = 0.1
+    assert "**0.50**; today's recipe trains better" in report(rows, "t", "s", "c")
