@@ -49,7 +49,7 @@ BUILDER_KEYS = {
     "backbone.output_stride": "output_stride",
     "head.aspp": "aspp",
     "head.classification_loss": "classification_loss",
-    "head.anchors": "anchors",
+    "head.anchor_generator": "anchor_generator",
     "head.batch_norm_momentum": "batch_norm_momentum",
     "head.batch_norm_eps": "batch_norm_eps",
     "head.score_thresh": "score_thresh",

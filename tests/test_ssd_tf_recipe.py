@@ -152,7 +152,7 @@ def test_builder_switches_and_sigmoid_scores():
         width_mult=0.35,
         image_size=96,
         classification_loss="tf",
-        anchors="tf",
+        anchor_generator="tf",
         batch_norm_momentum=0.0003,
         batch_norm_eps=0.001,
     )
@@ -165,8 +165,8 @@ def test_builder_switches_and_sigmoid_scores():
     default = ssdlite_mobilenet_v2(num_classes=3, width_mult=0.35, image_size=96)
     assert type(default).__name__ == "SSDLite" and default.anchor_generator.clip
     assert default.backbone.backbone.features[0][1].momentum == 0.1
-    with pytest.raises(ValueError, match="anchors must be"):
-        ssdlite_mobilenet_v2(num_classes=3, width_mult=0.35, anchors="square")
+    with pytest.raises(ValueError, match="anchor_generator must be"):
+        ssdlite_mobilenet_v2(num_classes=3, width_mult=0.35, anchor_generator="square")
 
 
 @pytest.mark.parametrize("experiment", ["ssdlite_tf", "ssdlite_coco_tf", "finetune_ssdlite_custom_tf"])
@@ -175,7 +175,7 @@ def test_tf_experiments_compose(experiment, tmp_path):
     if experiment != "ssdlite_tf":
         overrides += ["data.root=/nowhere"] + (["data.num_classes=1"] if "custom" in experiment else [])
     cfg = compose_config("train", overrides, tmp_path)
-    assert cfg.model.classification_loss == "tf" and cfg.model.anchors == "tf"
+    assert cfg.model.classification_loss == "tf" and cfg.model.anchor_generator == "tf"
     assert cfg.optimizer._target_ == "torch.optim.RMSprop" and cfg.optimizer.eps == 1.0 and cfg.optimizer.lr == 0.004
     assert cfg.scheduler.gamma == 0.95 and cfg.module.scheduler_interval == "step"
     assert cfg.data.augment.zoom_out_prob == 0 and cfg.data.augment.photometric_prob == 0
@@ -200,7 +200,7 @@ def test_tf_variant_training_decreases_its_loss(tmp_path):
     assert "val/mAP" in result["metrics"]
     # The same loss and optimizer on one fixed batch: the loss falls.
     model = ssdlite_mobilenet_v2(
-        num_classes=3, width_mult=0.35, image_size=128, classification_loss="tf", anchors="tf"
+        num_classes=3, width_mult=0.35, image_size=128, classification_loss="tf", anchor_generator="tf"
     ).train()
     data = DetectionDataModule(root, num_classes=3, image_size=128, batch_size=4, num_workers=0)
     data.setup("fit")

@@ -27,14 +27,7 @@ from .registry import register_model
 from .ssd_tf_loss import TFArgMaxMatcher, TFMultipleGridAnchorGenerator, TFSSDLoss
 from .weights import load_backbone_weights, load_weights
 
-__all__ = [
-    "FocalLossSSD",
-    "SSDLite",
-    "TFLossSSD",
-    "SSDLiteMobileNetV2Extractor",
-    "TFSSDAnchorGenerator",
-    "ssdlite_mobilenet_v2",
-]
+__all__ = ["FocalLossSSD", "SSDLite", "SSDLiteMobileNetV2Extractor", "TFSSDAnchorGenerator", "ssdlite_mobilenet_v2"]
 
 # TF OD API `ssdlite_mobilenet_v2_coco`: the two backbone maps and the depths of the 4 extra layers.
 BACKBONE_TAPS = ("layer15/expansion", "layer19")
@@ -205,7 +198,7 @@ def ssdlite_mobilenet_v2(
     anchor_lowest_scale: float = 0.1,
     round_nearest: int = 8,
     tf_padding: bool = False,
-    anchors: str = "clipped",
+    anchor_generator: str = "clipped",
     batch_norm_momentum: float | None = None,
     batch_norm_eps: float | None = None,
     **kwargs,
@@ -232,7 +225,7 @@ def ssdlite_mobilenet_v2(
             image side) of the first and last layer, and of the lowest layer's extra square box.
         round_nearest / tf_padding: the backbone's channel rounding and TF "SAME" padding, as
             :func:`mobilenet_v2` (for backbones from TF-trained weights, e.g. Google's converted models).
-        anchors: ``"clipped"`` (torchvision's order, box sides clipped to the image) or ``"tf"``
+        anchor_generator: ``"clipped"`` (torchvision's order, box sides clipped to the image) or ``"tf"``
             (TF's ``ssd_anchor_generator``: its order, ratio 0.3333, not clipped).
         batch_norm_momentum / batch_norm_eps: every batch norm's settings (PyTorch momentum = 1 -
             TF decay; TF's config: 0.0003 / 0.001); ``None`` keeps the builders' own.
@@ -249,21 +242,19 @@ def ssdlite_mobilenet_v2(
     extractor = SSDLiteMobileNetV2Extractor(width_mult, round_nearest=round_nearest, tf_padding=tf_padding)
     if backbone_weights is not None:
         load_backbone_weights(extractor.backbone, backbone_weights)
-    scales = {"lowest_scale": anchor_lowest_scale}
-    if anchors == "clipped":
-        anchor_generator = TFSSDAnchorGenerator(min_ratio=anchor_min_scale, max_ratio=anchor_max_scale, **scales)
-    elif anchors == "tf":
-        anchor_generator = TFMultipleGridAnchorGenerator(
-            min_scale=anchor_min_scale, max_scale=anchor_max_scale, **scales
+    if anchor_generator not in ("clipped", "tf"):
+        raise ValueError(f"anchor_generator must be 'clipped' or 'tf', got {anchor_generator!r}")
+    anchors = (
+        TFSSDAnchorGenerator(min_ratio=anchor_min_scale, max_ratio=anchor_max_scale, lowest_scale=anchor_lowest_scale)
+        if anchor_generator == "clipped"
+        else TFMultipleGridAnchorGenerator(
+            min_scale=anchor_min_scale, max_scale=anchor_max_scale, lowest_scale=anchor_lowest_scale
         )
-    else:
-        raise ValueError(f"anchors must be 'clipped' or 'tf', got {anchors!r}")
-    head = SSDLiteHead(
-        extractor.out_channels, anchor_generator.num_anchors_per_location(), num_classes + 1, _head_norm()
     )
+    head = SSDLiteHead(extractor.out_channels, anchors.num_anchors_per_location(), num_classes + 1, _head_norm())
     model = detectors[classification_loss](
         extractor,
-        anchor_generator,
+        anchors,
         (image_size, image_size),
         num_classes + 1,
         head=head,
