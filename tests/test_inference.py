@@ -219,7 +219,7 @@ def test_raw_detection_graph_without_nms_gives_the_same_detections(tmp_path):
         torch.testing.assert_close(ours["boxes"], theirs["boxes"], atol=1e-3, rtol=1e-4)
 
 
-@pytest.mark.parametrize("loss", ["hard_negative_mining", "focal"])
+@pytest.mark.parametrize("loss", ["hard_negative_mining", "focal", "tf"])
 def test_detector_postprocess_is_torchvisions_and_the_exported_one(loss):
     """The detector's own post-processing (used in validation) gives torchvision SSD's detections,
     and the focal variant selects per class like the export (it used a flat top-k before)."""

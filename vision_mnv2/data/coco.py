@@ -321,7 +321,9 @@ class CocoDetection(Dataset):
 
     Each item is ``(image, target)``: the image as an RGB ``uint8`` array (or what ``transform``
     makes of it) and a target with ``boxes`` (x0, y0, x1, y1 pixels, float32), ``labels`` (int64,
-    1..K) and ``image_id``. Images without annotations are kept (they teach the background).
+    1..K) and ``image_id``. Images without annotations are kept: under TF's
+    recipe (``head=ssdlite_tf``) their hardest anchors teach the background; the default's per-image 3:1
+    mining takes no negatives from an image without positives, so there they add no loss.
 
     Everything is checked when the dataset is built: the JSON (:func:`read_coco_json`,
     :func:`screen_coco_entries`) and every image file (exists, decodes, has the size the JSON

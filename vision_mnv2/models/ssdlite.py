@@ -26,6 +26,7 @@ from .mobilenetv1 import MobileNetV1Backbone
 from .mobilenetv2 import MobileNetV2Backbone, make_divisible
 from .normalization import resolve_normalization
 from .registry import register_model
+from .ssd_tf_loss import TFArgMaxMatcher, TFMultipleGridAnchorGenerator, TFSSDLoss
 from .weights import load_backbone_weights, load_weights
 
 __all__ = [
@@ -199,6 +200,30 @@ class FocalLossSSD(SSDLite):
         return losses
 
 
+class TFLossSSD(SSDLite):
+    """SSDLite trained as TF's ``ssdlite_mobilenet_v2_coco`` config trains it (see
+    :mod:`.ssd_tf_loss`): argmax matching with a forced match per box, sigmoid loss over all
+    ``C + 1`` columns, TF's hard example miner. Scores are per-class sigmoids, background dropped."""
+
+    def __init__(self, *args, tf_loss: dict | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.tf_loss = TFSSDLoss(**(tf_loss or {}))
+        self.proposal_matcher = TFArgMaxMatcher(0.5, 0.5, force_match_for_each_row=True)
+
+    def class_scores(self, logits: Tensor) -> Tensor:
+        return torch.sigmoid(logits[..., 1:])
+
+    def compute_loss(self, targets, head_outputs, anchors, matched_idxs) -> dict[str, Tensor]:
+        return self.tf_loss(targets, head_outputs, anchors, matched_idxs, self.box_coder)
+
+
+def _set_batch_norm(model: nn.Module, momentum: float | None, eps: float | None) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = module.momentum if momentum is None else momentum
+            module.eps = module.eps if eps is None else eps
+
+
 @register_model("ssdlite_mobilenet_v2", task="detection")
 def ssdlite_mobilenet_v2(
     num_classes: int = 80,
@@ -221,6 +246,9 @@ def ssdlite_mobilenet_v2(
     tf_padding: bool = False,
     bottleneck_activation: str = "linear",
     shortcut: str = "bottleneck",
+    anchor_generator: str = "clipped",
+    batch_norm_momentum: float | None = None,
+    batch_norm_eps: float | None = None,
     **kwargs,
 ) -> SSDLite:
     """SSDLite + MobileNetV2 (paper Table 6: 4.3M parameters, 0.8B MACs at 320x320, 80 classes).
@@ -234,7 +262,8 @@ def ssdlite_mobilenet_v2(
             project; only its backbone is taken.
         classification_loss: ``"hard_negative_mining"`` (torchvision's: softmax cross-entropy, the 3
             hardest negatives per positive; TF's config mines the same ratio but with a sigmoid loss)
-            or ``"focal"`` (sigmoid focal loss, every anchor).
+            , ``"focal"`` (sigmoid focal loss, every anchor) or ``"tf"`` (TF's config: sigmoid
+            loss with background column, TF's hard example miner; :class:`TFLossSSD`).
         freeze_backbone / frozen_bn: see :meth:`MobileNetV2Backbone.freeze` (fine-tuning).
         expansion_groups: memory-efficient inference (paper section 5.1): k channel groups per
             expansion, one k or one per block; ``None`` the standard path. Eval mode only.
@@ -248,6 +277,10 @@ def ssdlite_mobilenet_v2(
             or ``"relu6"`` after each projection; the residual connections ``"bottleneck"`` (the
             paper's), ``"expansion"`` or ``"none"`` (see :class:`InvertedResidual`). Same parameters
             as the default network; ``expansion_groups`` refuses ``shortcut="expansion"``.
+        anchor_generator: ``"clipped"`` (torchvision's order, box sides clipped to the image) or ``"tf"``
+            (TF's ``ssd_anchor_generator``: its order, ratio 0.3333, not clipped).
+        batch_norm_momentum / batch_norm_eps: every batch norm's settings (PyTorch momentum = 1 -
+            TF decay; TF's config: 0.0003 / 0.001); ``None`` keeps the builders' own.
         kwargs: passed to torchvision's ``SSD`` (``topk_candidates``, ``positive_fraction``, ...).
     """
     _check_ssdlite_arguments(num_classes, classification_loss, kwargs)
@@ -274,6 +307,9 @@ def ssdlite_mobilenet_v2(
         anchor_min_scale=anchor_min_scale,
         anchor_max_scale=anchor_max_scale,
         anchor_lowest_scale=anchor_lowest_scale,
+        anchor_generator=anchor_generator,
+        batch_norm_momentum=batch_norm_momentum,
+        batch_norm_eps=batch_norm_eps,
         **kwargs,
     )
     if expansion_groups is not None:
@@ -300,6 +336,9 @@ def ssdlite_mobilenet_v1(
     anchor_lowest_scale: float = 0.1,
     min_depth: int = 16,
     tf_padding: bool = False,
+    anchor_generator: str = "clipped",
+    batch_norm_momentum: float | None = None,
+    batch_norm_eps: float | None = None,
     **kwargs,
 ) -> SSDLite:
     """SSDLite + MobileNetV1, the paper's comparison row (Table 6: 5.1M parameters, 1.3B MAdds at
@@ -311,6 +350,7 @@ def ssdlite_mobilenet_v1(
         project with a MobileNetV1 backbone), and
         min_depth: the fewest channels of a backbone or extra layer (16 in TF's SSD feature extractor).
         tf_padding: TensorFlow's "SAME" padding in the backbone's stride-2 convs.
+        anchor_generator / batch_norm_momentum / batch_norm_eps: as :func:`ssdlite_mobilenet_v2`.
     """
     _check_ssdlite_arguments(num_classes, classification_loss, kwargs)
     extractor = SSDLiteMobileNetV1Extractor(width_mult, min_depth=min_depth, tf_padding=tf_padding)
@@ -330,11 +370,14 @@ def ssdlite_mobilenet_v1(
         anchor_min_scale=anchor_min_scale,
         anchor_max_scale=anchor_max_scale,
         anchor_lowest_scale=anchor_lowest_scale,
+        anchor_generator=anchor_generator,
+        batch_norm_momentum=batch_norm_momentum,
+        batch_norm_eps=batch_norm_eps,
         **kwargs,
     )
 
 
-DETECTORS = {"hard_negative_mining": SSDLite, "focal": FocalLossSSD}
+DETECTORS = {"hard_negative_mining": SSDLite, "focal": FocalLossSSD, "tf": TFLossSSD}
 
 
 def _check_ssdlite_arguments(num_classes, classification_loss, kwargs) -> None:
@@ -364,13 +407,22 @@ def _assemble_ssdlite(
     anchor_min_scale: float,
     anchor_max_scale: float,
     anchor_lowest_scale: float,
+    anchor_generator: str = "clipped",
+    batch_norm_momentum: float | None = None,
+    batch_norm_eps: float | None = None,
     **kwargs,
 ) -> SSDLite:
     """The detector around ``extractor``: TF's anchors, torchvision's separable head, weights, freezing."""
     if backbone_weights is not None:
         load_backbone_weights(extractor.backbone, backbone_weights)
-    anchors = TFSSDAnchorGenerator(
-        min_ratio=anchor_min_scale, max_ratio=anchor_max_scale, lowest_scale=anchor_lowest_scale
+    if anchor_generator not in ("clipped", "tf"):
+        raise ValueError(f"anchor_generator must be 'clipped' or 'tf', got {anchor_generator!r}")
+    anchors = (
+        TFSSDAnchorGenerator(min_ratio=anchor_min_scale, max_ratio=anchor_max_scale, lowest_scale=anchor_lowest_scale)
+        if anchor_generator == "clipped"
+        else TFMultipleGridAnchorGenerator(
+            min_scale=anchor_min_scale, max_scale=anchor_max_scale, lowest_scale=anchor_lowest_scale
+        )
     )
     head = SSDLiteHead(extractor.out_channels, anchors.num_anchors_per_location(), num_classes + 1, _head_norm())
     model = DETECTORS[classification_loss](
@@ -385,6 +437,7 @@ def _assemble_ssdlite(
         normalization=normalization,
         **kwargs,
     )
+    _set_batch_norm(model, batch_norm_momentum, batch_norm_eps)
     if weights is not None:
         load_weights(model, weights)
     if freeze_backbone is not False or frozen_bn:
