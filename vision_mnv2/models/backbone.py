@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-__all__ = ["FeatureBackbone", "FeatureInfo"]
+from .normalization import InputNormalization, Normalization
+
+__all__ = ["BackboneClassifier", "FeatureBackbone", "FeatureInfo"]
 
 
 @dataclass(frozen=True)
@@ -87,3 +90,29 @@ class FeatureBackbone(nn.Module):
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+
+class BackboneClassifier(nn.Module):
+    """An ImageNet classifier on a backbone with one tap: input normalisation, the backbone, global
+    average pool, dropout, linear. Takes RGB images in [0, 1]. The classifier keeps torchvision's
+    layout (Dropout at index 0, Linear at 1), so its weight files load by name."""
+
+    def __init__(self, backbone: FeatureBackbone, num_classes: int, dropout: float, normalization=None) -> None:
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        super().__init__()
+        self.normalize = InputNormalization(normalization)
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(backbone.last_channels, num_classes))
+        nn.init.normal_(self.classifier[1].weight, 0, 0.01)
+        nn.init.zeros_(self.classifier[1].bias)
+
+    @property
+    def normalization(self) -> Normalization:
+        return self.normalize.normalization
+
+    def forward(self, x: Tensor) -> Tensor:
+        (features,) = self.backbone(self.normalize(x)).values()
+        pooled = torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1)
+        return self.classifier(pooled)

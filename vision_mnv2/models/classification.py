@@ -8,7 +8,7 @@ from .memory_efficient import set_expansion_groups
 from .mobilenetv1 import MobileNetV1
 from .mobilenetv2 import MobileNetV2
 from .registry import register_model
-from .weights import load_backbone_weights, load_weights
+from .weights import prepare_for_training
 
 __all__ = ["mobilenet_v1", "mobilenet_v2"]
 
@@ -67,12 +67,14 @@ def mobilenet_v2(
         bottleneck_activation=bottleneck_activation,
         shortcut=shortcut,
     )
-    if backbone_weights is not None:
-        load_backbone_weights(model.backbone, backbone_weights)
-    if weights is not None:
-        load_weights(model, weights)
-    if freeze_backbone is not False or frozen_bn:
-        model.backbone.freeze(freeze_backbone, frozen_bn)
+    prepare_for_training(
+        model,
+        model.backbone,
+        weights=weights,
+        backbone_weights=backbone_weights,
+        freeze_backbone=freeze_backbone,
+        frozen_bn=frozen_bn,
+    )
     if expansion_groups is not None:
         set_expansion_groups(model, expansion_groups)
     return model
@@ -119,10 +121,12 @@ def mobilenet_v1(
         min_depth=min_depth,
         tf_padding=tf_padding,
     )
-    if backbone_weights is not None:
-        load_backbone_weights(model.backbone, backbone_weights)
-    if weights is not None:
-        load_weights(model, weights)
-    if freeze_backbone is not False or frozen_bn:
-        model.backbone.freeze(freeze_backbone, frozen_bn)
+    prepare_for_training(
+        model,
+        model.backbone,
+        weights=weights,
+        backbone_weights=backbone_weights,
+        freeze_backbone=freeze_backbone,
+        frozen_bn=frozen_bn,
+    )
     return model

@@ -24,7 +24,7 @@ from .mobilenetv1 import MobileNetV1Backbone
 from .mobilenetv2 import MobileNetV2Backbone
 from .normalization import InputNormalization, Normalization
 from .registry import register_model
-from .weights import load_backbone_weights, load_weights
+from .weights import prepare_for_training
 
 __all__ = ["DeepLabV3", "deeplabv3_mobilenet_v1", "deeplabv3_mobilenet_v2", "multi_scale_probabilities"]
 
@@ -195,14 +195,16 @@ def _assemble_deeplab(
     align_corners: bool,
 ) -> DeepLabV3:
     """The segmenter around ``backbone``: the ASPP or mobile head, weights, freezing."""
-    if backbone_weights is not None:
-        load_backbone_weights(backbone, backbone_weights)
     rates = tuple(r * 16 // output_stride for r in ASPP_RATES_OS16) if aspp else ()
     model = DeepLabV3(backbone, num_classes, rates, normalization=normalization, align_corners=align_corners)
-    if weights is not None:
-        load_weights(model, weights)
-    if freeze_backbone is not False or frozen_bn:
-        backbone.freeze(freeze_backbone, frozen_bn)
+    prepare_for_training(
+        model,
+        backbone,
+        weights=weights,
+        backbone_weights=backbone_weights,
+        freeze_backbone=freeze_backbone,
+        frozen_bn=frozen_bn,
+    )
     return model
 
 

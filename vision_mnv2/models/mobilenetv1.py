@@ -18,12 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
-from .backbone import FeatureBackbone, FeatureInfo
+from .backbone import BackboneClassifier, FeatureBackbone, FeatureInfo
 from .mobilenetv2 import VALID_OUTPUT_STRIDES, _conv_bn_act
-from .normalization import InputNormalization, Normalization
 
 __all__ = ["SEPARABLE_SETTINGS", "DepthwiseSeparable", "MobileNetV1", "MobileNetV1Backbone", "tf_slim_depth"]
 
@@ -182,7 +180,7 @@ class MobileNetV1Backbone(FeatureBackbone):
         return {name: taps[name] for name in self.out_features}
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(BackboneClassifier):
     """The MobileNetV1 ImageNet classifier: input normalisation, backbone, global average pool,
     dropout, linear (TF-slim's ``Conv2d_1c_1x1`` on the pooled 1x1 map). Takes RGB images in [0, 1]."""
 
@@ -196,24 +194,7 @@ class MobileNetV1(nn.Module):
         min_depth: int = 8,
         tf_padding: bool = False,
     ) -> None:
-        super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-        self.normalize = InputNormalization(normalization)
-        self.backbone = MobileNetV1Backbone(
+        backbone = MobileNetV1Backbone(
             width_mult=width_mult, output_stride=output_stride, min_depth=min_depth, tf_padding=tf_padding
         )
-        self.num_classes = num_classes
-        # The layout of this project's MobileNetV2 classifier (Dropout at index 0, Linear at 1).
-        self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(self.backbone.last_channels, num_classes))
-        nn.init.normal_(self.classifier[1].weight, 0, 0.01)
-        nn.init.zeros_(self.classifier[1].bias)
-
-    @property
-    def normalization(self) -> Normalization:
-        return self.normalize.normalization
-
-    def forward(self, x: Tensor) -> Tensor:
-        (features,) = self.backbone(self.normalize(x)).values()
-        pooled = torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1)
-        return self.classifier(pooled)
+        super().__init__(backbone, num_classes, dropout, normalization)

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.ops.misc import Conv2dNormActivation
 
-from .backbone import FeatureBackbone, FeatureInfo
+from .backbone import BackboneClassifier, FeatureBackbone, FeatureInfo
 from .memory_efficient import split_expansion_forward
-from .normalization import InputNormalization, Normalization
 
 __all__ = [
     "BOTTLENECK_ACTIVATIONS",
@@ -399,7 +397,7 @@ class MobileNetV2Backbone(FeatureBackbone):
         return {name: taps[name] for name in self.out_features}
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(BackboneClassifier):
     """The MobileNetV2 ImageNet classifier: input normalisation, backbone, global average pool,
     dropout, linear. Takes RGB images in [0, 1]."""
 
@@ -415,11 +413,7 @@ class MobileNetV2(nn.Module):
         bottleneck_activation: str = "linear",
         shortcut: str = "bottleneck",
     ) -> None:
-        super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-        self.normalize = InputNormalization(normalization)
-        self.backbone = MobileNetV2Backbone(
+        backbone = MobileNetV2Backbone(
             width_mult=width_mult,
             output_stride=output_stride,
             round_nearest=round_nearest,
@@ -427,17 +421,4 @@ class MobileNetV2(nn.Module):
             bottleneck_activation=bottleneck_activation,
             shortcut=shortcut,
         )
-        self.num_classes = num_classes
-        # Same layout as torchvision's classifier (Dropout at index 0, Linear at 1).
-        self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(self.backbone.last_channels, num_classes))
-        nn.init.normal_(self.classifier[1].weight, 0, 0.01)
-        nn.init.zeros_(self.classifier[1].bias)
-
-    @property
-    def normalization(self) -> Normalization:
-        return self.normalize.normalization
-
-    def forward(self, x: Tensor) -> Tensor:
-        (features,) = self.backbone(self.normalize(x)).values()
-        pooled = torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1)
-        return self.classifier(pooled)
+        super().__init__(backbone, num_classes, dropout, normalization)

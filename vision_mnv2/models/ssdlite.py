@@ -27,7 +27,7 @@ from .mobilenetv2 import MobileNetV2Backbone, make_divisible
 from .normalization import resolve_normalization
 from .registry import register_model
 from .ssd_tf_loss import TFArgMaxMatcher, TFMultipleGridAnchorGenerator, TFSSDLoss
-from .weights import load_backbone_weights, load_weights
+from .weights import prepare_for_training
 
 __all__ = [
     "FocalLossSSD",
@@ -413,8 +413,6 @@ def _assemble_ssdlite(
     **kwargs,
 ) -> SSDLite:
     """The detector around ``extractor``: TF's anchors, torchvision's separable head, weights, freezing."""
-    if backbone_weights is not None:
-        load_backbone_weights(extractor.backbone, backbone_weights)
     if anchor_generator not in ("clipped", "tf"):
         raise ValueError(f"anchor_generator must be 'clipped' or 'tf', got {anchor_generator!r}")
     anchors = (
@@ -438,8 +436,12 @@ def _assemble_ssdlite(
         **kwargs,
     )
     _set_batch_norm(model, batch_norm_momentum, batch_norm_eps)
-    if weights is not None:
-        load_weights(model, weights)
-    if freeze_backbone is not False or frozen_bn:
-        extractor.backbone.freeze(freeze_backbone, frozen_bn)
+    prepare_for_training(
+        model,
+        extractor.backbone,
+        weights=weights,
+        backbone_weights=backbone_weights,
+        freeze_backbone=freeze_backbone,
+        frozen_bn=frozen_bn,
+    )
     return model
