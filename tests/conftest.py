@@ -16,6 +16,19 @@ from vision_mnv2.data import write_classification_dataset
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# Files beside the repository (never committed; a user's clone has none): tests using them skip.
+GOOGLE_MODELS = REPO_ROOT.parent / "shared" / "models" / "google"
+GOOGLE_CLASSIFIER = GOOGLE_MODELS / "mobilenet_v2_1.0_224_quant.tflite"
+GOOGLE_DEEPLAB = GOOGLE_MODELS / "deeplabv3_mnv2_pascal_quant.tflite"
+needs_google = pytest.mark.skipif(
+    not (GOOGLE_CLASSIFIER.is_file() and GOOGLE_DEEPLAB.is_file()),
+    reason="Google's models in ../shared/models/google are not present",
+)
+KANGAROO = REPO_ROOT.parent / "shared" / "data" / "kangaroo"
+needs_kangaroo = pytest.mark.skipif(
+    not (KANGAROO / "annots").is_dir(), reason="real photos in ../shared/data/kangaroo are not present"
+)
+
 # Two cores: keep intra-op threads from oversubscribing when a test starts worker processes.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

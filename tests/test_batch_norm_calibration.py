@@ -17,8 +17,8 @@ from vision_mnv2.convert import calibrate_batch_norm, calibration_images
 from vision_mnv2.data import write_classification_dataset
 from vision_mnv2.models import deeplabv3_mobilenet_v2, mobilenet_v2
 
-GOOGLE = Path(__file__).resolve().parents[2] / "shared" / "models" / "google"
-CLASSIFIER = GOOGLE / "mobilenet_v2_1.0_224_quant.tflite"
+from .conftest import GOOGLE_CLASSIFIER as CLASSIFIER
+from .conftest import needs_google
 
 
 def _as_folded(model: nn.Module, images: torch.Tensor) -> nn.Module:
@@ -150,7 +150,7 @@ def _fine_tune(model: nn.Module, train, val, steps: int = 20) -> float:
         return (model(val[0]).argmax(1) == val[1]).float().mean().item()
 
 
-@pytest.mark.skipif(not CLASSIFIER.is_file(), reason="Google's models in ../shared/models/google are not present")
+@needs_google
 def test_converted_classifier_fine_tunes(tmp_path):
     pytest.importorskip("tflite")
     from vision_mnv2.convert import load_tflite  # noqa: PLC0415

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,15 +18,10 @@ from vision_mnv2.checkpoint import read_checkpoint, save_model
 from vision_mnv2.models import mobilenet_v2
 from vision_mnv2.pipelines import describe
 
-from .conftest import REPO_ROOT, compose_config, tiny_task_overrides
-
-GOOGLE = Path(__file__).resolve().parents[2] / "shared" / "models" / "google"
-CLASSIFIER = GOOGLE / "mobilenet_v2_1.0_224_quant.tflite"
-DEEPLAB = GOOGLE / "deeplabv3_mnv2_pascal_quant.tflite"
-needs_google = pytest.mark.skipif(
-    not (CLASSIFIER.is_file() and DEEPLAB.is_file()),
-    reason="Google's models in ../shared/models/google are not present",
-)
+from .conftest import GOOGLE_CLASSIFIER as CLASSIFIER
+from .conftest import GOOGLE_DEEPLAB as DEEPLAB
+from .conftest import GOOGLE_MODELS as GOOGLE
+from .conftest import REPO_ROOT, compose_config, needs_google, tiny_task_overrides
 
 
 def _photo(name: str) -> np.ndarray:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +20,7 @@ from vision_mnv2.models import ssdlite_mobilenet_v2
 from vision_mnv2.models.ssd_tf_loss import TFArgMaxMatcher, TFMultipleGridAnchorGenerator, TFSSDLoss
 from vision_mnv2.models.ssdlite import TFLossSSD
 
-from .conftest import compose_config, tiny_task_overrides
+from .conftest import KANGAROO, compose_config, needs_kangaroo, tiny_task_overrides
 
 
 def _anchors(generator, size: int, grids: list[int]) -> torch.Tensor:
@@ -229,10 +228,7 @@ def test_an_image_without_boxes_adds_loss_only_under_the_tf_recipe():
         assert losses["bbox_regression"].item() == 0
 
 
-KANGAROO = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kangaroo"
-
-
-@pytest.mark.skipif(not (KANGAROO / "annots").is_dir(), reason="../shared/data/kangaroo is not here")
+@needs_kangaroo
 def test_benchmark_split_of_a_voc_set(tmp_path):
     counts = kangaroo_split(KANGAROO / "annots", KANGAROO / "images", tmp_path)
     xml = sorted(p.stem for p in (KANGAROO / "annots").glob("*.xml"))

@@ -16,6 +16,11 @@ from vision_mnv2.convert import TFLiteImportError, dequantize, load_tflite, read
 from vision_mnv2.convert.tflite import tf_model_input
 from vision_mnv2.models import deeplabv3_mobilenet_v2, mobilenet_v2
 
+from .conftest import GOOGLE_CLASSIFIER as CLASSIFIER
+from .conftest import GOOGLE_DEEPLAB as DEEPLAB
+from .conftest import GOOGLE_MODELS as GOOGLE
+from .conftest import needs_google
+
 tflite = pytest.importorskip("tflite")
 
 from .tflite_writer import (  # noqa: E402
@@ -28,14 +33,6 @@ from .tflite_writer import (  # noqa: E402
     narrow_classifier,
     output_stride_8,
     write_tflite,
-)
-
-GOOGLE = Path(__file__).resolve().parents[2] / "shared" / "models" / "google"
-CLASSIFIER = GOOGLE / "mobilenet_v2_1.0_224_quant.tflite"
-DEEPLAB = GOOGLE / "deeplabv3_mnv2_pascal_quant.tflite"
-needs_google = pytest.mark.skipif(
-    not (CLASSIFIER.is_file() and DEEPLAB.is_file()),
-    reason="Google's models in ../shared/models/google are not present",
 )
 
 

@@ -14,9 +14,7 @@ from PIL import Image
 from vision_mnv2.data import CocoDetection, DatasetError
 from vision_mnv2.data.voc_xml import voc_xml_to_coco
 
-from .conftest import REPO_ROOT
-
-KANGAROO = REPO_ROOT.parent / "shared" / "data" / "kangaroo"
+from .conftest import KANGAROO, REPO_ROOT, needs_kangaroo
 
 XML = """<annotation><filename>{name}</filename><size><width>{w}</width><height>{h}</height><depth>3</depth></size>
 {objects}</annotation>"""
@@ -64,7 +62,7 @@ def test_bad_annotations_name_the_file(tmp_path):
         voc_xml_to_coco(tmp_path / "annots", tmp_path / "images")
 
 
-@pytest.mark.skipif(not KANGAROO.is_dir(), reason="real photos in ../shared/data/kangaroo are not present")
+@needs_kangaroo
 def test_real_labelimg_photos_convert_and_load(tmp_path):
     output = tmp_path / "kangaroo.json"
     run = subprocess.run(
