@@ -2,7 +2,9 @@
 
 A run holds an exclusive ``flock`` on ``<run>/train.lock`` while it trains into that run's
 ``checkpoints/`` (its own, or the earlier run's it resumed). The kernel drops the lock when the
-process ends, killed or not, so the lock file of a dead run never blocks anyone. ``ckpt_path=last``
+process ends, killed or not, so the lock file of a dead run never blocks anyone (forked children,
+such as data-loader workers, let go of their copy at once: otherwise the lock would outlive a killed
+run for as long as its orphaned workers do). ``ckpt_path=last``
 continues the newest earlier run that is not running and whose settings (``<run>/.hydra/config.yaml``)
 equal this run's, apart from the keys in ``resume_may_differ``; an explicit ``ckpt_path=<file>``
 takes the file whatever its settings (logging what differs), but never one of a running run.
@@ -15,6 +17,7 @@ import logging
 import os
 import socket
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +52,27 @@ class ResumeError(RuntimeError):
     """The run to continue is still running, or none of the earlier runs may be continued."""
 
 
+# The locks this process holds. A forked child (a data-loader worker) shares the parent's open file
+# and with it the flock, which would then stay held until the last worker exits, seconds after a
+# killed run, so that ``ckpt_path=last`` right after a kill passed the killed run over. The child
+# closes its copy, which leaves the parent's lock in place.
+_held_locks: weakref.WeakSet[RunLock] = weakref.WeakSet()
+
+
+def _let_go_in_child() -> None:
+    for lock in list(_held_locks):
+        if lock._file is not None:
+            lock._file.close()  # the child's duplicate only: the parent's descriptor keeps the lock
+            lock._file = None
+    _held_locks.clear()
+
+
+os.register_at_fork(after_in_child=_let_go_in_child)
+
+
 class RunLock:
-    """The exclusive lock of a run folder, held by the process that trains into its checkpoints."""
+    """The exclusive lock of a run folder, held by the process that trains into its checkpoints
+    (not by the children it forks)."""
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.path = Path(run_dir) / LOCK_FILE
@@ -70,6 +92,7 @@ class RunLock:
         file.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         file.flush()
         self._file = file
+        _held_locks.add(self)
         return True
 
     def holder(self) -> str:
@@ -83,6 +106,7 @@ class RunLock:
         if self._file is not None:
             self._file.close()  # closing drops the flock
             self._file = None
+        _held_locks.discard(self)
 
 
 @dataclass

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from tasks.datamodules import ClassificationDataModule
-from tasks.resume import ResumeError, start_point
+from tasks.resume import ResumeError, RunLock, start_point
 from tasks.runner import build, train
 from vision_mnv2.data import DatasetError
 from vision_mnv2.files import temporary_name
@@ -215,3 +216,33 @@ def test_a_run_that_is_still_training_is_never_resumed(tiny_cls_root, tmp_path, 
     start = start_point(compose_config("train", common + ["ckpt_path=last"], runs / "b"))
     start.release()
     assert start.checkpoint == str(last)
+
+
+def test_a_forked_child_does_not_keep_the_lock_of_its_run(tmp_path):
+    """A data-loader worker is a forked child of the training process: when the run is killed, its
+    lock must go with it, not live on in the orphaned workers (``ckpt_path=last`` right after a
+    kill would pass the killed run over)."""
+    import multiprocessing
+
+    run_lock = RunLock(tmp_path)
+    assert run_lock.acquire()
+    fork = multiprocessing.get_context("fork")
+    started = fork.Event()
+    child = fork.Process(target=_signal_then_sleep, args=(started, 60), daemon=True)
+    child.start()
+    try:
+        assert started.wait(30), "the child did not start"
+        assert not RunLock(tmp_path).acquire(), "the parent holds the lock while it runs"
+        run_lock.release()  # what the parent's death does; the child is still alive
+        assert child.is_alive()
+        other = RunLock(tmp_path)
+        assert other.acquire(), "the forked child kept the lock after its parent let go"
+        other.release()
+    finally:
+        child.kill()
+        child.join()
+
+
+def _signal_then_sleep(started, seconds: float) -> None:
+    started.set()
+    time.sleep(seconds)
