@@ -76,7 +76,7 @@ def _sweep_config(experiment: str, overrides: list[str]):
 
 
 @pytest.mark.parametrize(
-    "overrides, sizes", [([], "32,64"), (["data=imagenet", "data.root=/imagenet"], "96,128,160,192,224")]
+    "overrides, sizes", [([], "48,64,96"), (["data=imagenet", "data.root=/imagenet"], "96,128,160,192,224")]
 )
 def test_width_resolution_sweep_switches_to_imagenet_with_one_override(overrides, sizes):
     cfg, params = _sweep_config("sweep_width_resolution", overrides)
