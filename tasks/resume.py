@@ -61,10 +61,7 @@ _held_locks: weakref.WeakSet[RunLock] = weakref.WeakSet()
 
 def _let_go_in_child() -> None:
     for lock in list(_held_locks):
-        if lock._file is not None:
-            lock._file.close()  # the child's duplicate only: the parent's descriptor keeps the lock
-            lock._file = None
-    _held_locks.clear()
+        lock.release()  # closes the child's duplicate only: the parent's descriptor keeps the lock
 
 
 os.register_at_fork(after_in_child=_let_go_in_child)

@@ -111,7 +111,7 @@ def report(rows: list[dict], title: str, setup: str, command: str) -> str:
         "",
         f"Command: `{command}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{rows[0].get('threads', torch.get_num_threads())} thread(s) per recipe; "
+        f"{rows[0]['threads']} thread(s) per recipe; "
         f"{time.strftime('%Y-%m-%d')}. {setup}",
         "",
         "| recipe | COCO mAP@[.5:.95] | mAP@.5 | wall time (both at once), s |",
