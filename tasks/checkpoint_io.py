@@ -21,6 +21,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     the previous ``last.ckpt``. Here the previous checkpoint stays readable until the new one is
     complete. Leftovers of a writer killed mid-write are removed at the next save. The content is
     what Lightning writes (``torch.save`` of the checkpoint dict), so it loads with ``weights_only``.
+    A failed write (a full disk) raises :class:`~vision_mnv2.files.WriteFailed` naming the file, the
+    cause and the space left, where ``torch.save`` alone ends in an internal zip-writer error.
     Remote paths (``s3://`` ...) keep Lightning's own handling.
     """
 
@@ -30,4 +32,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         path = Path(path)
         remove_stale_temporaries(path.parent)
-        atomic_write(path, lambda file: torch.save(checkpoint, file))
+        atomic_write(path, lambda file: torch.save(checkpoint, file), kind="checkpoint")
