@@ -7,6 +7,14 @@ bindings (:class:`ExecuTorchRunner`), so the same pipelines predict from it.
 
 A ``.pte`` holds no free-form metadata, so the model's description (what ONNX exports keep in
 ``metadata_props``) travels beside it as JSON, ``<file>.pte.json``; :func:`read_executorch_meta` reads it.
+The description records the size and SHA-256 of the program it was written with, so that a program
+and a description that were copied or replaced separately are refused by name (the runtime would
+load them and fail on the first image with a numeric status code).
+
+ExecuTorch's C++ runtime logs to the process's stderr (file descriptor 2) while it loads and runs a
+program: CPU probing lines on every load, and on a failure the reason. :class:`ExecuTorchRunner`
+catches those lines: the probing ones are dropped, a failure's reason goes into the error it raises,
+anything else is passed on.
 
 int8 is XNNPACK's post-training static quantisation through PT2E (torchao): symmetric int8 weights
 per output channel (depthwise convolutions have few weights per channel, and per-tensor scales ruin
@@ -16,10 +24,16 @@ kernels.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
 import os
+import re
+import sys
+import tempfile
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +44,7 @@ from .files import atomic_write
 
 __all__ = [
     "EXECUTORCH_FORMATS",
+    "ExecuTorchError",
     "ExecuTorchRunner",
     "executorch_available",
     "read_executorch_meta",
@@ -41,7 +56,25 @@ __all__ = [
 EXECUTORCH_FORMATS = (None, "int8")
 
 
+class ExecuTorchError(ValueError):
+    """A program that does not go with its description, or that failed on an input; the message
+    names the file(s) and says what to do."""
+
+
+class _DropPytreeNotice(logging.Filter):
+    # torchao (imported by ExecuTorch) registers enums with torch's pytree the old way, and torch
+    # logs a deprecation for each, on every import: nothing a user of this project can change.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "register_constant() on Enum subclasses is deprecated" not in str(record.msg)
+
+
+_PYTREE_NOTICE = _DropPytreeNotice()
+
+
 def executorch_available() -> bool:
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    if _PYTREE_NOTICE not in pytree_log.filters:
+        pytree_log.addFilter(_PYTREE_NOTICE)
     try:
         import executorch.exir  # noqa: F401, PLC0415
     except ImportError:
@@ -60,6 +93,19 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     """Where the description of the program at ``path`` is kept: ``<file>.pte.json``."""
     path = Path(path)
     return path.with_name(path.name + ".json")
+
+
+def _program_identity(content: bytes) -> dict[str, Any]:
+    """What identifies a program's file: its size and SHA-256 (recorded in its description)."""
+    return {"bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _quantize_int8(module: nn.Module, example: Tensor, calibration: Iterable[Tensor], dynamic_shapes: Any) -> nn.Module:
@@ -92,7 +138,8 @@ def write_executorch(
 ) -> Path:
     """Export ``module`` (one input, ``images``) to an ExecuTorch program lowered to XNNPACK and
     write it to ``path`` with ``metadata`` in :func:`sidecar_path`. ``quantize``: ``None`` (float32) or
-    ``"int8"`` (``calibration`` yields input batches). Both files appear whole or not at all."""
+    ``"int8"`` (``calibration`` yields input batches). Both files appear whole or not at all; the
+    description records the program's size and SHA-256 (``"program"``), which reading it checks."""
     if quantize not in EXECUTORCH_FORMATS:
         raise ValueError(f"quantize must be one of {list(EXECUTORCH_FORMATS)}, got {quantize!r}")
     _require_executorch()
@@ -108,13 +155,21 @@ def write_executorch(
             module = _quantize_int8(module, example, calibration or [], shapes)
         program = torch.export.export(module, (example,), dynamic_shapes=shapes)
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
-    path = atomic_write(path, lambda handle: handle.write(lowered.buffer))
-    atomic_write(sidecar_path(path), lambda handle: handle.write(json.dumps(dict(metadata), indent=1).encode()))
+    content = bytes(lowered.buffer)
+    description = {**metadata, "program": {"file": Path(path).name, **_program_identity(content)}}
+    path = atomic_write(path, lambda handle: handle.write(content), kind="ExecuTorch program")
+    atomic_write(
+        sidecar_path(path),
+        lambda handle: handle.write(json.dumps(description, indent=1).encode()),
+        kind="ExecuTorch program description",
+    )
     return path
 
 
 def read_executorch_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """The description written beside an ExecuTorch program by :func:`write_executorch`."""
+    """The description written beside an ExecuTorch program by :func:`write_executorch`, checked
+    against the program (size and SHA-256; descriptions written before they were recorded are
+    taken as they are). Raises :class:`ExecuTorchError` when it describes another program."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such ExecuTorch program")
@@ -122,9 +177,73 @@ def read_executorch_meta(path: str | os.PathLike) -> dict[str, Any]:
     if not side.is_file():
         raise ValueError(f"{path}: its description {side.name} is missing (export writes it beside the .pte)")
     try:
-        return json.loads(side.read_text())
+        description = json.loads(side.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{side}: not a readable description ({error})") from error
+    recorded = description.get("program") if isinstance(description, dict) else None
+    if isinstance(recorded, dict) and "sha256" in recorded:
+        size = path.stat().st_size
+        # The size first: a different one needs no hashing.
+        if size != recorded.get("bytes") or _file_sha256(path) != recorded["sha256"]:
+            raise ExecuTorchError(
+                f"{side} describes another program than {path}: it was written with "
+                f"{recorded.get('file', 'a program')} of {recorded.get('bytes')} bytes (sha256 "
+                f"{str(recorded['sha256'])[:12]}...), this file has {size} bytes"
+                + ("" if size != recorded.get("bytes") else " and other content")
+                + "; the two were copied or replaced separately. Export again (tools/export.py ... "
+                "export.format=executorch), which writes both together"
+            )
+    return description
+
+
+# Lines ExecuTorch's runtime logs on every load that say nothing to act on: the CPU probing of its
+# XNNPACK thread pool (files it cannot open on this CPU, a core count) and the pool's resizing.
+_RUNTIME_NOISE = re.compile(rb"^\[(cpuinfo_utils|threadpool)\.cpp:\d+\] ")
+# A runtime log line's source prefix, "[method.cpp:1243] ", left out when the line goes into a message.
+_RUNTIME_SOURCE = re.compile(r"^\[[\w.]+:\d+\]\s*")
+
+
+class _RuntimeLog:
+    """What ExecuTorch's C++ runtime writes to stderr during :meth:`capture`, without its noise."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[None]:
+        """Redirects file descriptor 2 into a temporary file for the block (the runtime writes there
+        directly, past ``sys.stderr``). On success the lines other than noise are written on to
+        stderr; on an exception they are kept in :attr:`lines` for the error's message."""
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr to filter
+            yield
+            return
+        sys.stderr.flush()
+        with tempfile.TemporaryFile() as captured:
+            os.dup2(captured.fileno(), 2)
+            failed = False
+            try:
+                yield
+            except BaseException:
+                failed = True
+                raise
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stderr.flush()  # what Python wrote meanwhile is in the file too
+                os.dup2(saved, 2)
+                os.close(saved)
+                captured.seek(0)
+                self.lines = [
+                    line for line in captured.read().splitlines(keepends=True) if not _RUNTIME_NOISE.match(line)
+                ]
+                if not failed and self.lines:
+                    os.write(2, b"".join(self.lines))
+
+    def reason(self) -> str:
+        """The captured lines as one sentence (a failure's reason, as the runtime logged it)."""
+        text = (line.decode("utf-8", "replace").strip() for line in self.lines)
+        return "; ".join(_RUNTIME_SOURCE.sub("", line).rstrip(".") for line in text if line)
 
 
 class ExecuTorchRunner:
@@ -139,19 +258,35 @@ class ExecuTorchRunner:
         _require_executorch()
         from executorch.runtime import Runtime  # noqa: PLC0415
 
-        if threads:
-            from executorch.extension.pybindings import portable_lib  # noqa: PLC0415
-
-            portable_lib._unsafe_reset_threadpool(int(threads))
         self.path = Path(path)
-        try:
-            program = Runtime.get().load_program(self.path)
-        except Exception as error:  # the bindings raise RuntimeError with a numeric code only
-            raise ValueError(f"{self.path}: not an ExecuTorch program ({error})") from error
-        self.method = program.load_method("forward")
+        log = _RuntimeLog()
+        with log.capture():
+            if threads:
+                from executorch.extension.pybindings import portable_lib  # noqa: PLC0415
+
+                portable_lib._unsafe_reset_threadpool(int(threads))
+            try:
+                program = Runtime.get().load_program(self.path)
+            except Exception as error:  # the bindings raise RuntimeError with a numeric code only
+                raise ValueError(f"{self.path}: not an ExecuTorch program ({error})") from error
+            self.method = program.load_method("forward")
         # A program exported at a fixed size (the description's input_shape): other sizes are an
         # error naming both, not the runtime's numeric status code.
         self.input_shape = list(input_shape) if isinstance(input_shape, (list, tuple)) else None
+
+    def _execute(self, image: Tensor) -> Sequence[Tensor]:
+        log = _RuntimeLog()
+        try:
+            with log.capture():
+                return self.method.execute((image,))
+        except RuntimeError as error:  # "method->set_inputs() ... failed with error 0x10" and the like
+            reason = log.reason()
+            raise ExecuTorchError(
+                f"{self.path}: the program failed on an input of shape {list(image.shape)}"
+                + (f": {reason}" if reason else "")
+                + f" ({error}). Programs take batch 1 and the size they were exported at unless exported "
+                "with dynamic sizes; export again if the program does not go with this model"
+            ) from error
 
     def __call__(self, images: Tensor) -> tuple[Tensor, ...]:
         if self.input_shape and list(images.shape[1:]) != self.input_shape[1:]:
@@ -159,5 +294,5 @@ class ExecuTorchRunner:
                 f"{self.path}: the program takes images of {self.input_shape[1:]} (exported at a fixed size); "
                 f"got {list(images.shape[1:])}"
             )
-        per_image = [self.method.execute((images[i : i + 1].contiguous().float(),)) for i in range(images.shape[0])]
+        per_image = [self._execute(images[i : i + 1].contiguous().float()) for i in range(images.shape[0])]
         return tuple(torch.cat([outputs[k] for outputs in per_image]) for k in range(len(per_image[0])))
