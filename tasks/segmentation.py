@@ -13,7 +13,24 @@ from vision_mnv2.models import multi_scale_probabilities
 
 from .module import TaskModule
 
-__all__ = ["SegmentationTask"]
+__all__ = ["SegmentationTask", "check_training_batch_size"]
+
+
+def check_training_batch_size(batch_size: int, processes_normalised_together: int = 1) -> None:
+    """Refuse a batch too small to train DeepLabv3 (PyTorch would stop at the first training step
+    with "Expected more than 1 value per channel when training"): the head's image-pooling branch
+    averages each image to one value per channel, and the batch norm after it needs more than one
+    value per channel. ``processes_normalised_together``: the DDP processes whose batches one
+    batch-norm layer normalises together (all of them with SyncBatchNorm, else 1)."""
+    if batch_size * processes_normalised_together >= 2:
+        return
+    raise ValueError(
+        f"data.batch_size={batch_size}: segmentation cannot train on batches of one image. The head's "
+        "image-pooling branch averages each image to one value per channel, and its batch norm needs more than "
+        "one value per channel to normalise. Use data.batch_size=2 or more (per process under DDP, or set "
+        "trainer.sync_batchnorm=true to normalise over every process's batch); training drops an incomplete "
+        "last batch, so no batch is smaller than data.batch_size"
+    )
 
 
 class SegmentationTask(TaskModule):
@@ -51,6 +68,15 @@ class SegmentationTask(TaskModule):
         self.eval_scales = tuple(eval_scales)
         self.eval_flip = bool(eval_flip)
         self.confusion = segmentation_confusion_matrix(num_classes, ignore_index)
+
+    def on_fit_start(self) -> None:
+        # Here rather than at set-up: Lightning has converted batch norm to SyncBatchNorm by now
+        # (trainer.sync_batchnorm=true), which decides how many values the layers see.
+        datamodule = getattr(self.trainer, "datamodule", None)
+        batch_size = getattr(datamodule, "batch_size", None)
+        if batch_size is not None:
+            synced = any(isinstance(module, nn.SyncBatchNorm) for module in self.model.modules())
+            check_training_batch_size(int(batch_size), self.trainer.world_size if synced else 1)
 
     def example_input(self, datamodule) -> Tensor | None:
         # Validation pads to this size; without padding (images of one size), the training crop.
