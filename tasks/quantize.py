@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import onnxruntime as ort
@@ -27,6 +28,19 @@ __all__ = ["run_quantize"]
 HEADLINE = {"classification": "top1", "detection": "mAP", "segmentation": "mIoU"}
 
 
+class _Counted:
+    """An iterable that counts the items taken from it."""
+
+    def __init__(self, items: Iterable) -> None:
+        self.items = items
+        self.count = 0
+
+    def __iter__(self) -> Iterator:
+        for item in self.items:
+            self.count += 1
+            yield item
+
+
 def run_quantize(cfg: DictConfig, overrides: list[str] | None = None) -> str:
     pipeline = open_pipeline(cfg, overrides)
     datamodule = instantiate(evaluation_data(cfg, pipeline.meta, overrides))
@@ -36,8 +50,12 @@ def run_quantize(cfg: DictConfig, overrides: list[str] | None = None) -> str:
     name = pipeline.meta.builder
     fp32 = pipeline.export_onnx(out_dir / f"{name}_fp32.onnx")
     count = int(cfg.quantize.calibration_images)
-    calibration = pipeline.calibration_batches(datamodule.train_set, count)
+    calibration = _Counted(pipeline.calibration_batches(datamodule.train_set, count))
     int8 = quantize_static_onnx(fp32, out_dir / f"{name}_int8.onnx", calibration, method=cfg.quantize.method)
+    # What the calibration saw: a training split smaller than calibration_images gives all it has.
+    used = f"{calibration.count} training images"
+    if calibration.count < count:
+        used += f" (the whole training split; quantize.calibration_images={count})"
     threads = int(cfg.quantize.threads or torch.get_num_threads())
     graphs = {
         kind: type(pipeline)(pipeline.meta, runner=OnnxRunner(path, threads), **pipeline.export_options)
@@ -58,8 +76,8 @@ def run_quantize(cfg: DictConfig, overrides: list[str] | None = None) -> str:
         f"### int8 static quantisation, {cfg.task_name} ({pipeline.task}), onnxruntime CPU, {threads} threads",
         "",
         f"Command: `{command_line('quantize.py')}`  ",
-        f"Machine: {platform.machine()}; onnxruntime {ort.__version__}; {time.strftime('%Y-%m-%d')}. Calibration: {count} training "
-        f"images, {cfg.quantize.method}; QDQ, int8 weights per channel, uint8 activations. Input {tuple(feed['images'].shape)}. "
+        f"Machine: {platform.machine()}; onnxruntime {ort.__version__}; {time.strftime('%Y-%m-%d')}. Calibration: {used}, "
+        f"{cfg.quantize.method}; QDQ, int8 weights per channel, uint8 activations. Input {tuple(feed['images'].shape)}. "
         f"Accuracy on the {len(datamodule.val_set)} validation images through the exported graphs"
         + (" (NMS inside the graph, kept in float)." if pipeline.task == "detection" else "."),
         "",
