@@ -5,15 +5,11 @@ Parameters, MACs, latency at batch 1 and throughput at ``benchmark.batch`` in ea
 onnxruntime, peak memory, and the training loop's throughput; the report goes to the run folder
 (``benchmark.update_docs=true`` replaces the task's section of docs/BENCHMARKS.md)."""
 
-import sys
-
-import hydra
 from omegaconf import DictConfig
 
-from tasks.cli import with_task_from_checkpoint
+from tasks.cli import run_tool
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="benchmark")
 def main(cfg: DictConfig) -> None:
     from tasks.benchmark import run_benchmark  # noqa: PLC0415  (torch and Lightning load after Hydra has handled --help)
 
@@ -21,5 +17,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv = with_task_from_checkpoint(sys.argv)  # compose the checkpoint's task when none is named
-    main()
+    # Composes the checkpoint's task when none is named; errors about the input are one line.
+    run_tool(main, config_name="benchmark", task_from_checkpoint=True)

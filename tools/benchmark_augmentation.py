@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from tasks.cli import run_tool
 from tasks.datamodules import DetectionDataModule
 from vision_mnv2.data import write_detection_dataset
 from vision_mnv2.data.detection_transforms import SSDTrainTransform
@@ -103,4 +104,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_tool(main)  # errors about the input are one line, as in every tool

@@ -24,6 +24,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from tasks.cli import run_tool
 from tasks.datamodules import DetectionDataModule
 from tasks.detection import DetectionTask
 from vision_mnv2.data import write_detection_dataset
@@ -119,4 +120,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_tool(main)  # errors about the input are one line, as in every tool

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.cli import run_tool
+
 # COCO 2017's 80 category ids (1..90 with gaps).
 COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
 # (width, height) of the image variants: COCO's most common sizes.
@@ -389,4 +391,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_tool(main)  # errors about the input are one line, as in every tool

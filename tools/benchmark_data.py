@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from tasks.cli import run_tool
 from tasks.datamodules import sample_seed, seed_transform
 from vision_mnv2.data import CocoDetection, DatasetError, read_rgb, write_detection_dataset
 from vision_mnv2.data.checks import check_image_files, parallel_map
@@ -105,4 +106,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_tool(main)  # errors about the input are one line, as in every tool

@@ -14,6 +14,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from tasks.cli import run_tool
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,4 +72,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_tool(main)  # errors about the input are one line, as in every tool

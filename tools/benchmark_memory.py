@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from tasks.cli import run_tool
 from vision_mnv2.benchmark import compare_memory_efficient
 from vision_mnv2.models import deeplabv3_mobilenet_v2, largest_activations, mobilenet_v2, set_expansion_groups
 from vision_mnv2.reports import write_section
@@ -109,4 +110,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_tool(main)  # errors about the input are one line, as in every tool

@@ -11,7 +11,8 @@ Needs the optional extra: pip install -e ".[tflite]" (the pure-Python ``tflite``
 from __future__ import annotations
 
 import argparse
-import sys
+
+from tasks.cli import run_tool
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,8 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from vision_mnv2.convert import TFLiteImportError  # noqa: PLC0415  (torch loads after argparse's --help)
-    from vision_mnv2.convert.checkpoint import convert_tflite  # noqa: PLC0415
+    from vision_mnv2.convert.checkpoint import convert_tflite  # noqa: PLC0415  (torch loads after argparse's --help)
 
     try:
         path, meta = convert_tflite(
@@ -47,12 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             calibrate=not args.no_calibration,
             num_calibration_images=args.calibration_images,
         )
-    except ModuleNotFoundError as error:
-        print(f'error: {error.name} is not installed; pip install -e ".[tflite]"', file=sys.stderr)
-        return 1
-    except (TFLiteImportError, OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except ModuleNotFoundError as error:  # the reader of the optional extra
+        raise ImportError(f'{error.name} is not installed: pip install -e ".[tflite]"') from error
     size = "x".join(map(str, meta.input_size)) if meta.input_size else "any size"
     print(
         f"{meta.task} model ({meta.builder}, width {meta.builder_args['width_mult']}, {meta.num_classes} classes, "
@@ -62,4 +58,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_tool(main)  # errors about the input are one line, as in every tool

@@ -15,8 +15,9 @@ matplotlib (pip install 'vision-mnv2[plot]')."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from tasks.cli import run_tool
 
 
 def main(argv=None):
@@ -43,7 +44,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError, ImportError) as exc:
-        sys.exit(f"plot: {exc}")
+    run_tool(main)  # errors about the input are one line, as in every tool

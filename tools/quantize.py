@@ -6,15 +6,11 @@ Exports fp32 ONNX, quantises it (static, calibrated on training images), scores 
 validation split (the checkpoint's own data unless ``data=...`` is given) and times both at batch 1;
 the report goes to the run folder."""
 
-import sys
-
-import hydra
 from omegaconf import DictConfig
 
-from tasks.cli import with_task_from_checkpoint
+from tasks.cli import run_tool
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="quantize")
 def main(cfg: DictConfig) -> None:
     from tasks.quantize import run_quantize  # noqa: PLC0415  (torch and Lightning load after Hydra has handled --help)
 
@@ -22,5 +18,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv = with_task_from_checkpoint(sys.argv)  # compose the checkpoint's task when none is named
-    main()
+    # Composes the checkpoint's task when none is named; errors about the input are one line.
+    run_tool(main, config_name="quantize", task_from_checkpoint=True)

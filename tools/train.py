@@ -1,10 +1,10 @@
 """Train a task: ``python tools/train.py task=classification [overrides...]``."""
 
-import hydra
 from omegaconf import DictConfig
 
+from tasks.cli import run_tool
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+
 def main(cfg: DictConfig) -> None:
     from tasks.runner import train  # noqa: PLC0415  (torch and Lightning load after Hydra has handled --help)
 
@@ -12,4 +12,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main, config_name="train")  # Hydra composes configs/train.yaml; errors about the input are one line

@@ -10,10 +10,9 @@ data.num_classes=K data.train_images=images data.train_annotations=train.json ..
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from vision_mnv2.data import DatasetError
+from tasks.cli import run_tool
 from vision_mnv2.data.voc_xml import voc_xml_to_coco, write_coco_json
 
 
@@ -25,15 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", help="comma-separated class names in order (default: sorted names found)")
     parser.add_argument("--list", help="text file of annotation ids to convert, one per line (default: all)")
     args = parser.parse_args(argv)
-    try:
-        ids = None
-        if args.list:
-            ids = [line.split()[0] for line in Path(args.list).read_text().splitlines() if line.strip()]
-        classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-        dataset = voc_xml_to_coco(args.annotations, args.images, classes, ids)
-    except (DatasetError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    ids = None
+    if args.list:
+        ids = [line.split()[0] for line in Path(args.list).read_text().splitlines() if line.strip()]
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    dataset = voc_xml_to_coco(args.annotations, args.images, classes, ids)
     path = write_coco_json(dataset, args.output)
     names = ", ".join(c["name"] for c in dataset["categories"])
     print(f"{len(dataset['images'])} images, {len(dataset['annotations'])} objects, classes [{names}] -> {path}")
@@ -41,4 +36,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_tool(main)  # errors about the input are one line, as in every tool
