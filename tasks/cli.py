@@ -12,6 +12,7 @@ with ``interrupted`` (status 130, as the shell reports a SIGINT). A bug keeps it
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import sys
@@ -77,10 +78,12 @@ def run_tool(
         if config_name is None:
             status = main()
         else:
-            register_help_resolver()
+            # Where hydra.main(config_path="../configs") in the tool would look: beside its folder.
+            config_dir = Path(inspect.getfile(main)).resolve().parent.parent / "configs"
+            register_help_resolver(config_dir)
             if task_from_checkpoint:
                 sys.argv = with_task_from_checkpoint(sys.argv)
-            status = _under_hydra(main, config_name)()
+            status = _under_hydra(main, config_dir, config_name)()
     except KeyboardInterrupt:
         if full:
             raise
@@ -105,7 +108,7 @@ class _UserError(BaseException):
         self.message = message
 
 
-def _under_hydra(task: Callable[..., object], config_name: str) -> Callable[[], object]:
+def _under_hydra(task: Callable[..., object], config_dir: Path, config_name: str) -> Callable[[], object]:
     import hydra  # noqa: PLC0415
 
     @functools.wraps(task)  # Hydra names the job (and its log file) after the unwrapped function's file
@@ -118,7 +121,7 @@ def _under_hydra(task: Callable[..., object], config_name: str) -> Callable[[], 
                 raise
             raise _UserError(message) from error
 
-    return hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(reported)
+    return hydra.main(version_base="1.3", config_path=str(config_dir), config_name=config_name)(reported)
 
 
 def _in_multirun() -> bool:
@@ -201,22 +204,24 @@ def user_error_message(error: BaseException) -> str | None:
     return None
 
 
-def config_groups(*groups: str) -> str:
+def config_groups(*groups: str, config_dir: Path = CONFIG_DIR) -> str:
     """``group: option, option, ...`` lines (as Hydra's ``$APP_CONFIG_GROUPS`` writes them) for the
     config groups a tool reads, so that its ``--help`` lists those and not every group of training."""
     lines = []
     for group in groups:
-        options = sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
+        options = sorted(path.stem for path in (config_dir / group).glob("*.yaml"))
         lines.append(f"{group}: {', '.join(options)}")
     return "\n".join(lines)
 
 
-def register_help_resolver() -> None:
-    """``${config_groups:task,data}`` in the help templates of configs/hydra/help/."""
+def register_help_resolver(config_dir: Path = CONFIG_DIR) -> None:
+    """``${config_groups:task,data}`` in the help templates of configs/hydra/help/, listing the
+    options found in ``config_dir``."""
     from omegaconf import OmegaConf  # noqa: PLC0415  (light; Hydra imports it anyway)
 
-    if not OmegaConf.has_resolver("config_groups"):
-        OmegaConf.register_new_resolver("config_groups", config_groups)
+    OmegaConf.register_new_resolver(
+        "config_groups", lambda *groups: config_groups(*groups, config_dir=config_dir), replace=True
+    )
 
 
 def _key(argument: str) -> str:
