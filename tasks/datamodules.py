@@ -503,6 +503,20 @@ class SegmentationDataModule(_DataModuleBase):
             self.val_set = self._dataset("val", segmentation_eval_transform(self.eval_pad_size, self.fill))
 
     def describe(self) -> dict[str, Any]:
+        """Besides the classes, the working size prediction brings photos to: the padded size of
+        validation (DeepLab's 513), else the median longer side of the validation images, the
+        scale the model was scored at."""
         description = super().describe()
-        description["hints"] = {"pad_to": self.eval_pad_size}
+        size = self.eval_pad_size or self._median_longer_side(self.val_set.images)
+        description["hints"] = {"pad_to": self.eval_pad_size, "resize_size": size}
         return description
+
+    @staticmethod
+    def _median_longer_side(images: list[Path]) -> int | None:
+        from PIL import Image  # noqa: PLC0415
+
+        sides = []
+        for path in images:
+            with Image.open(path) as image:  # reads the header only
+                sides.append(max(image.size))
+        return int(np.median(sides)) if sides else None

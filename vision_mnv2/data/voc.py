@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..files import atomic_write
 from .checks import BadSamples, DatasetError, image_problem, parallel_map
 from .classification import read_rgb
 
@@ -58,10 +59,10 @@ def voc_palette() -> list[int]:
 
 
 def write_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
-    """Save a class-index mask as a VOC palette PNG."""
+    """Save a class-index mask as a VOC palette PNG, whole or not at all."""
     image = Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="P")
     image.putpalette(voc_palette())
-    image.save(path)
+    atomic_write(path, lambda handle: image.save(handle, format="PNG"))
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:

@@ -144,19 +144,18 @@ def load(
         changes["image_size"] = int(image_size)
     model, meta = load_model(path, task, **changes)
     pipeline_class = PIPELINES[meta.task]
-    hints = {
-        "crop_fraction": meta.preprocessing.get("crop_fraction", 0.875),
-        "pad_to": meta.preprocessing.get("pad_to"),
-    }
-    trained_size = (meta.preprocessing.get("input_size") or [None])[0]
+    trained_size = pipeline_class.working_size_of(meta.preprocessing)
     resized = image_size is not None and int(image_size) != trained_size
-    hints["image_size"] = int(image_size) if resized else trained_size
     if resized:
-        log.info("%s: running at %d px instead of the %s px it was trained at", path, int(image_size), trained_size)
+        was = f"the {trained_size} px it was trained at" if trained_size else "images at their own size"
+        log.info("%s: running at %d px instead of %s", path, int(image_size), was)
     if changes:
         log.info("%s: changed %s", path, ", ".join(f"{k}={v!r}" for k, v in changes.items()))
     if changes or resized or not meta.preprocessing:
-        meta.preprocessing = pipeline_class.preprocessing(meta.builder_args, hints)
+        size = int(image_size) if resized else trained_size
+        meta.preprocessing = pipeline_class.preprocessing(
+            meta.builder_args, pipeline_class.hints_of(meta.preprocessing, size)
+        )
     if fold_bn:
         fold_batch_norm(model)
     return pipeline_class(meta, model, device=device, **options)

@@ -153,6 +153,20 @@ class Pipeline:
         arguments and what the data pipeline says about evaluation (``hints``)."""
         raise NotImplementedError
 
+    @classmethod
+    def working_size_of(cls, preprocessing: dict[str, Any]) -> int | None:
+        """The size (pixels, the longer or only side) a description's model works at."""
+        return (preprocessing.get("input_size") or [None])[0]
+
+    @classmethod
+    def hints_of(cls, preprocessing: dict[str, Any], size: int | None) -> dict[str, Any]:
+        """The :meth:`preprocessing` hints that give back ``preprocessing`` at working size ``size``."""
+        return {
+            "image_size": size,
+            "crop_fraction": preprocessing.get("crop_fraction", 0.875),
+            "pad_to": preprocessing.get("pad_to"),
+        }
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(builder={self.meta.builder}, classes={self.num_classes}, "
@@ -208,11 +222,22 @@ class Pipeline:
         """Drawn pictures of a prediction, by file-name suffix (``{"": drawn}`` or several)."""
         raise NotImplementedError
 
-    def write_extra(self, folder: str | os.PathLike, stem: str, prediction: dict[str, Any]) -> None:
-        """Files of a prediction besides the drawn pictures (segmentation: the mask)."""
+    def extra_files(self, prediction: dict[str, Any]) -> dict[str, Callable[[Path], Any]]:
+        """Files of a prediction besides the drawn pictures, by file-name suffix: a function that
+        writes each to a path (segmentation: the mask)."""
+        return {}
 
-    def summary(self, prediction: dict[str, Any]) -> str:
-        """One line for the log."""
+    def write_extra(self, folder: str | os.PathLike, stem: str, prediction: dict[str, Any]) -> list[Path]:
+        """Write :meth:`extra_files` into ``folder`` as ``<stem><suffix>``; returns their paths."""
+        paths = []
+        for suffix, write in self.extra_files(prediction).items():
+            path = Path(folder) / f"{stem}{suffix}"
+            write(path)
+            paths.append(path)
+        return paths
+
+    def summary(self, prediction: dict[str, Any], **options: Any) -> str:
+        """One line for the log (``min_score``: detections counted from this score, as drawn)."""
         return ""
 
     # -- scoring -------------------------------------------------------------------------------
@@ -337,6 +362,9 @@ class Pipeline:
 
         if self.model is None:
             raise ValueError("export needs the PyTorch model; this pipeline runs an exported file")
+        # XNNPACK's lowering expects the weights in the default (NCHW) layout; a model made
+        # channels-last for faster PyTorch inference goes back to it.
+        self.model.to(memory_format=torch.contiguous_format)
         options = self.executorch_options(**{**self.export_options, **options})
         example = self.example_input(batch=1)
         dynamic_shapes = self.executorch_dynamic_shapes(**options)
@@ -352,7 +380,15 @@ def read_onnx_meta(path: str | os.PathLike) -> tuple[ModelMeta, dict[str, Any]]:
     """The model description and export options stored in an ONNX file written by this project."""
     import onnx  # noqa: PLC0415
 
-    model = onnx.load(str(path), load_external_data=False)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such ONNX file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError names neither the file nor what is wrong with it
+        raise ValueError(
+            f"{path}: not a readable ONNX file ({type(error).__name__}: {error}); export it again with tools/export.py"
+        ) from None
     props = {p.key: p.value for p in model.metadata_props}
     if ONNX_META_KEY not in props:
         raise ValueError(f"{path}: not an ONNX export of this project (no {ONNX_META_KEY!r} metadata)")

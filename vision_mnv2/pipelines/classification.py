@@ -87,7 +87,7 @@ class ClassificationPipeline(Pipeline):
     def draw(self, image: np.ndarray, prediction: dict[str, Any], **options: Any) -> dict[str, np.ndarray]:
         return {}  # the top classes are in predictions.json; nothing to draw on the image
 
-    def summary(self, prediction: dict[str, Any]) -> str:
+    def summary(self, prediction: dict[str, Any], **options: Any) -> str:
         return ", ".join(f"{entry['class']} {entry['score']:.3f}" for entry in prediction["top"])
 
     def raw_image(self, dataset: Any, index: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,18 +28,27 @@ class DetectionExportModule(nn.Module):
     With ``nms`` (default) the outputs are per image, padded to ``detections_per_img`` rows:
     ``boxes`` N x D x 4 (x0, y0, x1, y1 in input pixels), ``scores`` N x D, ``category_ids`` N x D
     (the dataset's ids; -1 on padding rows) and ``num_detections`` N; NMS is ONNX's
-    ``NonMaxSuppression``, with the PyTorch detector's rules (:func:`multiclass_nms`). Without:
+    ``NonMaxSuppression``, with the PyTorch detector's rules (:func:`multiclass_nms`), keeping
+    detections from ``score_thresh`` (default the detector's own, 0.001 for scoring mAP). Without:
     ``boxes`` N x A x 4, ``scores`` N x A x C and ``labels`` N x A (each anchor's best class,
     1-based), for runtimes that bring their own NMS.
 
     The anchors of the fixed input size are computed once and stored, so the batch axis stays dynamic.
     """
 
-    def __init__(self, ssd: nn.Module, image_size: int, nms: bool = True, category_ids: Sequence[int] | None = None):
+    def __init__(
+        self,
+        ssd: nn.Module,
+        image_size: int,
+        nms: bool = True,
+        category_ids: Sequence[int] | None = None,
+        score_thresh: float | None = None,
+    ):
         super().__init__()
         self.ssd = ssd
         self.image_size = int(image_size)
         self.nms = nms
+        self.score_thresh = float(ssd.score_thresh if score_thresh is None else score_thresh)
         transform = ssd.transform
         self.register_buffer("mean", torch.tensor(transform.image_mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(transform.image_std).view(1, 3, 1, 1))
@@ -70,7 +80,7 @@ class DetectionExportModule(nn.Module):
             return boxes, scores, scores.argmax(-1) + 1
         ssd = self.ssd
         boxes, scores, labels, counts = multiclass_nms(
-            boxes, scores, ssd.score_thresh, ssd.nms_thresh, ssd.detections_per_img, ssd.topk_candidates
+            boxes, scores, self.score_thresh, ssd.nms_thresh, ssd.detections_per_img, ssd.topk_candidates
         )
         return boxes, scores, self.category_table[labels], counts
 
@@ -83,7 +93,9 @@ class DetectionPipeline(Pipeline):
     task = "detection"
     reference_size = 320
     reference_classes = 90
-    export_option_names = ("nms",)
+    # score_thresh: detections kept from this score (None: the detector's own, 0.001, right for
+    # scoring mAP; an app wants fewer, surer boxes: tools/export.py defaults to 0.3).
+    export_option_names = ("nms", "score_thresh")
     # Timed without NMS on both sides in benchmarks: the networks' work, not the selection's.
     benchmark_options = {"nms": False}
 
@@ -116,8 +128,48 @@ class DetectionPipeline(Pipeline):
         )
         return resized[0], {"size": tuple(image.shape[:2])}
 
-    def export_module(self, nms: bool = True, **options: Any) -> nn.Module:
-        return DetectionExportModule(self.model, self.image_size, nms, self.category_ids)
+    def export_module(self, nms: bool = True, score_thresh: float | None = None, **options: Any) -> nn.Module:
+        return DetectionExportModule(self.model, self.image_size, nms, self.category_ids, score_thresh)
+
+    def dynamic_axes(self, nms: bool = True, **options: Any) -> dict[str, dict[int, str]]:
+        if not nms:
+            return {"images": {0: "batch"}, "boxes": {0: "batch"}, "scores": {0: "batch"}, "labels": {0: "batch"}}
+        rows = {0: "batch", 1: "max_detections"}
+        return {
+            "images": {0: "batch"},
+            "boxes": rows,
+            "scores": rows,
+            "category_ids": rows,
+            "num_detections": {0: "batch"},
+        }
+
+    def onnx_metadata(self, nms: bool = True, score_thresh: float | None = None, **options: Any) -> dict[str, str]:
+        """What an app needs besides the class names: how to read the outputs."""
+        props = super().onnx_metadata(nms=nms, score_thresh=score_thresh, **options)
+        props["category_ids"] = json.dumps(self.category_ids)  # class_names[i] is category_ids[i]
+        threshold = self.model.score_thresh if score_thresh is None else score_thresh
+        height, width = self.meta.input_size
+        props["detections"] = json.dumps(
+            {
+                "boxes": f"x0, y0, x1, y1 (corners) in pixels of the {width} x {height} network input: "
+                "multiply x by photo_width / input_width and y by photo_height / input_height",
+                "category_ids": "the dataset's category ids; class_names[i] names category_ids[i]; -1 on padding rows",
+                "scores": "class probability of each detection, best first; 0 on padding rows",
+                "num_detections": "rows of boxes / scores / category_ids that hold detections, per image",
+                "score_thresh": float(threshold),
+                "max_detections": int(self.model.detections_per_img),
+                "nms_thresh": float(self.model.nms_thresh),
+            }
+            if nms
+            else {
+                "boxes": f"x0, y0, x1, y1 (corners) of every anchor in pixels of the {width} x {height} network input",
+                "scores": "per anchor, the probability of each class (columns in class_names order)",
+                "labels": "per anchor, its best class, 1-based (0 would be background)",
+                "score_thresh": float(threshold),
+                "nms_thresh": float(self.model.nms_thresh),
+            }
+        )
+        return props
 
     def executorch_options(self, nms: bool = True, **options: Any) -> dict[str, Any]:
         # ExecuTorch has no kernel for torchvision's NMS (its output size depends on the data): the
@@ -132,10 +184,11 @@ class DetectionPipeline(Pipeline):
         if len(outputs) == 3:  # a graph without NMS: the same selection, here
             boxes, scores, _ = outputs
             params = self.meta.builder_args
+            threshold = self.export_options.get("score_thresh")
             boxes, scores, labels, counts = multiclass_nms(
                 boxes.float(),
                 scores.float(),
-                params.get("score_thresh", 0.001),
+                params.get("score_thresh", 0.001) if threshold is None else float(threshold),
                 params.get("nms_thresh", 0.6),
                 params.get("detections_per_img", 100),
                 params.get("topk_candidates", 400),
@@ -182,14 +235,14 @@ class DetectionPipeline(Pipeline):
         )
         return {".jpg": drawn}
 
-    def summary(self, prediction: dict[str, Any]) -> str:
+    def summary(self, prediction: dict[str, Any], min_score: float = 0.3, **options: Any) -> str:
         names = self.class_names
         strong = [
             (names[int(label) - 1], float(s))
             for label, s in zip(prediction["labels"], prediction["scores"])
-            if s >= 0.3
+            if s >= min_score
         ]
-        return f"{len(strong)} detection(s) >= 0.3" + (
+        return f"{len(strong)} detection(s) >= {min_score:g}" + (
             ": " + ", ".join(f"{n} {s:.2f}" for n, s in strong[:5]) if strong else ""
         )
 
