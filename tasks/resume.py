@@ -33,6 +33,7 @@ __all__ = [
     "ResumeError",
     "RunLock",
     "Start",
+    "claim_run_folder",
     "config_differences",
     "is_lead_process",
     "record_settings",
@@ -166,8 +167,31 @@ def _differences(run_dir: Path, cfg: DictConfig) -> list[str] | None:
     return config_differences(OmegaConf.load(recorded), cfg, may_differ)
 
 
+# Folders this process locked before the run started (tasks.run_folder, as Hydra starts the run); a
+# second flock by the same process on another descriptor of the same file would be refused.
+_claimed: dict[Path, RunLock] = {}
+
+
+def claim_run_folder(run_dir: str | os.PathLike) -> RunLock:
+    """Lock this run's own folder now (before anything is written into it); refused with
+    :class:`ResumeError` when another process trains into it."""
+    run_dir = Path(run_dir).resolve()
+    if run_dir in _claimed and _claimed[run_dir]._file is not None:
+        return _claimed[run_dir]
+    lock = RunLock(run_dir)
+    if not lock.acquire():
+        raise ResumeError(
+            f"another run is training into {run_dir} ({lock.holder()}); give this run its own folder (hydra.run.dir)"
+        )
+    _claimed[run_dir] = lock
+    return lock
+
+
 def _claim(run_dir: Path, checkpoint: str | None, resuming_it: bool) -> Start:
     """Lock ``run_dir`` for this process: the earlier run being resumed, or this run's own folder."""
+    held = _claimed.pop(run_dir.resolve(), None)
+    if held is not None and held._file is not None:
+        return Start(checkpoint, run_dir, held)
     lock = RunLock(run_dir)
     if not lock.acquire():
         if resuming_it:
