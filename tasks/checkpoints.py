@@ -58,6 +58,14 @@ BUILDER_KEYS = {
     "head.nms_thresh": "nms_thresh",
     "head.detections_per_img": "detections_per_img",
 }
+# What an evaluation of a checkpoint without a data record should name (the data configs' layouts).
+DATA_EXAMPLES = {
+    "classification": "data=imagenet data.root=PATH (train/ and val/ folders of class folders; "
+    "data=imagenet_custom data.num_classes=K for other classes)",
+    "detection": "data=coco data.root=PATH (COCO 2017 layout), or data=coco_custom data.root=PATH data.num_classes=K "
+    "data.val_images=... data.val_annotations=...",
+    "segmentation": "data=voc data.root=PATH (VOC2012 layout), or data=voc_custom data.root=PATH data.num_classes=K",
+}
 # Where a stored data configuration may point: this project's datamodules and generators only, so
 # a checkpoint cannot make Hydra instantiate anything else.
 DATA_TARGETS = ("tasks.datamodules.", "vision_mnv2.data.")
@@ -100,11 +108,18 @@ def _expected_task(cfg: DictConfig, overrides: Sequence[str]) -> str | None:
 
 
 def _image_size(cfg: DictConfig, overrides: Sequence[str]) -> int | None:
-    if cfg.get("image_size"):
-        return int(cfg.image_size)
-    if "data.image_size" in {_key(o) for o in overrides}:
-        return int(cfg.data.image_size)
-    return None
+    key = "image_size" if cfg.get("image_size") else "data.image_size"
+    if key == "data.image_size" and key not in {_key(o) for o in overrides}:
+        return None
+    value = OmegaConf.select(cfg, key)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, str))
+        or not str(value).isdigit()
+        or int(value) < 1
+    ):
+        raise ValueError(f"{key}={value!r}: give the working size as a whole number of pixels, e.g. {key}=320")
+    return int(value)
 
 
 def _check(meta: ModelMeta, given: dict[str, tuple[str, Any]], path: Path) -> dict[str, Any]:
@@ -216,14 +231,33 @@ def open_pipeline(cfg: DictConfig, overrides: Sequence[str] | None = None, **pip
     return pipeline
 
 
-def evaluation_data(cfg: DictConfig, meta: ModelMeta, overrides: Sequence[str] | None = None) -> DictConfig:
+def evaluation_data(
+    cfg: DictConfig,
+    meta: ModelMeta,
+    overrides: Sequence[str] | None = None,
+    missing: str | None = None,
+    any_data: bool = False,
+) -> DictConfig:
     """The data configuration to score a checkpoint on: the command's when it names data (``data=``,
-    ``data.*``, ``experiment=``), else the one the model was trained with (stored in the checkpoint),
-    else the task's default. Class count and evaluation sizes come from the model."""
+    ``data.*``, ``experiment=``), else the one the model was trained with (stored in the checkpoint).
+    A checkpoint that records none (converted, or saved by hand) is an error saying what to give
+    (``missing``: what to name instead of data, e.g. calibration images), unless ``any_data`` (timing
+    a training step, which any data of the task serves): then the task's default. Class count and
+    evaluation sizes come from the model."""
     overrides = explicit_overrides() if overrides is None else list(overrides)
     keys = {_key(o) for o in overrides}
     named = any(k == "data" or k.startswith("data.") or k == "experiment" for k in keys)
     stored = (meta.training or {}).get("data")
+    if not named and not isinstance(stored, dict) and meta.builder is not None and not any_data:
+        # A converted or hand-saved model: the task's default data (generated shapes) would be
+        # written first and then fail on its classes, or score nonsense.
+        source = (meta.training or {}).get("source")
+        raise CheckpointError(
+            f"{cfg.ckpt_path} does not record the data it was trained on"
+            + (f" (converted from {source})" if source else "")
+            + "; "
+            + (missing or f"say which data to score it on: {DATA_EXAMPLES.get(meta.task, 'data=NAME data.root=PATH')}")
+        )
     if named or not isinstance(stored, dict):
         data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
     else:
