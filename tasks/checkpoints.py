@@ -108,7 +108,7 @@ def _expected_task(cfg: DictConfig, overrides: Sequence[str]) -> str | None:
 
 
 def _image_size(cfg: DictConfig, overrides: Sequence[str]) -> int | None:
-    key = "image_size" if cfg.get("image_size") else "data.image_size"
+    key = "image_size" if cfg.get("image_size") is not None else "data.image_size"
     if key == "data.image_size" and key not in {_key(o) for o in overrides}:
         return None
     value = OmegaConf.select(cfg, key)
@@ -251,7 +251,7 @@ def evaluation_data(
     if not named and not isinstance(stored, dict) and meta.builder is not None and not any_data:
         # A converted or hand-saved model: the task's default data (generated shapes) would be
         # written first and then fail on its classes, or score nonsense.
-        source = (meta.training or {}).get("source")
+        source = (meta.training or {}).get("converted_from")
         raise CheckpointError(
             f"{cfg.ckpt_path} does not record the data it was trained on"
             + (f" (converted from {source})" if source else "")
