@@ -30,6 +30,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from tasks.plots import ablation_figure, read_multirun, tradeoff_figure  # noqa: PLC0415  (after --help)
+    from vision_mnv2.files import atomic_write  # noqa: PLC0415
 
     runs = read_multirun(args.folder)
     if args.figure == "tradeoff":
@@ -37,8 +38,7 @@ def main(argv=None):
     else:
         fig = ablation_figure(runs, title=args.title)
     out = args.out or args.folder / f"{args.figure}.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    atomic_write(out, lambda handle: fig.savefig(handle, format="png", dpi=120))  # whole or not at all
     print(f"{args.figure}: {len(runs)} runs of {args.folder} -> {out}")
     return fig
 
