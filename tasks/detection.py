@@ -48,7 +48,8 @@ class DetectionTask(TaskModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        datamodule = getattr(self.trainer, "datamodule", None)
+        # Outside a Trainer (tools/benchmark.py times training steps by hand) there is nothing to score.
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if hasattr(datamodule, "coco_ground_truth"):
             self.coco_map = CocoMeanAveragePrecision(
                 datamodule.coco_ground_truth(),
