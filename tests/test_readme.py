@@ -1,0 +1,222 @@
+"""The README is the test plan: every command of its ``bash`` blocks and every ``python`` block runs
+here through the real command line, in README order, in a fresh home with tiny data in the layouts
+the README names (tests/readme_world.py), with the task's default configs and only size overrides.
+A command added to the README is a new case here, so a README command that no test runs cannot exist.
+
+Commands with ``ckpt_path=...`` run once per task, on the checkpoint the README's own training command
+of that task wrote; ``[...]`` parts run both without and with them. Each case checks what the command
+promises: exit status 0, no traceback, and the files and output the README says it writes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from vision_mnv2.checkpoint import read_checkpoint
+
+from .command_server import CommandServer
+from .readme_world import REPO_ROOT, TASK_RUNS, Command, UserWorld, expanded_commands, readme_snippets
+
+COMMANDS = expanded_commands()
+SNIPPETS = readme_snippets()
+TOOLS = {p.as_posix() for p in (REPO_ROOT / "tools").glob("*.py")}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    server = CommandServer()
+    try:
+        yield UserWorld(tmp_path_factory.mktemp("readme"), server)
+    finally:
+        server.close()
+
+
+def test_the_readme_has_the_commands_a_user_needs():
+    """The parser finds what the README promises (a regression in parsing would silently test less)."""
+    tools = {c.tool for c in COMMANDS}
+    for needed in ("tools/train.py", "tools/eval.py", "tools/predict.py", "tools/export.py", "tools/quantize.py",
+                   "tools/benchmark.py", "tools/convert.py", "tools/plot.py", "tools/voc_to_coco.py", "make train"):  # fmt: skip
+        assert needed in tools, f"no README command runs {needed}"
+    for command in COMMANDS:
+        assert command.words[0] in ("python", "make"), f"README line {command.line}: not a command this test can run"
+        if command.words[0] == "python":
+            assert str(REPO_ROOT / command.words[1]) in TOOLS, f"README line {command.line}: no such tool"
+    executorch = [c for c in COMMANDS if c.value("export.format") == "executorch" and c.value("ckpt_path") == "..."]
+    assert {(c.task, c.value("export.quantize")) for c in executorch} >= {
+        (task, quantize) for task in TASK_RUNS for quantize in (None, "int8")
+    }, "ExecuTorch export, float32 and int8, for every task"
+
+
+def test_make_test_is_the_test_command():
+    """`make test` cannot run inside its own suite: its recipe is checked to be this suite, installing first."""
+    done = subprocess.run(["make", "-n", "-B", "test"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert 'pip install -e ".[dev]"' in done.stdout and "-m pytest" in done.stdout
+
+
+# Two halves that can run on two test workers at once (pytest-xdist's loadgroup), each in a world of
+# its own that makes what its commands need: deployment (exports, quantize, benchmark, converted
+# models), the slow half, and everything else.
+DEPLOY_TOOLS = ("tools/export.py", "tools/quantize.py", "tools/benchmark.py", "tools/convert.py")
+
+
+def _half(command: Command) -> str:
+    deploy = command.tool in DEPLOY_TOOLS or ".pte" in command.text or "mnv2.ckpt" in command.text
+    return "readme-deploy" if deploy else "readme"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [pytest.param(c, marks=pytest.mark.xdist_group(_half(c))) for c in COMMANDS if c.words[:2] != ["make", "test"]],
+    ids=lambda c: c.id,
+)
+def test_readme_command(world, command: Command):
+    earlier = COMMANDS[: COMMANDS.index(command)]
+    outcome = world.run(command, earlier)
+    assert outcome.returncode == 0, outcome.describe()
+    assert "Traceback" not in outcome.stderr, outcome.describe()
+    _check_what_it_promises(world, command, outcome)
+
+
+def _run_folder(outcome) -> Path:
+    folders = [p for p in outcome.new_outputs if p.is_dir()]
+    assert len(folders) == 1, f"expected one new run folder, got {folders}\n{outcome.describe()}"
+    return folders[0]
+
+
+def _check_what_it_promises(world: UserWorld, command: Command, outcome) -> None:
+    tool = command.tool
+    if tool in ("tools/train.py", "make train"):
+        if "sweep" in command.text:
+            [multirun] = [p for p in outcome.new_outputs if p.parent.name == "multirun"]
+            runs = sorted(p for p in multirun.iterdir() if p.is_dir())
+            assert len(runs) >= 3 and all((r / "train_metrics.json").is_file() for r in runs), runs
+            return
+        run = _run_folder(outcome) if tool != "make train" else world.cwd / "outputs/ssdlite/make_train"
+        assert (run / "checkpoints" / "last.ckpt").is_file() and (run / ".hydra" / "config.yaml").is_file()
+        metrics = json.loads((run / "train_metrics.json").read_text())
+        assert metrics["last_checkpoint"] and metrics["wall_time_s"] > 0
+        assert "Training done in" in outcome.stdout + outcome.stderr, "the run ends with its summary line"
+    elif tool == "tools/eval.py":
+        written = json.loads((_run_folder(outcome) / "metrics.json").read_text())
+        assert written["metrics"] and all(np.isfinite(v) for v in written["metrics"].values())
+        first = next(iter(written["metrics"]))
+        assert first in outcome.stdout, "the metrics are printed"
+    elif tool == "tools/predict.py":
+        _check_predictions(world, command, _run_folder(outcome))
+    elif tool == "tools/export.py":
+        run = _run_folder(outcome)
+        if command.value("export.format") == "executorch":
+            [program] = list(run.glob("*.pte"))
+            description = json.loads(program.with_name(program.name + ".json").read_text())
+            assert description["executorch"]["precision"] == ("int8" if command.value("export.quantize") else "float32")
+            if not command.value("export.quantize"):
+                _same_outputs_as_the_checkpoint(world, outcome, program)
+        else:
+            [graph] = list(run.glob("*.onnx"))
+            props = {p.key: p.value for p in onnx.load(str(graph)).metadata_props}
+            assert props["task"] in TASK_RUNS and json.loads(props["class_names"])
+    elif tool == "tools/quantize.py":
+        report = (_run_folder(outcome) / "quantize.md").read_text()
+        assert "| fp32 |" in report and "| int8 |" in report
+    elif tool == "tools/benchmark.py":
+        assert (_run_folder(outcome) / "benchmark.md").is_file()
+    elif tool == "tools/convert.py":
+        output = world.cwd / command.words[command.words.index("--output") + 1]
+        _, meta = read_checkpoint(output)
+        assert meta.builder and meta.class_names and meta.preprocessing
+    elif tool == "tools/plot.py":
+        out = world.cwd / command.words[command.words.index("--out") + 1]
+        with Image.open(out) as figure:
+            assert figure.size[0] > 300 and figure.size[1] > 200
+    elif tool == "tools/voc_to_coco.py":
+        ran = outcome.command  # the user's folder names are the world's (mine -> mine_detection)
+        coco = json.loads((world.cwd / ran[ran.index("--output") + 1]).read_text())
+        assert coco["images"] and coco["annotations"] and coco["categories"]
+    else:
+        pytest.fail(f"README line {command.line}: no check for {tool}; say here what it promises")
+
+
+def _same_outputs_as_the_checkpoint(world: UserWorld, outcome, program: Path) -> None:
+    """A float32 program computes what the checkpoint's network computes, on a photo the pipeline
+    prepares (raw outputs: the detection program has no NMS; ExecuTorch's XNNPACK kernels differ from
+    PyTorch's in float rounding only)."""
+    import vision_mnv2
+    from vision_mnv2.data import read_rgb
+
+    checkpoint = world.cwd / next(w.split("=", 1)[1] for w in outcome.command if w.startswith("ckpt_path="))
+    exported, original = vision_mnv2.load(program), vision_mnv2.load(checkpoint)
+    tensor, _ = exported.preprocess(read_rgb(world.cwd / "photos" / "photo_1.jpg"))
+    theirs = exported.run(tensor[None])
+    with torch.no_grad():
+        ours = original.export_module(**exported.export_options)(tensor[None])
+    ours = ours if isinstance(ours, tuple) else (ours,)
+    assert len(theirs) == len(ours)
+    for a, b in zip(theirs, ours):
+        if b.is_floating_point():
+            torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+
+
+def _input_images(world: UserWorld, words: list[str]) -> list[Path]:
+    source = Path(next(w.split("=", 1)[1] for w in words if w.startswith("input=")))
+    source = source if source.is_absolute() else world.cwd / source
+    if source.is_dir():
+        return sorted(p for p in source.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"))
+    if source.suffix == ".json":
+        return [Path(i["file_name"]) for i in json.loads(source.read_text())["images"]]
+    if source.suffix == ".txt":
+        return [Path(line) for line in source.read_text().split()]
+    return [source]
+
+
+def _check_predictions(world: UserWorld, command: Command, run: Path) -> None:
+    outcome = world.done[command.id]
+    predictions = json.loads((run / "predictions.json").read_text())
+    index = json.loads((run / "images.json").read_text())
+    expected = _input_images(world, outcome.command)
+    assert len(index) == len(expected), "one entry per input image"
+    for entry in index:
+        if entry["file_name"].endswith((".jpg", ".png", ".jpeg", ".bmp")):
+            with Image.open(world.cwd / entry["file_name"]) as photo:
+                assert (entry["width"], entry["height"]) == photo.size
+    if predictions and "mask" in predictions[0]:  # segmentation: one mask per photo, at the photo's size
+        for record, entry in zip(predictions, index):
+            with Image.open(run / record["mask"]) as mask:
+                assert mask.size == (entry["width"], entry["height"])
+    elif predictions and "bbox" in predictions[0]:  # detection: COCO results in the photos' pixels
+        sizes = {e["id"]: (e["width"], e["height"]) for e in index}
+        for record in predictions:
+            x, y, w, h = record["bbox"]
+            width, height = sizes[record["image_id"]]
+            assert -0.5 <= x and -0.5 <= y and x + w <= width + 0.5 and y + h <= height + 0.5
+    else:
+        assert len(predictions) == len(expected) and all("top5" in p for p in predictions)
+
+
+@pytest.mark.parametrize("snippet", SNIPPETS, ids=lambda s: s.id)
+def test_readme_python_block(world, snippet, tmp_path):
+    """The README's Python examples run as written, with its paths filled in like the commands'."""
+    code = snippet.code
+    for placeholder in sorted(set(re.findall(r"[\w./-]*<run>[\w./-]*", code))):
+        command = Command(snippet.line, placeholder, ["python", "x", f"path={placeholder}"])
+        resolved = world._produced(placeholder, command, COMMANDS)
+        code = code.replace(placeholder, resolved)
+    script = world.cwd / f"readme_block_{snippet.line}.py"
+    script.write_text(code)
+    done = world.server.run(["python", script.name], world.cwd, world.env)
+    assert done.returncode == 0, f"{code}\n--- stderr\n{done.stderr[-4000:]}"
+
+
+def test_readme_world_is_shell_quotable():
+    """The ids shown for the cases are the commands as a user would paste them."""
+    for command in COMMANDS:
+        assert shlex.split(command.text) == command.words
