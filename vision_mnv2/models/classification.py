@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 from .memory_efficient import set_expansion_groups
-from .mobilenetv1 import MobileNetV1
-from .mobilenetv2 import MobileNetV2
+from .mobilenetv1 import MobileNetV1, MobileNetV1Backbone
+from .mobilenetv2 import MobileNetV2, MobileNetV2Backbone
 from .registry import register_model
 from .weights import prepare_for_training
 
@@ -56,17 +56,15 @@ def mobilenet_v2(
             paper's), ``"expansion"`` or ``"none"`` (see :class:`InvertedResidual`). Same parameters
             as the default network; ``expansion_groups`` refuses ``shortcut="expansion"``.
     """
-    model = MobileNetV2(
-        num_classes=num_classes,
+    backbone = MobileNetV2Backbone(
         width_mult=width_mult,
         output_stride=output_stride,
-        dropout=dropout,
-        normalization=normalization,
         round_nearest=round_nearest,
         tf_padding=tf_padding,
         bottleneck_activation=bottleneck_activation,
         shortcut=shortcut,
     )
+    model = MobileNetV2(backbone, num_classes, dropout, normalization)
     prepare_for_training(
         model,
         model.backbone,
@@ -112,15 +110,10 @@ def mobilenet_v1(
         min_depth: the fewest channels of a layer (8 in TF-slim's classifier).
         tf_padding: TensorFlow's "SAME" padding in the stride-2 convs, for weights trained in TF.
     """
-    model = MobileNetV1(
-        num_classes=num_classes,
-        width_mult=width_mult,
-        output_stride=output_stride,
-        dropout=dropout,
-        normalization=normalization,
-        min_depth=min_depth,
-        tf_padding=tf_padding,
+    backbone = MobileNetV1Backbone(
+        width_mult=width_mult, output_stride=output_stride, min_depth=min_depth, tf_padding=tf_padding
     )
+    model = MobileNetV1(backbone, num_classes, dropout, normalization)
     prepare_for_training(
         model,
         model.backbone,

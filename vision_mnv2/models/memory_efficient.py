@@ -26,6 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..layers import TFSamePadConv2d
+
 __all__ = ["split_expansion_forward", "set_expansion_groups", "memory_efficient_inference", "largest_activations"]
 
 
@@ -62,7 +64,7 @@ def split_expansion_forward(block: nn.Module, x: Tensor, groups: int) -> Tensor:
             hidden = F.relu6(_bn_slice(hidden, expand_bn, start, end), inplace=True)
         else:
             hidden = x[:, start:end]  # expansion factor 1: the input's own channels are the "expansion"
-        if hasattr(depthwise_conv, "pad_input"):  # TF "SAME" padding (TFSamePadConv2d): not in .padding
+        if isinstance(depthwise_conv, TFSamePadConv2d):  # its padding depends on the input, not in .padding
             hidden = depthwise_conv.pad_input(hidden)
         hidden = F.conv2d(
             hidden, depthwise_conv.weight[start:end], _bias(depthwise_conv, start, end), depthwise_conv.stride,

@@ -18,19 +18,26 @@ is layer k, so the module indices are exactly torchvision's ``features[i]``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from torch import Tensor, nn
-from torch.nn import functional as F
-from torchvision.ops.misc import Conv2dNormActivation
 
-from .backbone import BackboneClassifier, FeatureBackbone, FeatureInfo
+from ..layers import NormLayer, TFSamePadConv2d, conv_bn_act, make_divisible
+from .backbone import (
+    VALID_OUTPUT_STRIDES,
+    BackboneClassifier,
+    FeatureBackbone,
+    FeatureInfo,
+    check_width_and_output_stride,
+    strides_for_output_stride,
+)
 from .memory_efficient import split_expansion_forward
 
 __all__ = [
     "BOTTLENECK_ACTIVATIONS",
     "BOTTLENECK_SETTINGS",
     "SHORTCUTS",
+    "VALID_OUTPUT_STRIDES",
     "FeatureInfo",
     "InvertedResidual",
     "MobileNetV2",
@@ -52,7 +59,6 @@ BOTTLENECK_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
 STEM_CHANNELS = 32
 LAST_CHANNELS = 1280
 EXPANSION_DIVISOR = 8
-VALID_OUTPUT_STRIDES = (8, 16, 32)
 # Paper section 6.4, Figure 6a: the linear bottleneck, or a ReLU6 after the projection as well.
 BOTTLENECK_ACTIVATIONS = ("linear", "relu6")
 # Figure 6b: where the residual connections go (see InvertedResidual).
@@ -62,68 +68,6 @@ SHORTCUTS = ("bottleneck", "expansion", "none")
 def _check_choice(name: str, value, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-
-
-def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
-    """Round ``value`` to the nearest multiple of ``divisor``, never below 90% of ``value``.
-
-    The rule of TF-slim and torchvision, so that width multipliers give the published channel counts.
-    """
-    min_value = divisor if min_value is None else min_value
-    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * value:
-        rounded += divisor
-    return rounded
-
-
-def _bn(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels)
-
-
-class TFSamePadConv2d(nn.Conv2d):
-    """``nn.Conv2d`` padded as TensorFlow's ``padding="SAME"``, for networks trained in TensorFlow.
-
-    SAME gives ``ceil(size / stride)`` outputs and puts the odd pixel of padding *after* the input:
-    a stride-2 3x3 conv pads (0, 1) at even sizes (224 -> 112), where ``padding=1`` pads (1, 1) and
-    shifts every output by half a pixel against TF's weights. At odd sizes (513 -> 257) and at stride
-    1 the two agree. The padding depends on the input size, so it is computed in ``forward``; the
-    conv's own ``padding`` stays 0 and its parameters are those of ``nn.Conv2d``.
-    """
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, dilation=1, groups=1, bias=True) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, 0, dilation, groups, bias)
-
-    def pad_input(self, x: Tensor) -> Tensor:
-        pads: list[int] = []
-        for size, kernel, stride, dilation in zip(
-            reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride), reversed(self.dilation)
-        ):
-            out = (size + stride - 1) // stride
-            total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
-            pads += [total // 2, total - total // 2]  # F.pad order: last dim first, (before, after)
-        return F.pad(x, pads)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(self.pad_input(x))
-
-
-def _conv_bn_act(
-    in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, tf_padding: bool = False, **kwargs
-) -> nn.Sequential:
-    """Conv + BN (+ activation). Only strided convs need TF's padding: at stride 1 SAME is symmetric."""
-    layer = Conv2dNormActivation(in_channels, out_channels, kernel_size, stride, norm_layer=_bn, **kwargs)
-    if tf_padding and stride > 1:
-        conv = layer[0]
-        layer[0] = TFSamePadConv2d(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-        )
-    return layer
 
 
 class InvertedResidual(nn.Module):
@@ -165,6 +109,7 @@ class InvertedResidual(nn.Module):
         bottleneck_activation: str = "linear",
         shortcut: str = "bottleneck",
         expansion_shortcut: bool = False,
+        norm_layer: NormLayer = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         if stride not in (1, 2):
@@ -190,26 +135,24 @@ class InvertedResidual(nn.Module):
 
         self.expand: nn.Module | None = None
         if expand_ratio != 1:
-            self.expand = Conv2dNormActivation(
-                in_channels, hidden, kernel_size=1, norm_layer=_bn, activation_layer=nn.ReLU6
-            )
-        self.depthwise = _conv_bn_act(
+            self.expand = conv_bn_act(in_channels, hidden, kernel_size=1, norm_layer=norm_layer)
+        self.depthwise = conv_bn_act(
             hidden,
             hidden,
             kernel_size=3,
             stride=stride,
-            tf_padding=tf_padding,
-            dilation=dilation,
             groups=hidden,
-            activation_layer=nn.ReLU6,
+            dilation=dilation,
+            norm_layer=norm_layer,
+            tf_padding=tf_padding,
         )
         # Linear bottleneck: no activation after the projection (paper section 3.2), unless the
         # ablation asks for one.
-        self.project = Conv2dNormActivation(
+        self.project = conv_bn_act(
             hidden,
             out_channels,
             kernel_size=1,
-            norm_layer=_bn,
+            norm_layer=norm_layer,
             activation_layer=nn.ReLU6 if bottleneck_activation == "relu6" else None,
         )
 
@@ -261,6 +204,10 @@ class MobileNetV2Backbone(FeatureBackbone):
         shortcut: ``"bottleneck"`` (the paper's), ``"expansion"`` or ``"none"`` (Figure 6b); see
             :class:`InvertedResidual` for what "between expansions" connects. Neither ablation changes
             the parameters: every variant has the same state-dict layout and loads the same weights.
+        norm_layer: the normalisation after every conv (``norm_layer(channels)``; batch norm).
+
+    Stages (for :meth:`freeze`, mmdetection's numbering): 0 the stem, 1-7 the bottleneck sequences
+    of paper Table 2, 8 the final 1x1 conv.
     """
 
     def __init__(
@@ -273,16 +220,68 @@ class MobileNetV2Backbone(FeatureBackbone):
         tf_padding: bool = False,
         bottleneck_activation: str = "linear",
         shortcut: str = "bottleneck",
+        norm_layer: NormLayer = nn.BatchNorm2d,
     ) -> None:
-        super().__init__()
-        if not isinstance(width_mult, (int, float)) or width_mult <= 0:
-            raise ValueError(f"width_mult must be a positive number, got {width_mult!r}")
-        if output_stride not in VALID_OUTPUT_STRIDES:
-            raise ValueError(f"output_stride must be one of {VALID_OUTPUT_STRIDES}, got {output_stride!r}")
+        check_width_and_output_stride(width_mult, output_stride)
         if not isinstance(round_nearest, int) or round_nearest < 1:
             raise ValueError(f"round_nearest must be a positive integer, got {round_nearest!r}")
         _check_choice("bottleneck_activation", bottleneck_activation, BOTTLENECK_ACTIVATIONS)
         _check_choice("shortcut", shortcut, SHORTCUTS)
+
+        in_channels = make_divisible(STEM_CHANNELS * width_mult, round_nearest)
+        layers: list[nn.Module] = [
+            conv_bn_act(3, in_channels, kernel_size=3, stride=2, norm_layer=norm_layer, tf_padding=tf_padding)
+        ]
+        stages = [0]
+        infos = [FeatureInfo("layer1", in_channels, 2, 0)]
+        # Each block's expansion ratio, output width and stage, then its stride and dilation.
+        blocks = [(t, c, stage) for stage, (t, c, n, _) in enumerate(BOTTLENECK_SETTINGS, start=1) for _ in range(n)]
+        nominal_strides = [s if i == 0 else 1 for _, _, n, s in BOTTLENECK_SETTINGS for i in range(n)]
+        schedule = strides_for_output_stride(nominal_strides, output_stride)
+        previous: InvertedResidual | None = None
+        for (t, c, stage), (stride, dilation, reduction) in zip(blocks, schedule):
+            out_channels = make_divisible(c * width_mult, round_nearest)
+            # TF-slim's rule (expand_input_by_factor); the same as in_channels * t whenever the
+            # input is a multiple of 8, i.e. for every round_nearest=8 network.
+            hidden = make_divisible(in_channels * t, EXPANSION_DIVISOR) if t != 1 else in_channels
+            # Shortcut between expansions: from the previous block's expansion output to this one's,
+            # where the previous block keeps the resolution and both expand to the same width.
+            expansion_shortcut = (
+                shortcut == "expansion"
+                and t != 1
+                and previous is not None
+                and previous.expand is not None
+                and previous.stride == 1
+                and previous.hidden_channels == hidden
+            )
+            block = InvertedResidual(
+                in_channels,
+                out_channels,
+                stride,
+                t,
+                dilation,
+                hidden_channels=hidden,
+                tf_padding=tf_padding,
+                bottleneck_activation=bottleneck_activation,
+                shortcut=shortcut,
+                expansion_shortcut=expansion_shortcut,
+                norm_layer=norm_layer,
+            )
+            previous = block
+            index = len(layers)
+            layers.append(block)
+            stages.append(stage)
+            if block.expand is not None:
+                # The expansion runs at the block's input resolution.
+                infos.append(FeatureInfo(f"layer{index + 1}/expansion", hidden, reduction // stride, index))
+            infos.append(FeatureInfo(f"layer{index + 1}", out_channels, reduction, index))
+            in_channels = out_channels
+        last_channels = make_divisible(LAST_CHANNELS * max(1.0, width_mult), round_nearest)
+        layers.append(conv_bn_act(in_channels, last_channels, kernel_size=1, norm_layer=norm_layer))
+        stages.append(len(BOTTLENECK_SETTINGS) + 1)
+        infos.append(FeatureInfo(f"layer{len(layers)}", last_channels, schedule[-1][2], len(layers) - 1))
+
+        super().__init__(layers, stages, infos, out_features, drop_unused)
         self.width_mult = float(width_mult)
         self.output_stride = output_stride
         self.round_nearest = round_nearest
@@ -290,135 +289,22 @@ class MobileNetV2Backbone(FeatureBackbone):
         self.bottleneck_activation = bottleneck_activation
         self.shortcut = shortcut
 
-        in_channels = make_divisible(STEM_CHANNELS * width_mult, round_nearest)
-        self.last_channels = make_divisible(LAST_CHANNELS * max(1.0, width_mult), round_nearest)
-
-        layers: list[nn.Module] = [
-            _conv_bn_act(3, in_channels, kernel_size=3, stride=2, tf_padding=tf_padding, activation_layer=nn.ReLU6)
-        ]
-        infos: list[FeatureInfo] = [FeatureInfo("layer1", in_channels, 2, 0)]
-        current_stride, dilation = 2, 1
-        previous: InvertedResidual | None = None
-        for t, c, n, s in BOTTLENECK_SETTINGS:
-            out_channels = make_divisible(c * width_mult, round_nearest)
-            for i in range(n):
-                stride = s if i == 0 else 1
-                block_dilation = dilation
-                if stride == 2 and current_stride >= output_stride:
-                    # The block keeps the dilation it had; every later block dilates twice as much.
-                    stride, dilation = 1, dilation * 2
-                else:
-                    current_stride *= stride
-                # TF-slim's rule (expand_input_by_factor); the same as in_channels * t whenever the
-                # input is a multiple of 8, i.e. for every round_nearest=8 network.
-                hidden = make_divisible(in_channels * t, EXPANSION_DIVISOR) if t != 1 else in_channels
-                # Shortcut between expansions: from the previous block's expansion output to this one's,
-                # where the previous block keeps the resolution and both expand to the same width.
-                expansion_shortcut = (
-                    shortcut == "expansion"
-                    and t != 1
-                    and previous is not None
-                    and previous.expand is not None
-                    and previous.stride == 1
-                    and previous.hidden_channels == hidden
-                )
-                block = InvertedResidual(
-                    in_channels,
-                    out_channels,
-                    stride,
-                    t,
-                    block_dilation,
-                    hidden_channels=hidden,
-                    tf_padding=tf_padding,
-                    bottleneck_activation=bottleneck_activation,
-                    shortcut=shortcut,
-                    expansion_shortcut=expansion_shortcut,
-                )
-                previous = block
-                index = len(layers)
-                layers.append(block)
-                reduction_in = current_stride // stride  # stride at the block's input
-                if block.expand is not None:
-                    infos.append(FeatureInfo(f"layer{index + 1}/expansion", block.hidden_channels, reduction_in, index))
-                infos.append(FeatureInfo(f"layer{index + 1}", out_channels, current_stride, index))
-                in_channels = out_channels
-        layers.append(
-            Conv2dNormActivation(
-                in_channels, self.last_channels, kernel_size=1, norm_layer=_bn, activation_layer=nn.ReLU6
-            )
-        )
-        infos.append(FeatureInfo(f"layer{len(layers)}", self.last_channels, current_stride, len(layers) - 1))
-        self.features = nn.Sequential(*layers)
-        self.feature_info: dict[str, FeatureInfo] = {info.name: info for info in infos}
-
-        last = f"layer{len(layers)}"
-        self.out_features: tuple[str, ...] = tuple(out_features) if out_features else (last,)
-        unknown = [name for name in self.out_features if name not in self.feature_info]
-        if unknown:
-            raise ValueError(f"unknown feature tap(s) {unknown}; available: {list(self.feature_info)}")
-        if drop_unused:
-            deepest = max(self.feature_info[name].module_index for name in self.out_features)
-            self.features = self.features[: deepest + 1]
-        self._init_weights()
-
-    num_stages = len(BOTTLENECK_SETTINGS) + 1
-
-    def stage_of_layer(self) -> list[int]:
-        """Stage of each entry of ``features``: 0 the stem, 1-7 the bottleneck sequences of paper
-        Table 2 (mmdetection's numbering), 8 the final 1x1 conv."""
-        stages = [0]
-        for stage, (_, _, n, _) in enumerate(BOTTLENECK_SETTINGS, start=1):
-            stages += [stage] * n
-        stages.append(len(BOTTLENECK_SETTINGS) + 1)
-        return stages[: len(self.features)]
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        """Return the requested taps by name, running only as many layers as they need."""
-        wanted = {self.feature_info[name].module_index for name in self.out_features}
-        expansion_taps = {
-            self.feature_info[name].module_index: name for name in self.out_features if name.endswith("/expansion")
-        }
-        taps: dict[str, Tensor] = {}
-        # shortcut="expansion": each block's expansion output goes on to the next block.
+    def layer_outputs(self, x: Tensor, taps: frozenset[str]) -> Iterator[tuple[str, Tensor]]:
+        """``layerN`` after each layer, and ``layerN/expansion`` inside bottleneck N where asked for.
+        With ``shortcut="expansion"`` each block's expansion output goes on to the next block."""
         carry_expansion = self.shortcut == "expansion"
         expansion: Tensor | None = None
         for index, layer in enumerate(self.features):
-            if index > max(wanted):
-                break
-            if isinstance(layer, InvertedResidual) and (carry_expansion or index in expansion_taps):
+            name = f"layer{index + 1}"
+            if isinstance(layer, InvertedResidual) and (carry_expansion or f"{name}/expansion" in taps):
                 x, expansion = layer.forward_with_expansion(x, expansion)
-                if index in expansion_taps:
-                    taps[expansion_taps[index]] = expansion
+                yield f"{name}/expansion", expansion
             else:
                 x = layer(x)
-            name = f"layer{index + 1}"
-            if name in self.out_features:
-                taps[name] = x
-        return {name: taps[name] for name in self.out_features}
+            yield name, x
 
 
 class MobileNetV2(BackboneClassifier):
-    """The MobileNetV2 ImageNet classifier: input normalisation, backbone, global average pool,
-    dropout, linear. Takes RGB images in [0, 1]."""
-
-    def __init__(
-        self,
-        num_classes: int = 1000,
-        width_mult: float = 1.0,
-        output_stride: int = 32,
-        dropout: float = 0.2,
-        normalization=None,
-        round_nearest: int = 8,
-        tf_padding: bool = False,
-        bottleneck_activation: str = "linear",
-        shortcut: str = "bottleneck",
-    ) -> None:
-        backbone = MobileNetV2Backbone(
-            width_mult=width_mult,
-            output_stride=output_stride,
-            round_nearest=round_nearest,
-            tf_padding=tf_padding,
-            bottleneck_activation=bottleneck_activation,
-            shortcut=shortcut,
-        )
-        super().__init__(backbone, num_classes, dropout, normalization)
+    """The MobileNetV2 ImageNet classifier: input normalisation, a :class:`MobileNetV2Backbone`, global
+    average pool, dropout, linear. Takes RGB images in [0, 1]. Built by
+    :func:`vision_mnv2.models.mobilenet_v2`."""
