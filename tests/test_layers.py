@@ -1,4 +1,4 @@
-"""The shared pieces: vision_mnv2.layers and the feature-backbone base."""
+"""The shared pieces: vision_mnv2.layers, the feature-backbone base and the one builder path."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from vision_mnv2.layers import TFSamePadConv2d, batch_norm, conv_bn_act, make_divisible
-from vision_mnv2.models import MobileNetV1Backbone, MobileNetV2Backbone
+from vision_mnv2.models import MobileNetV1Backbone, MobileNetV2, MobileNetV2Backbone
 from vision_mnv2.models.backbone import FeatureBackbone, FeatureInfo, strides_for_output_stride
+from vision_mnv2.models.builder import build_model_with_cfg
 
 
 def test_make_divisible_rounds_to_the_nearest_multiple_but_keeps_90_percent():
@@ -87,3 +88,13 @@ def test_feature_backbone_base_owns_taps_dropping_and_freezing():
     assert not any(p.requires_grad for p in dropped.parameters())
     tiny.freeze(0)
     assert [all(p.requires_grad for p in layer.parameters()) for layer in tiny.features] == [False, True, True]
+
+
+def test_builder_routes_each_argument_by_name_and_refuses_strays():
+    torch.manual_seed(0)
+    arguments = {"width_mult": 0.35, "num_classes": 3, "dropout": 0.1, "normalization": None, "tf_padding": True}
+    model = build_model_with_cfg(MobileNetV2Backbone, MobileNetV2, arguments)
+    assert isinstance(model, MobileNetV2) and model.num_classes == 3 and model.backbone.width_mult == 0.35
+    assert model.backbone.tf_padding and model.classifier[0].p == 0.1
+    with pytest.raises(TypeError, match=r"\['colour'\] reach neither MobileNetV2Backbone nor the model"):
+        build_model_with_cfg(MobileNetV2Backbone, MobileNetV2, {**arguments, "colour": "red"})

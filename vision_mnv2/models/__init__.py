@@ -1,7 +1,9 @@
 """Models: the MobileNetV2 backbone and the networks built on it (and MobileNetV1, for the paper's
 comparison rows)."""
 
-from .backbone import FeatureBackbone
+from ..layers import make_divisible
+from .backbone import FeatureBackbone, FeatureInfo
+from .builder import build_model_with_cfg
 from .classification import mobilenet_v1, mobilenet_v2
 from .deeplabv3 import DeepLabV3, deeplabv3_mobilenet_v1, deeplabv3_mobilenet_v2, multi_scale_probabilities
 from .memory_efficient import (
@@ -11,14 +13,8 @@ from .memory_efficient import (
     split_expansion_forward,
 )
 from .mobilenetv1 import DepthwiseSeparable, MobileNetV1, MobileNetV1Backbone
-from .mobilenetv2 import FeatureInfo, InvertedResidual, MobileNetV2, MobileNetV2Backbone, make_divisible
-from .ssdlite import (
-    SSDLiteMobileNetV1Extractor,
-    SSDLiteMobileNetV2Extractor,
-    TFSSDAnchorGenerator,
-    ssdlite_mobilenet_v1,
-    ssdlite_mobilenet_v2,
-)
+from .mobilenetv2 import InvertedResidual, MobileNetV2, MobileNetV2Backbone
+from .ssdlite import SSDLiteExtractor, TFSSDAnchorGenerator, ssdlite_mobilenet_v1, ssdlite_mobilenet_v2
 from .weights import (
     TransferReport,
     WeightsError,
@@ -41,10 +37,10 @@ __all__ = [
     "MobileNetV1Backbone",
     "MobileNetV2",
     "MobileNetV2Backbone",
-    "SSDLiteMobileNetV1Extractor",
-    "SSDLiteMobileNetV2Extractor",
+    "SSDLiteExtractor",
     "TFSSDAnchorGenerator",
     "TransferReport",
+    "build_model_with_cfg",
     "WeightsError",
     "resolve_weights",
     "transfer_weights",

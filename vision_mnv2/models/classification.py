@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 
-from .memory_efficient import set_expansion_groups
+from .builder import build_model_with_cfg
 from .mobilenetv1 import MobileNetV1, MobileNetV1Backbone
 from .mobilenetv2 import MobileNetV2, MobileNetV2Backbone
 from .registry import register_model
-from .weights import prepare_for_training
 
 __all__ = ["mobilenet_v1", "mobilenet_v2"]
 
@@ -56,26 +55,7 @@ def mobilenet_v2(
             paper's), ``"expansion"`` or ``"none"`` (see :class:`InvertedResidual`). Same parameters
             as the default network; ``expansion_groups`` refuses ``shortcut="expansion"``.
     """
-    backbone = MobileNetV2Backbone(
-        width_mult=width_mult,
-        output_stride=output_stride,
-        round_nearest=round_nearest,
-        tf_padding=tf_padding,
-        bottleneck_activation=bottleneck_activation,
-        shortcut=shortcut,
-    )
-    model = MobileNetV2(backbone, num_classes, dropout, normalization)
-    prepare_for_training(
-        model,
-        model.backbone,
-        weights=weights,
-        backbone_weights=backbone_weights,
-        freeze_backbone=freeze_backbone,
-        frozen_bn=frozen_bn,
-    )
-    if expansion_groups is not None:
-        set_expansion_groups(model, expansion_groups)
-    return model
+    return build_model_with_cfg(MobileNetV2Backbone, MobileNetV2, locals())
 
 
 @register_model("mobilenet_v1", task="classification")
@@ -110,16 +90,4 @@ def mobilenet_v1(
         min_depth: the fewest channels of a layer (8 in TF-slim's classifier).
         tf_padding: TensorFlow's "SAME" padding in the stride-2 convs, for weights trained in TF.
     """
-    backbone = MobileNetV1Backbone(
-        width_mult=width_mult, output_stride=output_stride, min_depth=min_depth, tf_padding=tf_padding
-    )
-    model = MobileNetV1(backbone, num_classes, dropout, normalization)
-    prepare_for_training(
-        model,
-        model.backbone,
-        weights=weights,
-        backbone_weights=backbone_weights,
-        freeze_backbone=freeze_backbone,
-        frozen_bn=frozen_bn,
-    )
-    return model
+    return build_model_with_cfg(MobileNetV1Backbone, MobileNetV1, locals())

@@ -19,17 +19,16 @@ from torch.nn import functional as F
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from .backbone import FeatureBackbone
-from .memory_efficient import set_expansion_groups
+from .builder import build_model_with_cfg
 from .mobilenetv1 import MobileNetV1Backbone
 from .mobilenetv2 import MobileNetV2Backbone
 from .normalization import InputNormalization, Normalization
 from .registry import register_model
-from .weights import prepare_for_training
 
 __all__ = ["DeepLabV3", "deeplabv3_mobilenet_v1", "deeplabv3_mobilenet_v2", "multi_scale_probabilities"]
 
-HEAD_TAP = "layer18"
-V1_HEAD_TAP = "Conv2d_13_pointwise"
+# The map the head sits on: MobileNetV2's 320-channel layer 18, MobileNetV1's last layer.
+HEAD_TAPS = {MobileNetV2Backbone: "layer18", MobileNetV1Backbone: "Conv2d_13_pointwise"}
 # DeepLab's atrous rates at output stride 16; doubled at output stride 8.
 ASPP_RATES_OS16 = (6, 12, 18)
 
@@ -107,32 +106,7 @@ def deeplabv3_mobilenet_v2(
             paper's), ``"expansion"`` or ``"none"`` (see :class:`InvertedResidual`). Same parameters
             as the default network; ``expansion_groups`` refuses ``shortcut="expansion"``.
     """
-    _check_deeplab_arguments(num_classes, output_stride)
-    backbone = MobileNetV2Backbone(
-        width_mult,
-        output_stride,
-        out_features=[HEAD_TAP],
-        round_nearest=round_nearest,
-        drop_unused=True,
-        tf_padding=tf_padding,
-        bottleneck_activation=bottleneck_activation,
-        shortcut=shortcut,
-    )
-    model = _assemble_deeplab(
-        backbone,
-        num_classes=num_classes,
-        output_stride=output_stride,
-        aspp=aspp,
-        weights=weights,
-        backbone_weights=backbone_weights,
-        freeze_backbone=freeze_backbone,
-        frozen_bn=frozen_bn,
-        normalization=normalization,
-        align_corners=align_corners,
-    )
-    if expansion_groups is not None:
-        set_expansion_groups(model, expansion_groups)
-    return model
+    return _build_deeplabv3(MobileNetV2Backbone, locals())
 
 
 @register_model("deeplabv3_mobilenet_v1", task="segmentation")
@@ -156,56 +130,28 @@ def deeplabv3_mobilenet_v1(
     Args: as :func:`deeplabv3_mobilenet_v2` (``backbone_weights``: a checkpoint of any task of this
         project with a MobileNetV1 backbone).
     """
-    _check_deeplab_arguments(num_classes, output_stride)
-    backbone = MobileNetV1Backbone(
-        width_mult, output_stride, out_features=[V1_HEAD_TAP], drop_unused=True, tf_padding=tf_padding
-    )
-    return _assemble_deeplab(
-        backbone,
-        num_classes=num_classes,
-        output_stride=output_stride,
-        aspp=aspp,
-        weights=weights,
-        backbone_weights=backbone_weights,
-        freeze_backbone=freeze_backbone,
-        frozen_bn=frozen_bn,
-        normalization=normalization,
-        align_corners=align_corners,
-    )
+    return _build_deeplabv3(MobileNetV1Backbone, locals())
 
 
-def _check_deeplab_arguments(num_classes, output_stride) -> None:
+def _build_deeplabv3(backbone_cls: type[FeatureBackbone], arguments: dict) -> DeepLabV3:
+    """The segmenter on ``backbone_cls``'s head tap; the layers after it are not built."""
+    num_classes, output_stride = arguments["num_classes"], arguments["output_stride"]
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     if output_stride not in (8, 16):
         raise ValueError(f"DeepLabv3 output_stride must be 8 or 16, got {output_stride!r}")
-
-
-def _assemble_deeplab(
-    backbone: FeatureBackbone,
-    *,
-    num_classes: int,
-    output_stride: int,
-    aspp: bool,
-    weights,
-    backbone_weights,
-    freeze_backbone: bool | int,
-    frozen_bn: bool,
-    normalization,
-    align_corners: bool,
-) -> DeepLabV3:
-    """The segmenter around ``backbone``: the ASPP or mobile head, weights, freezing."""
-    rates = tuple(r * 16 // output_stride for r in ASPP_RATES_OS16) if aspp else ()
-    model = DeepLabV3(backbone, num_classes, rates, normalization=normalization, align_corners=align_corners)
-    prepare_for_training(
-        model,
-        backbone,
-        weights=weights,
-        backbone_weights=backbone_weights,
-        freeze_backbone=freeze_backbone,
-        frozen_bn=frozen_bn,
+    return build_model_with_cfg(
+        backbone_cls, _deeplabv3_on_backbone, arguments, out_features=[HEAD_TAPS[backbone_cls]], drop_unused=True
     )
-    return model
+
+
+def _deeplabv3_on_backbone(
+    backbone: FeatureBackbone, *, num_classes: int, output_stride: int, aspp: bool, normalization, align_corners: bool
+) -> DeepLabV3:
+    """DeepLabv3 around ``backbone``: ASPP with DeepLab's rates for the output stride, or the
+    paper's mobile head (no atrous branch)."""
+    rates = tuple(r * 16 // output_stride for r in ASPP_RATES_OS16) if aspp else ()
+    return DeepLabV3(backbone, num_classes, rates, normalization=normalization, align_corners=align_corners)
 
 
 def multi_scale_probabilities(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
-from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -19,38 +18,40 @@ from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.ssdlite import SSDLiteHead, _extra_block, _normal_init
 from torchvision.ops import clip_boxes_to_image, sigmoid_focal_loss
 
+from ..layers import NormLayer, batch_norm, make_divisible
 from .backbone import FeatureBackbone
+from .builder import build_model_with_cfg
 from .detection_postprocess import multiclass_nms
-from .memory_efficient import set_expansion_groups
 from .mobilenetv1 import MobileNetV1Backbone
-from .mobilenetv2 import MobileNetV2Backbone, make_divisible
+from .mobilenetv2 import MobileNetV2Backbone
 from .normalization import resolve_normalization
 from .registry import register_model
 from .ssd_tf_loss import TFArgMaxMatcher, TFMultipleGridAnchorGenerator, TFSSDLoss
-from .weights import prepare_for_training
 
 __all__ = [
     "FocalLossSSD",
     "SSDLite",
     "SSDLiteExtractor",
-    "SSDLiteMobileNetV1Extractor",
-    "SSDLiteMobileNetV2Extractor",
+    "TFLossSSD",
     "TFSSDAnchorGenerator",
     "ssdlite_mobilenet_v1",
     "ssdlite_mobilenet_v2",
 ]
 
-# TF OD API `ssdlite_mobilenet_v2_coco`: the two backbone maps and the depths of the 4 extra layers.
-BACKBONE_TAPS = ("layer15/expansion", "layer19")
-# TF OD API `ssdlite_mobilenet_v1_coco` (its `ssd_mobilenet_v1` feature extractor): stride 16 and 32.
-V1_BACKBONE_TAPS = ("Conv2d_11_pointwise", "Conv2d_13_pointwise")
+# The two backbone maps (stride 16 and 32) of TF OD API's `ssdlite_mobilenet_v2_coco` (layer 15's
+# expansion, 576 channels, and layer 19, 1280) and `ssdlite_mobilenet_v1_coco` (its `ssd_mobilenet_v1`
+# feature extractor: 512 and 1024 channels).
+BACKBONE_TAPS = {
+    MobileNetV2Backbone: ("layer15/expansion", "layer19"),
+    MobileNetV1Backbone: ("Conv2d_11_pointwise", "Conv2d_13_pointwise"),
+}
+# Depths of the 4 extra layers.
 EXTRA_DEPTHS = (512, 256, 256, 128)
-
-
-def _head_norm() -> partial:
-    # torchvision's SSDLite settings for the extra layers and heads: epsilon 0.001 as TF's, momentum
-    # 0.03 (a decay of 0.97; TF's ssdlite_mobilenet_v2_coco config decays by 0.9997).
-    return partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
+# torchvision's SSDLite batch norm for the extra layers and heads: epsilon 0.001 as TF's, momentum
+# 0.03 (a decay of 0.97; TF's ssdlite_mobilenet_v2_coco config decays by 0.9997).
+HEAD_BATCH_NORM_MOMENTUM = 0.03
+HEAD_BATCH_NORM_EPS = 0.001
+HEAD_NORM_LAYER = batch_norm(momentum=HEAD_BATCH_NORM_MOMENTUM, eps=HEAD_BATCH_NORM_EPS)
 
 
 class SSDLiteExtractor(nn.Module):
@@ -58,14 +59,20 @@ class SSDLiteExtractor(nn.Module):
     extra layers (1x1 to half depth, 3x3 stride-2 depthwise, 1x1) of 512, 256, 256, 128 channels
     times ``width_mult`` (multiples of 16, at least ``min_depth``)."""
 
-    def __init__(self, backbone: FeatureBackbone, width_mult: float = 1.0, min_depth: int = 16) -> None:
+    def __init__(
+        self,
+        backbone: FeatureBackbone,
+        width_mult: float = 1.0,
+        min_depth: int = 16,
+        norm_layer: NormLayer = HEAD_NORM_LAYER,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         channels = list(backbone.out_channels.values())
         depths = [max(min_depth, make_divisible(d * width_mult, 16)) for d in EXTRA_DEPTHS]
         extras = []
         for depth in depths:
-            extras.append(_extra_block(channels[-1], depth, _head_norm()))
+            extras.append(_extra_block(channels[-1], depth, norm_layer))
             channels.append(depth)
         self.extra = nn.ModuleList(extras)
         _normal_init(self.extra)
@@ -76,42 +83,6 @@ class SSDLiteExtractor(nn.Module):
         for block in self.extra:
             maps.append(block(maps[-1]))
         return OrderedDict((str(i), m) for i, m in enumerate(maps))
-
-
-class SSDLiteMobileNetV2Extractor(SSDLiteExtractor):
-    """The expansion output of layer 15 (stride 16, 576 channels), layer 19 (stride 32, 1280
-    channels), then the four extra layers."""
-
-    def __init__(
-        self,
-        width_mult: float = 1.0,
-        min_depth: int = 16,
-        round_nearest: int = 8,
-        tf_padding: bool = False,
-        bottleneck_activation: str = "linear",
-        shortcut: str = "bottleneck",
-    ) -> None:
-        backbone = MobileNetV2Backbone(
-            width_mult=width_mult,
-            out_features=BACKBONE_TAPS,
-            round_nearest=round_nearest,
-            tf_padding=tf_padding,
-            bottleneck_activation=bottleneck_activation,
-            shortcut=shortcut,
-        )
-        super().__init__(backbone, width_mult, min_depth)
-
-
-class SSDLiteMobileNetV1Extractor(SSDLiteExtractor):
-    """MobileNetV1's ``Conv2d_11_pointwise`` (stride 16, 512 channels) and ``Conv2d_13_pointwise``
-    (stride 32, 1024 channels), then the four extra layers, as TF's ``ssdlite_mobilenet_v1_coco``.
-    ``min_depth`` 16 applies to the backbone too, as in TF's feature extractor."""
-
-    def __init__(self, width_mult: float = 1.0, min_depth: int = 16, tf_padding: bool = False) -> None:
-        backbone = MobileNetV1Backbone(
-            width_mult=width_mult, out_features=V1_BACKBONE_TAPS, min_depth=min_depth, tf_padding=tf_padding
-        )
-        super().__init__(backbone, width_mult, min_depth)
 
 
 class TFSSDAnchorGenerator(DefaultBoxGenerator):
@@ -217,13 +188,6 @@ class TFLossSSD(SSDLite):
         return self.tf_loss(targets, head_outputs, anchors, matched_idxs, self.box_coder)
 
 
-def _set_batch_norm(model: nn.Module, momentum: float | None, eps: float | None) -> None:
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.momentum = module.momentum if momentum is None else momentum
-            module.eps = module.eps if eps is None else eps
-
-
 @register_model("ssdlite_mobilenet_v2", task="detection")
 def ssdlite_mobilenet_v2(
     num_classes: int = 80,
@@ -283,38 +247,7 @@ def ssdlite_mobilenet_v2(
             TF decay; TF's config: 0.0003 / 0.001); ``None`` keeps the builders' own.
         kwargs: passed to torchvision's ``SSD`` (``topk_candidates``, ``positive_fraction``, ...).
     """
-    _check_ssdlite_arguments(num_classes, classification_loss, kwargs)
-    extractor = SSDLiteMobileNetV2Extractor(
-        width_mult,
-        round_nearest=round_nearest,
-        tf_padding=tf_padding,
-        bottleneck_activation=bottleneck_activation,
-        shortcut=shortcut,
-    )
-    model = _assemble_ssdlite(
-        extractor,
-        num_classes=num_classes,
-        image_size=image_size,
-        weights=weights,
-        backbone_weights=backbone_weights,
-        score_thresh=score_thresh,
-        nms_thresh=nms_thresh,
-        detections_per_img=detections_per_img,
-        classification_loss=classification_loss,
-        freeze_backbone=freeze_backbone,
-        frozen_bn=frozen_bn,
-        normalization=normalization,
-        anchor_min_scale=anchor_min_scale,
-        anchor_max_scale=anchor_max_scale,
-        anchor_lowest_scale=anchor_lowest_scale,
-        anchor_generator=anchor_generator,
-        batch_norm_momentum=batch_norm_momentum,
-        batch_norm_eps=batch_norm_eps,
-        **kwargs,
-    )
-    if expansion_groups is not None:
-        set_expansion_groups(model, expansion_groups)
-    return model
+    return _build_ssdlite(MobileNetV2Backbone, locals())
 
 
 @register_model("ssdlite_mobilenet_v1", task="detection")
@@ -352,69 +285,65 @@ def ssdlite_mobilenet_v1(
         tf_padding: TensorFlow's "SAME" padding in the backbone's stride-2 convs.
         anchor_generator / batch_norm_momentum / batch_norm_eps: as :func:`ssdlite_mobilenet_v2`.
     """
-    _check_ssdlite_arguments(num_classes, classification_loss, kwargs)
-    extractor = SSDLiteMobileNetV1Extractor(width_mult, min_depth=min_depth, tf_padding=tf_padding)
-    return _assemble_ssdlite(
-        extractor,
-        num_classes=num_classes,
-        image_size=image_size,
-        weights=weights,
-        backbone_weights=backbone_weights,
-        score_thresh=score_thresh,
-        nms_thresh=nms_thresh,
-        detections_per_img=detections_per_img,
-        classification_loss=classification_loss,
-        freeze_backbone=freeze_backbone,
-        frozen_bn=frozen_bn,
-        normalization=normalization,
-        anchor_min_scale=anchor_min_scale,
-        anchor_max_scale=anchor_max_scale,
-        anchor_lowest_scale=anchor_lowest_scale,
-        anchor_generator=anchor_generator,
-        batch_norm_momentum=batch_norm_momentum,
-        batch_norm_eps=batch_norm_eps,
-        **kwargs,
-    )
+    return _build_ssdlite(MobileNetV1Backbone, locals())
 
 
 DETECTORS = {"hard_negative_mining": SSDLite, "focal": FocalLossSSD, "tf": TFLossSSD}
+ANCHOR_GENERATORS = ("clipped", "tf")
 
 
-def _check_ssdlite_arguments(num_classes, classification_loss, kwargs) -> None:
+def _build_ssdlite(backbone_cls: type[FeatureBackbone], arguments: dict) -> SSDLite:
+    """The detector on ``backbone_cls``'s two taps. ``arguments["kwargs"]`` (the builder's extra
+    keywords) go to torchvision's ``SSD``. ``batch_norm_momentum`` / ``batch_norm_eps``, where
+    given, set every batch norm: the backbone's and the head's, each keeping its own default where not."""
+    arguments = dict(arguments)
+    detector_kwargs = arguments.pop("kwargs")
     for key in ("image_mean", "image_std"):
-        if key in kwargs:
+        if key in detector_kwargs:
             raise ValueError(f"{key} is set by normalization=imagenet|tf|{{mean, std}}, not directly")
+    num_classes, classification_loss = arguments["num_classes"], arguments["classification_loss"]
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     if classification_loss not in DETECTORS:
         raise ValueError(f"classification_loss must be one of {sorted(DETECTORS)}, got {classification_loss!r}")
+    if arguments["anchor_generator"] not in ANCHOR_GENERATORS:
+        raise ValueError(f"anchor_generator must be 'clipped' or 'tf', got {arguments['anchor_generator']!r}")
+    backbone_norm = batch_norm(momentum=arguments["batch_norm_momentum"], eps=arguments["batch_norm_eps"])
+    return build_model_with_cfg(
+        backbone_cls,
+        _ssdlite_on_backbone,
+        arguments,
+        out_features=BACKBONE_TAPS[backbone_cls],
+        norm_layer=backbone_norm,
+        model_kwargs=detector_kwargs,
+    )
 
 
-def _assemble_ssdlite(
-    extractor: SSDLiteExtractor,
+def _ssdlite_on_backbone(
+    backbone: FeatureBackbone,
     *,
     num_classes: int,
+    width_mult: float,
     image_size: int,
-    weights,
-    backbone_weights,
     score_thresh: float,
     nms_thresh: float,
     detections_per_img: int,
     classification_loss: str,
-    freeze_backbone: bool | int,
-    frozen_bn: bool,
     normalization,
     anchor_min_scale: float,
     anchor_max_scale: float,
     anchor_lowest_scale: float,
-    anchor_generator: str = "clipped",
-    batch_norm_momentum: float | None = None,
-    batch_norm_eps: float | None = None,
-    **kwargs,
+    anchor_generator: str,
+    batch_norm_momentum: float | None,
+    batch_norm_eps: float | None,
+    min_depth: int = 16,
+    **detector_kwargs,
 ) -> SSDLite:
-    """The detector around ``extractor``: TF's anchors, torchvision's separable head, weights, freezing."""
-    if anchor_generator not in ("clipped", "tf"):
-        raise ValueError(f"anchor_generator must be 'clipped' or 'tf', got {anchor_generator!r}")
+    """The detector around ``backbone``: the extra layers, TF's anchors, torchvision's separable head
+    and the ``SSD`` of ``classification_loss``."""
+    momentum = HEAD_BATCH_NORM_MOMENTUM if batch_norm_momentum is None else batch_norm_momentum
+    norm_layer = batch_norm(momentum=momentum, eps=HEAD_BATCH_NORM_EPS if batch_norm_eps is None else batch_norm_eps)
+    extractor = SSDLiteExtractor(backbone, width_mult, min_depth, norm_layer)
     anchors = (
         TFSSDAnchorGenerator(min_ratio=anchor_min_scale, max_ratio=anchor_max_scale, lowest_scale=anchor_lowest_scale)
         if anchor_generator == "clipped"
@@ -422,8 +351,8 @@ def _assemble_ssdlite(
             min_scale=anchor_min_scale, max_scale=anchor_max_scale, lowest_scale=anchor_lowest_scale
         )
     )
-    head = SSDLiteHead(extractor.out_channels, anchors.num_anchors_per_location(), num_classes + 1, _head_norm())
-    model = DETECTORS[classification_loss](
+    head = SSDLiteHead(extractor.out_channels, anchors.num_anchors_per_location(), num_classes + 1, norm_layer)
+    return DETECTORS[classification_loss](
         extractor,
         anchors,
         (image_size, image_size),
@@ -433,15 +362,5 @@ def _assemble_ssdlite(
         nms_thresh=nms_thresh,
         detections_per_img=detections_per_img,
         normalization=normalization,
-        **kwargs,
+        **detector_kwargs,
     )
-    _set_batch_norm(model, batch_norm_momentum, batch_norm_eps)
-    prepare_for_training(
-        model,
-        extractor.backbone,
-        weights=weights,
-        backbone_weights=backbone_weights,
-        freeze_backbone=freeze_backbone,
-        frozen_bn=frozen_bn,
-    )
-    return model

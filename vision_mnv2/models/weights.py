@@ -202,26 +202,6 @@ def _check_family(file_keys, file_prefix: str, own_keys, own_prefix: str, path) 
         )
 
 
-def prepare_for_training(
-    model: nn.Module,
-    backbone: nn.Module,
-    *,
-    weights: str | os.PathLike | None = None,
-    backbone_weights: str | os.PathLike | None = None,
-    freeze_backbone: bool | int = False,
-    frozen_bn: bool = False,
-) -> None:
-    """What every builder does once the network stands: the backbone's weights, then the whole
-    model's (which override them where both are given), then the backbone's frozen stages and
-    batch-norm statistics (``backbone.freeze``)."""
-    if backbone_weights is not None:
-        load_backbone_weights(backbone, backbone_weights)
-    if weights is not None:
-        load_weights(model, weights)
-    if freeze_backbone is not False or frozen_bn:
-        backbone.freeze(freeze_backbone, frozen_bn)
-
-
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     """Load a weight file into ``model``; any missing or unexpected key, or a shape that does not fit,
     raises :class:`WeightsError` naming them."""
