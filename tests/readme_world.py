@@ -35,6 +35,17 @@ from vision_mnv2.data import write_classification_dataset, write_detection_datas
 REPO_ROOT = Path(__file__).resolve().parents[1]
 README = REPO_ROOT / "README.md"
 CONFIG_DIR = REPO_ROOT / "configs"
+# The README and its pages, in the order a reader goes through them (training before using models).
+DOC_PAGES = ("running", "classification", "detection", "segmentation", "fine-tuning", "google-models",
+             "deployment", "architecture", "testing")  # fmt: skip
+
+
+def documentation() -> list[Path]:
+    """README.md and every page of docs/ (pages not in DOC_PAGES after them, in name order)."""
+    pages = [REPO_ROOT / "docs" / f"{name}.md" for name in DOC_PAGES]
+    others = sorted(p for p in (REPO_ROOT / "docs").glob("*.md") if p not in pages)
+    return [README, *[p for p in pages if p.is_file()], *others]
+
 
 # The checkpoint each task's ``ckpt_path=...`` stands for: the run of the README's own command
 # ``python tools/train.py task=<name>`` (outputs/<task_name>/<run>/checkpoints/last.ckpt).
@@ -50,18 +61,19 @@ DETECTION_SIZE = (96, 128)
 
 @dataclass
 class Command:
-    """One command of the README: where it is, its text, its words; ``task`` is set for
+    """One command of the documentation: where it is, its text, its words; ``task`` is set for
     ``ckpt_path=...`` commands, run once per task."""
 
     line: int
     text: str
     words: list[str]
     task: str | None = None
+    source: str = "README.md"
 
     @property
     def id(self) -> str:
         text = re.sub(r"\s+", " ", self.text)
-        return f"L{self.line} {text}" + (f" [{self.task}]" if self.task else "")
+        return f"{self.source}:{self.line} {text}" + (f" [{self.task}]" if self.task else "")
 
     @property
     def tool(self) -> str:
@@ -74,14 +86,15 @@ class Command:
 
 @dataclass
 class Snippet:
-    """One ``python`` block of the README."""
+    """One ``python`` block of the documentation."""
 
     line: int
     code: str
+    source: str = "README.md"
 
     @property
     def id(self) -> str:
-        return f"L{self.line} python block"
+        return f"{self.source}:{self.line} python block"
 
 
 def _blocks(text: str, language: str) -> list[tuple[int, list[str]]]:
@@ -108,27 +121,39 @@ def _optional_variants(words: list[str]) -> list[list[str]]:
     return [without, with_]
 
 
-def readme_commands(path: Path = README) -> list[Command]:
-    """Every command line of the README's ``bash`` blocks, in order."""
-    commands = []
-    for start, lines in _blocks(path.read_text(), "bash"):
-        index = 0
-        while index < len(lines):
-            number, text = start + index, lines[index]
-            while text.rstrip().endswith("\\") and index + 1 < len(lines):
+def _source(path: Path) -> str:
+    return path.relative_to(REPO_ROOT).as_posix()
+
+
+def readme_commands(paths: list[Path] | None = None) -> list[Command]:
+    """Every command line of the ``bash`` blocks of the README and the docs pages, in order; a
+    command written twice (the README's tour repeats some) is run where it first appears."""
+    commands, seen = [], set()
+    for path in paths or documentation():
+        for start, lines in _blocks(path.read_text(), "bash"):
+            index = 0
+            while index < len(lines):
+                number, text = start + index, lines[index]
+                while text.rstrip().endswith("\\") and index + 1 < len(lines):
+                    index += 1
+                    text = text.rstrip()[:-1] + " " + lines[index].strip()
                 index += 1
-                text = text.rstrip()[:-1] + " " + lines[index].strip()
-            index += 1
-            words = shlex.split(text, comments=True)
-            if not words:
-                continue
-            for variant in _optional_variants(words):
-                commands.append(Command(number, " ".join(shlex.quote(w) for w in variant), variant))
+                words = shlex.split(text, comments=True)
+                for variant in _optional_variants(words) if words else []:
+                    if tuple(variant) not in seen:
+                        seen.add(tuple(variant))
+                        commands.append(
+                            Command(number, " ".join(shlex.quote(w) for w in variant), variant, source=_source(path))
+                        )
     return commands
 
 
-def readme_snippets(path: Path = README) -> list[Snippet]:
-    return [Snippet(start, "\n".join(lines)) for start, lines in _blocks(path.read_text(), "python")]
+def readme_snippets(paths: list[Path] | None = None) -> list[Snippet]:
+    return [
+        Snippet(start, "\n".join(lines), _source(path))
+        for path in paths or documentation()
+        for start, lines in _blocks(path.read_text(), "python")
+    ]
 
 
 def tasks_of(command: Command) -> list[str | None]:
@@ -144,13 +169,30 @@ def tasks_of(command: Command) -> list[str | None]:
     return list(TASKS)
 
 
-def expanded_commands(path: Path = README) -> list[Command]:
-    out = []
-    for command in readme_commands(path):
+def same_work(command: Command) -> tuple[str, ...]:
+    """What a command does, with the checkpoint named by task: the tour's
+    ``ckpt_path=outputs/ssdlite/<run>/...`` is the pages' ``ckpt_path=...`` for detection."""
+    runs = {run: task for task, run in TASK_RUNS.items()}
+    words = []
+    for word in command.words:
+        key, _, value = word.partition("=")
+        match = re.fullmatch(r"outputs/(\w+)/<run>/checkpoints/last\.ckpt", value)
+        if key == "ckpt_path" and (value == "..." or (match and match[1] in runs)):
+            word = f"ckpt_path=<{command.task or runs[match[1]]}>"
+        words.append(word)
+    return tuple(words)
+
+
+def expanded_commands(paths: list[Path] | None = None) -> list[Command]:
+    """The commands to run: ``ckpt_path=...`` once per task, and work written twice run once."""
+    out, seen = [], set()
+    for command in readme_commands(paths):
         for task in tasks_of(command):
             expanded = copy.copy(command)
             expanded.task = task
-            out.append(expanded)
+            if same_work(expanded) not in seen:
+                seen.add(same_work(expanded))
+                out.append(expanded)
     return out
 
 

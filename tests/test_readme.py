@@ -1,11 +1,12 @@
-"""The README is the test plan: every command of its ``bash`` blocks and every ``python`` block runs
-here through the real command line, in README order, in a fresh home with tiny data in the layouts
-the README names (tests/readme_world.py), with the task's default configs and only size overrides.
-A command added to the README is a new case here, so a README command that no test runs cannot exist.
+"""The documentation is the test plan: every command of the ``bash`` blocks of README.md and docs/*.md
+and every ``python`` block runs here through the real command line, in reading order, in a fresh home
+with tiny data in the layouts the pages name (tests/readme_world.py), with the task's default configs
+and only size overrides. A command added to a page is a new case here, so a documented command that
+no test runs cannot exist.
 
-Commands with ``ckpt_path=...`` run once per task, on the checkpoint the README's own training command
-of that task wrote; ``[...]`` parts run both without and with them. Each case checks what the command
-promises: exit status 0, no traceback, and the files and output the README says it writes.
+Commands with ``ckpt_path=...`` run once per task, on the checkpoint the documentation's own training
+command of that task wrote; ``[...]`` parts run both without and with them. Each case checks what the
+command promises: exit status 0, no traceback, and the files and output the pages say it writes.
 """
 
 from __future__ import annotations
@@ -25,7 +26,16 @@ from PIL import Image
 from vision_mnv2.checkpoint import read_checkpoint
 
 from .command_server import CommandServer
-from .readme_world import REPO_ROOT, TASK_RUNS, Command, UserWorld, expanded_commands, readme_snippets
+from .readme_world import (
+    REPO_ROOT,
+    TASK_RUNS,
+    Command,
+    UserWorld,
+    documentation,
+    expanded_commands,
+    readme_snippets,
+    same_work,
+)
 
 COMMANDS = expanded_commands()
 SNIPPETS = readme_snippets()
@@ -42,19 +52,25 @@ def world(tmp_path_factory):
 
 
 def test_the_readme_has_the_commands_a_user_needs():
-    """The parser finds what the README promises (a regression in parsing would silently test less)."""
+    """The parser finds what the documentation promises (a regression in parsing would silently test less)."""
     tools = {c.tool for c in COMMANDS}
     for needed in ("tools/train.py", "tools/eval.py", "tools/predict.py", "tools/export.py", "tools/quantize.py",
                    "tools/benchmark.py", "tools/convert.py", "tools/plot.py", "tools/voc_to_coco.py", "make train"):  # fmt: skip
-        assert needed in tools, f"no README command runs {needed}"
+        assert needed in tools, f"no documented command runs {needed}"
     for command in COMMANDS:
-        assert command.words[0] in ("python", "make"), f"README line {command.line}: not a command this test can run"
+        assert command.words[0] in ("python", "make"), (
+            f"{command.source}:{command.line}: not a command this test can run"
+        )
         if command.words[0] == "python":
-            assert str(REPO_ROOT / command.words[1]) in TOOLS, f"README line {command.line}: no such tool"
-    executorch = [c for c in COMMANDS if c.value("export.format") == "executorch" and c.value("ckpt_path") == "..."]
-    assert {(c.task, c.value("export.quantize")) for c in executorch} >= {
-        (task, quantize) for task in TASK_RUNS for quantize in (None, "int8")
-    }, "ExecuTorch export, float32 and int8, for every task"
+            assert str(REPO_ROOT / command.words[1]) in TOOLS, f"{command.source}:{command.line}: no such tool"
+    exported = {
+        (dict(w.split("=", 1) for w in same_work(c) if "=" in w)["ckpt_path"], c.value("export.quantize"))
+        for c in COMMANDS
+        if c.value("export.format") == "executorch"
+    }
+    assert exported >= {(f"<{task}>", quantize) for task in TASK_RUNS for quantize in (None, "int8")}, (
+        "ExecuTorch export, float32 and int8, for every task"
+    )
 
 
 def test_make_test_is_the_test_command():
@@ -143,7 +159,7 @@ def _check_what_it_promises(world: UserWorld, command: Command, outcome) -> None
         coco = json.loads((world.cwd / ran[ran.index("--output") + 1]).read_text())
         assert coco["images"] and coco["annotations"] and coco["categories"]
     else:
-        pytest.fail(f"README line {command.line}: no check for {tool}; say here what it promises")
+        pytest.fail(f"{command.source}:{command.line}: no check for {tool}; say here what it promises")
 
 
 def _same_outputs_as_the_checkpoint(world: UserWorld, outcome, program: Path) -> None:
@@ -220,3 +236,20 @@ def test_readme_world_is_shell_quotable():
     """The ids shown for the cases are the commands as a user would paste them."""
     for command in COMMANDS:
         assert shlex.split(command.text) == command.words
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_of_the_documentation_leads_somewhere():
+    for page in documentation():
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", page.read_text()):
+            if "://" in target:
+                continue
+            linked = (page.parent / target) if target else page
+            assert linked.exists(), f"{page.name}: the link to {target} leads nowhere"
+            if anchor and linked.suffix == ".md":
+                headings = re.findall(r"(?m)^#+ (.+)$", linked.read_text())
+                assert anchor in {_anchor(h) for h in headings}, f"{page.name}: no heading #{anchor} in {target}"
