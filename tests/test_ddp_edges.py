@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from vision_mnv2.metrics import CocoMeanAveragePrecision, coco_eval
 
-from .conftest import REPO_ROOT, tiny_classification_overrides
+from .conftest import REPO_ROOT, subprocess_env, tiny_classification_overrides
 
 
 def test_two_processes_skip_a_nonfinite_step_together_and_share_one_seed(tiny_cls_root, tmp_path):
@@ -28,11 +28,10 @@ def test_two_processes_skip_a_nonfinite_step_together_and_share_one_seed(tiny_cl
         "trainer=ddp", "trainer.devices=2", "data.batch_size=4", "trainer.max_epochs=1", "logger=none", "seed=null",
         "module._target_=tests.helpers.NonFiniteOnRankOne", "module.nonfinite_loss=skip", f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
-    env = {
-        **os.environ,
-        "VISION_MNV2_CACHE": str(tmp_path / "cache"),
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),  # tests.helpers
-    }
+    # tests.helpers on the path of the processes
+    env = subprocess_env(
+        tmp_path, processes=2, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
+    )
     run = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     logs = [(run_dir / "train.log").read_text(), (run_dir / "train_ddp_process_1.log").read_text()]

@@ -7,16 +7,16 @@ default) would score one image twice and the numbers would differ."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from tasks.runner import evaluate, train
 from vision_mnv2.data import write_classification_dataset, write_detection_dataset, write_segmentation_dataset
 
-from .conftest import REPO_ROOT, compose_config, tiny_task_overrides
+from .conftest import REPO_ROOT, compose_config, subprocess_env, tiny_task_overrides
 
 # task: (write the dataset, data.num_classes, image size, the headline metric)
 TASKS = {
@@ -48,13 +48,22 @@ def test_two_process_evaluation_equals_one_process(task, tmp_path):
         overrides.append("++data.eval_pad_size=null")
     quiet = ["callbacks.progress_bar=null", "callbacks.model_summary=null"]
     checkpoint = train(compose_config("train", overrides + quiet, tmp_path / "train"))["last_checkpoint"]
-    single = evaluate(compose_config("eval", overrides + [f"ckpt_path={checkpoint}"], tmp_path / "single"))
+    # One thread here and in each DDP process, so that every image goes through the same kernels
+    # in both runs: the batches pair images otherwise (0 and 1 here, 0 and 2 on rank 0), but on
+    # CPU a batch of same-size images is computed image by image. The numbers are then equal
+    # however rounding falls on this CPU, not only close.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = evaluate(compose_config("eval", overrides + [f"ckpt_path={checkpoint}"], tmp_path / "single"))
+    finally:
+        torch.set_num_threads(threads)
 
     command = [
         sys.executable, "tools/eval.py", *overrides, f"ckpt_path={checkpoint}", "trainer=ddp", "trainer.devices=2",
         f"hydra.run.dir={tmp_path / 'ddp'}",
     ]  # fmt: skip
-    env = {**os.environ, "VISION_MNV2_CACHE": str(tmp_path / "cache")}
+    env = subprocess_env(tmp_path, processes=2, OMP_NUM_THREADS="1")
     run = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert list((tmp_path / "ddp").glob("*_process_1.log")), "a second process ran"
@@ -77,7 +86,7 @@ def test_a_split_smaller_than_the_process_count_stops_every_process(tmp_path):
         "callbacks.model_summary=null",
         f"hydra.run.dir={tmp_path / 'ddp'}",
     ]  # fmt: skip
-    env = {**os.environ, "VISION_MNV2_CACHE": str(tmp_path / "cache")}
+    env = subprocess_env(tmp_path, processes=2)
     run = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode != 0
     assert "the evaluation split has 1 image(s), fewer than the 2 processes" in run.stderr + run.stdout

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import torch
 
 from tasks.runner import train
 
-from .conftest import REPO_ROOT, compose_config, tiny_classification_overrides
+from .conftest import REPO_ROOT, compose_config, subprocess_env, tiny_classification_overrides
 
 
 def _train_command(root, run_dir, *extra):
@@ -30,7 +29,7 @@ def _train_command(root, run_dir, *extra):
 def test_killed_run_resumes_from_its_latest_epoch(tiny_cls_root, tmp_path):
     """With EMA of the weights and two (persistent) loader workers, whose random state a resumed
     run cannot restore: order, augmentation and dropout are seeded per epoch, sample and step."""
-    env = {**os.environ, "VISION_MNV2_CACHE": str(tmp_path / "cache")}
+    env = subprocess_env(tmp_path)
     extra = ("callbacks=ema", "data.num_workers=2")
     uninterrupted = subprocess.run(
         _train_command(tiny_cls_root, tmp_path / "u", *extra),
@@ -103,7 +102,7 @@ def test_ddp_on_two_cpu_processes(tiny_cls_root, tmp_path):
     command = [part for part in command if part not in ("trainer.max_epochs=4", "trainer.deterministic=true")] + [
         "trainer.max_epochs=1"
     ]
-    env = {**os.environ, "VISION_MNV2_CACHE": str(tmp_path / "cache")}
+    env = subprocess_env(tmp_path, processes=2)
     run = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert (tmp_path / "ddp" / "checkpoints" / "last.ckpt").is_file()
