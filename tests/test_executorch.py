@@ -1,17 +1,17 @@
-"""On-device export (ExecuTorch, XNNPACK): float32 programs compute what PyTorch computes, int8 ones
-predict the same classes / pixels / boxes, and the .pte describes itself through its sidecar.
+"""On-device export (ExecuTorch, XNNPACK) through the Python API: the formats and precisions refused
+by name, a program's description (sidecar) and fixed input size, and int8 with dynamic sizes.
 
-Needs the optional extra ``mobile`` (``executorch``); skips when it is absent."""
+Each task's programs, float32 and int8, come from the documentation's own export commands, checked
+against their checkpoints in tests/test_readme.py (each lowering takes tens of seconds to minutes:
+they are made once). Needs the optional extra ``mobile`` (``executorch``); skips when it is absent."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 import vision_mnv2
@@ -19,10 +19,10 @@ from tasks.cli import with_task_from_checkpoint
 from tasks.inference import export
 from vision_mnv2.checkpoint import save_model
 from vision_mnv2.mobile import ExecuTorchRunner, sidecar_path, write_executorch
-from vision_mnv2.models import deeplabv3_mobilenet_v2, mobilenet_v2, ssdlite_mobilenet_v2
+from vision_mnv2.models import mobilenet_v2
 from vision_mnv2.pipelines import describe
 
-from .conftest import assert_same_detections, compose_config, realistic_batch_norm, top2_gaps
+from .conftest import compose_config, realistic_batch_norm
 
 executorch = pytest.importorskip(
     "executorch", reason="ExecuTorch export needs the optional extra: pip install '.[mobile]'"
@@ -41,17 +41,6 @@ def _checkpoint(tmp_path, task, build, size, **kwargs):
     if task == "detection":
         meta.category_ids = [3, 7, 11][: kwargs["num_classes"]]
     return save_model(tmp_path / f"{task}.ckpt", model, meta)
-
-
-def _photos(count: int, size: tuple[int, int], seed: int = 0) -> list[np.ndarray]:
-    """Smooth random images (blurred noise with a gradient), closer to photos than white noise."""
-    rng = np.random.default_rng(seed)
-    images = []
-    for _ in range(count):
-        small = rng.integers(0, 255, (size[0] // 8 + 1, size[1] // 8 + 1, 3), dtype=np.uint8)
-        image = Image.fromarray(small).resize((size[1], size[0]), Image.BILINEAR)
-        images.append(np.asarray(image))
-    return images
 
 
 def test_bad_format_names_are_errors(tmp_path):
@@ -78,123 +67,6 @@ def test_bad_format_names_are_errors(tmp_path):
     (tmp_path / "lost.pte").write_bytes(b"not a program")
     with pytest.raises(ValueError, match=r"lost\.pte: its description lost\.pte\.json is missing"):
         vision_mnv2.load(tmp_path / "lost.pte")
-
-
-@pytest.mark.slow  # each export lowers a network to XNNPACK (tens of seconds on 2 cores)
-def test_classifier_program_float_equals_pytorch_and_int8_keeps_the_top_class(tmp_path):
-    """Through tools/export.py: float32 logits as PyTorch's; int8 (calibrated on a folder of
-    images) gives PyTorch's top-1 on photos; the .pte alone (with its sidecar) loads as a pipeline."""
-    ckpt = _checkpoint(tmp_path, "classification", mobilenet_v2, 64, num_classes=10, width_mult=0.35)
-    photos = _photos(12, (80, 72))
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for index, photo in enumerate(photos[:8]):
-        Image.fromarray(photo).save(folder / f"{index}.png")
-    fp32 = export(_tool_config("export", [f"ckpt_path={ckpt}", "export.format=executorch"], tmp_path / "run"))
-    assert fp32.suffix == ".pte" and fp32.parent == tmp_path / "run"
-    described = json.loads(sidecar_path(fp32).read_text())
-    assert described["task"] == "classification" and described["class_names"] == [f"c{i}" for i in range(10)]
-    assert described["executorch"]["precision"] == "float32" and described["preprocessing"]["input_size"] == [64, 64]
-    in_pytorch, exported = vision_mnv2.load(ckpt), vision_mnv2.load(fp32)
-    assert exported.model is None and exported.meta.as_dict() == in_pytorch.meta.as_dict()
-    batch = in_pytorch.collate([in_pytorch.preprocess(photo)[0] for photo in photos])
-    torch.testing.assert_close(exported.run(batch)[0], in_pytorch.run(batch)[0], atol=1e-4, rtol=1e-4)
-
-    int8 = export(
-        _tool_config(
-            "export",
-            [f"ckpt_path={ckpt}", "export.format=executorch", "export.quantize=int8", f"export.calibration={folder}"],
-            tmp_path / "run",
-        )
-    )
-    assert int8.name == "mobilenet_v2_int8.pte" and int8.stat().st_size < 0.5 * fp32.stat().st_size
-    assert json.loads(sidecar_path(int8).read_text())["executorch"]["precision"] == "int8"
-    quantized = vision_mnv2.load(int8)
-    reference, logits = in_pytorch.run(batch)[0], quantized.run(batch)[0]
-    # int8 keeps the logits to within 1% of their range (measured 0.2%: 0.001 of 0.08, the
-    # random network's logits hardly depend on the photo); 5% is far below a broken scale.
-    error = (logits - reference).abs().max()
-    assert error < 0.05 * (reference.max() - reference.min()), (error, reference)
-    # Where PyTorch's top two logits are further apart than twice that error, int8 cannot reorder
-    # them: those photos keep their class (measured: all 12, gap 0.005 against an error of 0.001).
-    decided = top2_gaps(reference) > 2 * error
-    ours = torch.tensor([p["top"][0]["label"] for p in in_pytorch(photos)])
-    theirs = torch.tensor([p["top"][0]["label"] for p in quantized(photos)])
-    assert torch.equal(ours[decided], theirs[decided]), (ours, theirs, top2_gaps(reference), error)
-
-
-@pytest.mark.slow
-def test_segmentation_program_takes_any_size_and_matches_pytorch(tmp_path):
-    # aspp=False: the task's default head (configs/task/deeplabv3.yaml), and a smaller graph to lower.
-    ckpt = _checkpoint(tmp_path, "segmentation", deeplabv3_mobilenet_v2, 64, num_classes=3, width_mult=0.35, aspp=False)  # fmt: skip
-    in_pytorch = vision_mnv2.load(ckpt)
-    fp32 = vision_mnv2.load(in_pytorch.export_executorch(tmp_path / "seg.pte"))
-    for height, width in ((72, 88), (65, 97)):  # any size (from 64 px), odd ones too
-        image = _photos(1, (height, width), seed=height)[0]
-        (logits,) = fp32.run(fp32.preprocess(image)[0][None])
-        (reference,) = in_pytorch.run(in_pytorch.preprocess(image)[0][None])
-        assert logits.shape == reference.shape == (1, 3, height, width)
-        torch.testing.assert_close(logits, reference, atol=1e-4, rtol=1e-4)
-    # int8 at one size: lowering a program that takes any size costs 2.5 times as much, and int8
-    # with dynamic sizes is checked on a small network (test_int8_program_takes_any_size).
-    photos = _photos(6, (96, 128), seed=1)
-    batch = [in_pytorch.preprocess(p)[0] for p in photos]
-    int8 = vision_mnv2.load(
-        in_pytorch.export_executorch(tmp_path / "seg_int8.pte", "int8", [b[None] for b in batch], dynamic_size=False)
-    )
-    reference = torch.cat([in_pytorch.run(b[None])[0] for b in batch])
-    logits = torch.cat([int8.run(b[None])[0] for b in batch])
-    # Measured: int8 is within 0.001 of logits spanning 0.19 (0.5%); 5% is far below a broken scale.
-    error = (logits - reference).abs().max()
-    assert error < 0.05 * (reference.max() - reference.min()), error
-    # Pixels whose two best classes are further apart than twice that error keep their class: the
-    # masks are the argmax of these logits (at the photo's own size, nothing is resized).
-    decided = top2_gaps(reference) > 2 * error
-    ours = torch.stack([p["mask"] for p in in_pytorch(photos)]).long()
-    theirs = torch.stack([p["mask"] for p in int8(photos)]).long()
-    assert torch.equal(ours, reference.argmax(1)) and torch.equal(ours[decided], theirs[decided])
-    # And int8 decides as PyTorch does almost everywhere (measured: every pixel).
-    assert decided.float().mean() > 0.95, decided.float().mean()
-
-
-@pytest.mark.slow
-def test_detection_program_gives_pytorchs_detections(tmp_path):
-    """The program holds no NMS (ExecuTorch has no kernel for it); the pipeline selects, so the
-    detections are PyTorch's: exactly in float32, closely in int8."""
-    ckpt = _checkpoint(
-        tmp_path, "detection", ssdlite_mobilenet_v2, 96, num_classes=3, width_mult=0.35, image_size=96, score_thresh=0.2
-    )
-    in_pytorch = vision_mnv2.load(ckpt)
-    photos = _photos(6, (90, 120), seed=2)
-    fp32 = vision_mnv2.load(in_pytorch.export_executorch(tmp_path / "det.pte"))
-    assert json.loads(sidecar_path(tmp_path / "det.pte").read_text())["export"]["outputs"] == [
-        "boxes",
-        "scores",
-        "labels",
-    ]
-    for ours, theirs in zip(in_pytorch(photos), fp32(photos)):
-        assert len(ours["scores"]) > 0 and set(ours["category_ids"].tolist()) <= {3, 7, 11}
-        # Random weights give many near-equal scores, whose order float rounding may swap, and
-        # which of two near-equal ones makes the 100 kept: matched whatever the order. XNNPACK's
-        # float kernels agree with ATen's to 1e-6 here; 1e-4 and 0.01 px are the tolerance.
-        assert_same_detections(ours, theirs, 1e-2, 1e-4, score_thresh=0.2, limit=100, label="category_ids")
-    calibration = [in_pytorch.preprocess(p)[0][None] for p in photos]
-    int8 = vision_mnv2.load(in_pytorch.export_executorch(tmp_path / "det_int8.pte", "int8", calibration))
-    # Every anchor's box and class scores before selection, int8 against the float program (which
-    # is PyTorch's, above). Measured: boxes within 0.7 px of 96, scores within 0.001; the bounds
-    # are 3 and 5 times that, and far below what a broken scale gives.
-    batch = in_pytorch.collate([in_pytorch.preprocess(p)[0] for p in photos])
-    (float_boxes, float_scores, _), (int8_boxes, int8_scores, _) = fp32.run(batch), int8.run(batch)
-    box_error, score_error = (int8_boxes - float_boxes).abs().max(), (int8_scores - float_scores).abs().max()
-    assert box_error < 2.0 and score_error < 0.005, (box_error, score_error)
-    scale = max(w / 96 for h, w in (p.shape[:2] for p in photos))  # network input -> photo pixels
-    for ours, theirs in zip(in_pytorch(photos), int8(photos)):
-        # PyTorch's best detection is among the int8 program's that score within twice the score
-        # error of its best (which of near-equal scores comes first, int8 may change), as far
-        # off as the box error allows.
-        contenders = theirs["scores"] >= theirs["scores"][0] - 2 * score_error
-        distance = (theirs["boxes"][contenders] - ours["boxes"][0]).abs().max(dim=1).values
-        assert distance.min() <= box_error * scale + 1e-3, (distance.min(), box_error)
 
 
 @pytest.mark.slow
