@@ -452,6 +452,8 @@ class UserWorld:
                 word = self._produced(word, command, earlier)
             elif key in ("init_from",) and value in TORCHVISION_FILES:
                 pass  # read from torch hub's cache in the world's home
+            elif key == "ckpt_path" and value and not (self.cwd / value).exists():
+                self._make_file(value, earlier)  # a file an earlier command writes (--output mnv2.ckpt)
             out.append(word)
         if command.tool.endswith(".tflite") or command.words[:2] == ["python", "tools/convert.py"]:
             self._make_tflite(words)
@@ -468,6 +470,14 @@ class UserWorld:
             return f"mine_{kind}"
         raise KeyError(f"no value for the placeholder {key}=... in {command.text}")
 
+    def _make_file(self, name: str, earlier: list[Command]) -> None:
+        """Run the earlier command that writes ``name`` with ``--output``, if it has not run."""
+        for previous in earlier:
+            words = previous.words
+            if "--output" in words and words[words.index("--output") + 1 : words.index("--output") + 2] == [name]:
+                self.run(previous, earlier[: earlier.index(previous)])
+                return
+
     def _produced(self, word: str, command: Command, earlier: list[Command]) -> str:
         """A path with ``<run>`` / ``<date_time>``: the newest that an earlier README command made."""
         key, sep, value = word.rpartition("=") if "=" in word else ("", "", word)
@@ -480,7 +490,10 @@ class UserWorld:
             plain = [
                 c for c in earlier if c.words[:2] == ["python", "tools/train.py"] and c.words[2:] == [f"task={folder}"]
             ]
-            for previous in plain + [c for c in earlier if c not in plain]:
+            # Then the commands that name the folder (experiment=sweep_ablations, tools/export.py),
+            # and only then the others: running every earlier command repeats the other half's work.
+            named = [c for c in earlier if folder and (f"={folder}" in c.text or c.tool == f"tools/{folder}.py")]
+            for previous in plain + named + [c for c in earlier if c not in plain and c not in named]:
                 if previous.id not in self.done and previous.words[:2] != ["make", "test"]:
                     self.run(previous, earlier[: earlier.index(previous)])
                 found = self.newest(pattern)
