@@ -1,6 +1,6 @@
 """COCO-sized detection data on one machine, measured side by side in one run:
 
-    python tools/benchmark_coco_scale.py [--train-images 118287] [--boxes 860001] [--samples 2000] [--update-docs]
+    python tools/benchmarks/coco_scale.py [--train-images 118287] [--boxes 860001] [--samples 2000] [--update-docs]
 
 A COCO-layout set of COCO 2017's size is generated into the cache (once; reused when present):
 118,287 training and 5,000 validation images, ~860k boxes with COCO's 80 category ids, 1% crowd,
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.cli import run_tool
+from tasks.cli import CONFIG_DIR, run_tool
 
 # ----------------------------------------------------------------------------------------------
 # Measurements, each in a fresh forked process so that one leaves nothing behind for the next.
@@ -85,7 +85,7 @@ def _cpu_seconds(pids) -> float:
 def _data_config(root: Path) -> dict:
     from omegaconf import OmegaConf
 
-    config = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "configs" / "data" / "coco.yaml"))
+    config = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "data" / "coco.yaml"))
     config.pop("_target_")
     config.update(root=str(root), num_workers=2, pin_memory=False)
     return config
@@ -241,7 +241,7 @@ def main(argv=None) -> int:
         f"### COCO-sized data: set-up, loader-worker memory, loader throughput ({reference['images']:,} "
         f"training images, {reference['boxes']:,} boxes)",
         "",
-        f"Command: `{command_line('benchmark_coco_scale.py', argv)}`  ",
+        f"Command: `{command_line('benchmarks/coco_scale.py', argv)}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end; "
         f"{time.strftime('%Y-%m-%d')}. Generated COCO-layout set (COCO 2017's image and box counts, 80 category "
         "ids, 24-point polygons: a JSON the size of instances_train2017.json; images hard links to six "

@@ -1,6 +1,6 @@
 """Memory-efficient inference (paper section 5.1) against the standard path, batch 1:
 
-    python tools/benchmark_memory.py [--groups 4] [--device cpu|cuda] [--update-docs]
+    python tools/benchmarks/memory_efficient.py [--groups 4] [--device cpu|cuda] [--update-docs]
 
 Classification at 224 and DeepLabv3 (mobile head, OS16) at 1024x1024: peak memory a forward adds,
 latency, the largest tensor materialised at each resolution (paper Table 3), and the output
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     lines = [
         f"### Memory-efficient inference (split expansion, k={args.groups}{scope}), batch 1, {args.device}",
         "",
-        f"Command: `python tools/benchmark_memory.py {' '.join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))}`  ",
+        f"Command: `python tools/benchmarks/memory_efficient.py {' '.join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))}`  ",
         f"Machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
         + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else "")
         + f"; {time.strftime('%Y-%m-%d')}. "

@@ -2,7 +2,7 @@
 this project's ``SSDTrainTransform`` against another implementation of it, side by side in one run:
 
     git show 9dfff61:vision_mnv2/data/detection_transforms.py > /tmp/hand_written.py
-    python tools/benchmark_augmentation.py --baseline /tmp/hand_written.py [--workers 0 2] [--update-docs]
+    python tools/benchmarks/ssd_augmentation.py --baseline /tmp/hand_written.py [--workers 0 2] [--update-docs]
 
 ``--baseline``: a Python file defining ``SSDTrainTransform`` with the same arguments (above: the
 hand-written zoom-out and crop that torchvision's ``RandomZoomOut`` / ``RandomIoUCrop`` replaced).
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     lines = [
         "### SSD training augmentation: torchvision's zoom-out and IoU crop against the hand-written ones",
         "",
-        f"Command: `{command_line('benchmark_augmentation.py', argv)}`  ",
+        f"Command: `{command_line('benchmarks/ssd_augmentation.py', argv)}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}; "
         f"{time.strftime('%Y-%m-%d')}. One epoch of the synthetic COCO training split (800 images, 320x240 JPEG) "
         f"through `DetectionDataModule`'s training loader (batches of 16, per-sample seeding), decoding included; "

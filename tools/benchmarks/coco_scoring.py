@@ -1,6 +1,6 @@
 """Time of a detection validation epoch with each COCOeval backend, measured side by side in one run:
 
-    python tools/benchmark_coco_eval.py [--val-images 200 1500] [--repeats 2] [--update-docs]
+    python tools/benchmarks/coco_scoring.py [--val-images 200 1500] [--repeats 2] [--update-docs]
 
 The SSDLite task's validation epoch (``trainer.validate`` on ``DetectionTask``: the model on every
 image, then the COCO scoring and the results file) on the synthetic COCO validation split (200
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     lines = [
         "### COCO scoring of a validation epoch: faster-coco-eval against pycocotools",
         "",
-        f"Command: `{command_line('benchmark_coco_eval.py', argv)}`  ",
+        f"Command: `{command_line('benchmarks/coco_scoring.py', argv)}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}; "
         f"{time.strftime('%Y-%m-%d')}. SSDLite (width 1.0, 192x192, initial weights: 100 detections per image) "
         f"on synthetic COCO validation splits (320x240, 1-5 objects), batch 16, {args.workers} loader workers; "

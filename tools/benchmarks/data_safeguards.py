@@ -1,6 +1,6 @@
 """Cost of the data safeguards, measured in one run against what they sit beside:
 
-    python tools/benchmark_data.py [--images 'DIR/*.jpg'] [--repeats 3] [--update-docs]
+    python tools/benchmarks/data_safeguards.py [--images 'DIR/*.jpg'] [--repeats 3] [--update-docs]
 
 - set-up image checks (``data.check_images``: none / quick / full) against decoding every image;
 - per-sample augmentation seeding (what makes resumed runs exact) against loading one SSD
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     lines = [
         f"### Data safeguards: set-up image checks and per-sample seeding ({len(paths)} images)",
         "",
-        f"Command: `python tools/benchmark_data.py {' '.join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))}`  ",
+        f"Command: `python tools/benchmarks/data_safeguards.py {' '.join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}; {time.strftime('%Y-%m-%d')}. "
         f"Images: {args.images or 'synthetic COCO train split (320x240 JPEG)'}; page cache warm; best of {args.repeats}. "
         "Reference: decoding every image to RGB on the same threads, as the loaders would.",

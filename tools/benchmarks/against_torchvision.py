@@ -1,6 +1,7 @@
-"""``tools/benchmark.py``: this project's network (random weights, or a checkpoint's) against
+"""This project's network (random weights, or a checkpoint's) against
 torchvision's counterpart, and the task's full training loop against its model step alone, all
-measured in one run. The report goes to the run folder; ``benchmark.update_docs=true`` also
+measured in one run. The body of the user's command ``python tools/benchmark.py`` (a Hydra tool:
+configs/benchmark.yaml); the report goes to the run folder, and ``benchmark.update_docs=true`` also
 replaces the task's section of docs/BENCHMARKS.md."""
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
+from tasks.checkpoints import checkpoint_model, evaluation_data, open_pipeline, task_of_config
 from vision_mnv2.benchmark import Measurement, measure
 from vision_mnv2.complexity import count_parameters
 from vision_mnv2.pipelines import PIPELINES, Pipeline, describe
 from vision_mnv2.reports import command_line, write_report, write_section
-
-from .checkpoints import checkpoint_model, evaluation_data, open_pipeline, task_of_config
 
 __all__ = ["run_benchmark", "training_throughput"]
 
@@ -177,3 +177,7 @@ def run_benchmark(cfg: DictConfig) -> str:
         write_section(Path(cfg.benchmark.docs), cfg.task_name, text)
         print(f"section {cfg.task_name!r} of {cfg.benchmark.docs} replaced")
     return text
+
+
+if __name__ == "__main__":
+    raise SystemExit("this measurement runs as the Hydra tool `python tools/benchmark.py` (see its --help)")
