@@ -18,7 +18,7 @@ from tasks.checkpoints import checkpoint_model, evaluation_data, open_pipeline, 
 from vision_mnv2.benchmark import Measurement, measure
 from vision_mnv2.complexity import count_parameters
 from vision_mnv2.pipelines import PIPELINES, Pipeline, describe
-from vision_mnv2.reports import command_line, write_report, write_section
+from vision_mnv2.reports import command_line, publish, report_header
 
 __all__ = ["run_benchmark", "training_throughput"]
 
@@ -134,14 +134,15 @@ def run_benchmark(cfg: DictConfig) -> str:
         rows.append(measure(ref_name, ref_function, ref_params, size, **args))
     ours_m, ref_m = _best(rows[0::2]), _best(rows[1::2])
 
-    lines = [
-        f"### {cfg.task_name} ({task}) at {size}x{size}, {torch.get_num_threads()} threads",
-        "",
-        f"Command: `{command_line('benchmark.py')}`  ",
-        f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}. "
+    lines = report_header(
+        f"{cfg.task_name} ({task}) at {size}x{size}, {torch.get_num_threads()} threads",
+        command_line("tools/benchmark.py"),
         f"Each figure the best of {cfg.benchmark.repeats} alternating repeats (latency: median of {cfg.benchmark.iters} calls); "
         "no NMS in either detector. Ratios: latency and memory below 1, throughput above 1 mean ours is better.",
-        "",
+        platform.processor() or "cpu",
+        packages=("torch", "onnxruntime"),
+    )
+    lines += [
         f"| model | params | MACs | eager ms (batch 1) | eager img/s (batch {cfg.benchmark.batch}) | ONNX Runtime ms (batch 1) "
         f"| ONNX Runtime img/s (batch {cfg.benchmark.batch}) | peak memory added, MB (batch 1) |",
         "|---|---|---|---|---|---|---|---|",
@@ -169,14 +170,13 @@ def run_benchmark(cfg: DictConfig) -> str:
             f"{train['full_loop']:.1f} img/s, model step alone {train['model_step']:.1f} img/s, "
             f"ratio {train['full_loop'] / train['model_step']:.2f} (1.0 = data loading costs nothing).",
         ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    report = write_report(Path(cfg.paths.output_dir) / "benchmark.md", text)
-    print(f"report written to {report}")
-    if cfg.benchmark.update_docs:
-        write_section(Path(cfg.benchmark.docs), cfg.task_name, text)
-        print(f"section {cfg.task_name!r} of {cfg.benchmark.docs} replaced")
-    return text
+    return publish(
+        "\n".join(lines) + "\n",
+        cfg.task_name,
+        update_docs=cfg.benchmark.update_docs,
+        docs=cfg.benchmark.docs,
+        report_file=Path(cfg.paths.output_dir) / "benchmark.md",
+    )
 
 
 if __name__ == "__main__":

@@ -24,17 +24,16 @@ Page cache warm (the files are read before timing). Writes docs/BENCHMARKS.md wi
 
 from __future__ import annotations
 
-import argparse
 import gc
 import multiprocessing
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
 from tasks.cli import CONFIG_DIR, run_tool
+from vision_mnv2.reports import argument_parser
 
 # ----------------------------------------------------------------------------------------------
 # Measurements, each in a fresh forked process so that one leaves nothing behind for the next.
@@ -205,18 +204,16 @@ def _warm_page_cache(root: Path) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--train-images", type=int, default=118287)
     parser.add_argument("--boxes", type=int, default=860001, help="training boxes (validation: in proportion)")
     parser.add_argument("--samples", type=int, default=2000, help="training samples per loader worker")
     parser.add_argument("--step-batch", type=int, default=8, help="batch of the timed training step (memory)")
     parser.add_argument("--root", default=None, help="where the set is generated; default in the cache")
-    parser.add_argument("--update-docs", action="store_true", help="replace this measurement's section of --docs")
-    parser.add_argument("--docs", default="docs/BENCHMARKS.md")
     args = parser.parse_args(argv)
 
     from vision_mnv2.data import write_coco_sized_dataset
-    from vision_mnv2.reports import command_line, write_section
+    from vision_mnv2.reports import command_line, publish, report_header
 
     cache = Path(os.environ.get("VISION_MNV2_CACHE", Path.home() / ".cache" / "vision_mnv2"))
     default = cache / f"coco_sized_{args.train_images}_{args.boxes}"
@@ -237,18 +234,17 @@ def main(argv=None) -> int:
     print("step", full, flush=True)
 
     ratio = setup["cpu"] / reference["cpu"]
-    lines = [
-        f"### COCO-sized data: set-up, loader-worker memory, loader throughput ({reference['images']:,} "
+    lines = report_header(
+        f"COCO-sized data: set-up, loader-worker memory, loader throughput ({reference['images']:,} "
         f"training images, {reference['boxes']:,} boxes)",
-        "",
-        f"Command: `{command_line('benchmarks/coco_scale.py', argv)}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end; "
-        f"{time.strftime('%Y-%m-%d')}. Generated COCO-layout set (COCO 2017's image and box counts, 80 category "
+        command_line(__file__, argv),
+        "Generated COCO-layout set (COCO 2017's image and box counts, 80 category "
         "ids, 24-point polygons: a JSON the size of instances_train2017.json; images hard links to six "
         "640x480-class JPEGs); page cache warm; one run each, in fresh processes. `data=coco` as "
         "configs/data/coco.yaml sets it (check_images quick, skip_bad). CPU seconds (all threads of the process) "
         "are the comparison: on a shared machine wall time measures the neighbours.",
-        "",
+    )
+    lines += [
         "| set-up (train + val) | CPU seconds | ratio | wall seconds |",
         "|---|---|---|---|",
         f"| pycocotools `COCO(json)` of both files (reference) | {reference['cpu']:.1f} | 1.00 | {reference['seconds']:.1f} |",
@@ -283,10 +279,7 @@ def main(argv=None) -> int:
         f"| {1 / full['cpu_per_sample']:.1f} | {full['step_cpu_per_sample'] / full['cpu_per_sample']:.2f} "
         f"| {full['samples_per_s']:.1f} |",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.update_docs:
-        write_section(Path(args.docs), "coco_scale", text)
+    publish("\n".join(lines) + "\n", "coco_scale", update_docs=args.update_docs, docs=args.docs)
     return 0
 
 

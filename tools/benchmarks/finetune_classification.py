@@ -13,9 +13,7 @@ The task's from-scratch recipe trains beside them; every recipe is scored the sa
 
 from __future__ import annotations
 
-import argparse
 import math
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ from vision_mnv2.checkpoint import load_model
 from vision_mnv2.data import ImageFolderClassification
 from vision_mnv2.models import transfer_weights
 from vision_mnv2.pipelines import ClassificationPipeline, describe
+from vision_mnv2.reports import argument_parser, command_line, publish, report_header
 
 __all__ = ["compare_recipes", "tutorial_recipe"]
 
@@ -115,15 +114,15 @@ def compare_recipes(root: Path, init: str, steps: int, output_dir: Path, compose
 def report(rows, root: Path, init: str, steps: int, command: str) -> str:
     train = sum(1 for p in (root / "train").rglob("*.jpg"))
     val = sum(1 for p in (root / "val").rglob("*.jpg"))
-    lines = [
-        f"### Classification fine-tuning: preset against torchvision's tutorial recipe, {steps} steps",
-        "",
-        f"Command: `{command}`  ",
-        f"Machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"{time.strftime('%Y-%m-%d')}. Photos: {train} training / {val} validation crops ({root.name}); "
+    lines = report_header(
+        f"Classification fine-tuning: preset against torchvision's tutorial recipe, {steps} steps",
+        command,
+        f"Photos: {train} training / {val} validation crops ({root.name}); "
         f"every recipe starts from `{Path(init).name}` and is scored on the same validation crops "
         "(shorter side to 256, centre 224).",
-        "",
+        f"{torch.get_num_threads()} threads",
+    )
+    lines += [
         "| recipe | top-1 | training time, s |",
         "|---|---|---|",
     ]
@@ -132,16 +131,14 @@ def report(rows, root: Path, init: str, steps: int, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--init", required=True, help="checkpoint every recipe starts from")
     parser.add_argument("--folder", help="photos in the ImageNet layout: train/<class>/, val/<class>/")
     parser.add_argument("--voc-annotations", help="VOC XML folder of a detection set, cut into a 2-class set")
     parser.add_argument("--images", help="the detection set's images")
     parser.add_argument("--train-images", type=int, default=60, help="photos of the detection set for training")
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--output", default="outputs/benchmark_finetune")
-    parser.add_argument("--update-docs", action="store_true")
-    parser.add_argument("--docs", default="docs/BENCHMARKS.md")
+    parser.add_argument("--output", default="outputs/benchmarks/finetune_classification")
     args = parser.parse_args(argv)
     if not args.folder and not (args.voc_annotations and args.images):
         parser.error("give --folder, or --voc-annotations and --images")
@@ -151,7 +148,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from vision_mnv2.data.crops import write_object_background_crops  # noqa: PLC0415
     from vision_mnv2.data.voc_xml import voc_xml_to_coco  # noqa: PLC0415
-    from vision_mnv2.reports import command_line, write_report, write_section  # noqa: PLC0415
 
     output = Path(args.output)
     root = (
@@ -176,11 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         return cfg
 
     rows = compare_recipes(root, args.init, args.steps, output, compose_train)
-    text = report(rows, root, args.init, args.steps, command_line("benchmarks/finetune_classification.py", argv))
-    print(text)
-    write_report(output / "benchmark_finetune.md", text)
-    if args.update_docs:
-        write_section(Path(args.docs), "finetune_classification", text)
+    text = report(rows, root, args.init, args.steps, command_line(__file__, argv))
+    publish(
+        text,
+        "finetune_classification",
+        update_docs=args.update_docs,
+        docs=args.docs,
+        report_file=output / "finetune_classification.md",
+    )
     return 0
 
 

@@ -17,10 +17,6 @@ the program is exported at the TFLite file's fixed input size."""
 
 from __future__ import annotations
 
-import argparse
-import os
-import platform
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +30,7 @@ from tasks.cli import run_tool
 from vision_mnv2.benchmark import time_call
 from vision_mnv2.data import read_rgb
 from vision_mnv2.pipelines.base import to_tensor
-from vision_mnv2.reports import command_line, write_report, write_section
+from vision_mnv2.reports import argument_parser, command_line, publish, report_header
 
 __all__ = ["MobileRow", "compare", "report"]
 
@@ -137,25 +133,16 @@ def compare(
 
 
 def report(rows: Sequence[MobileRow], threads: int, photos: Sequence[Path], command: str) -> str:
-    import executorch  # noqa: PLC0415
-
-    try:
-        from importlib.metadata import version  # noqa: PLC0415
-
-        versions = f"executorch {version('executorch')}, ai-edge-litert {version('ai-edge-litert')}"
-    except Exception:  # noqa: BLE001 (versions are informative only)
-        versions = f"executorch {getattr(executorch, '__version__', '?')}"
-    lines = [
-        f"### On-device int8: ExecuTorch (XNNPACK) vs Google's int8 TFLite, batch 1, {threads} threads",
-        "",
-        f"Command: `{command}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end "
-        f"(other jobs share it); {versions}; {time.strftime('%Y-%m-%d')}. "
+    lines = report_header(
+        f"On-device int8: ExecuTorch (XNNPACK) vs Google's int8 TFLite, batch 1, {threads} threads",
+        command,
         f"The program is exported from Google's converted checkpoint, int8 (XNNPACK's PT2E quantiser, "
         f"per-channel weights) calibrated on {len(photos)} photo(s) ({', '.join(p.name for p in photos)}), "
         "at the TFLite file's input size; both run on XNNPACK kernels. Latency: best of the alternated medians. "
         "DeepLab: the TFLite graph ends in its argmax, the program in the 21 logits at 513 x 513 (argmax in the pipeline).",
-        "",
+        packages=("executorch", "ai-edge-litert"),
+    )
+    lines += [
         "| network | input | Google int8 TFLite, ms | ExecuTorch int8, ms | **ExecuTorch / TFLite** | file MB (TFLite / .pte) | int8 program vs interpreter |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -168,16 +155,14 @@ def report(rows: Sequence[MobileRow], threads: int, photos: Sequence[Path], comm
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--classifier", nargs=2, metavar=("CKPT", "TFLITE"), help="converted classifier, its TFLite")
     parser.add_argument("--deeplab", nargs=2, metavar=("CKPT", "TFLITE"), help="converted DeepLab, its TFLite")
     parser.add_argument("--photos", nargs="+", required=True, help="photos to calibrate and compare on")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--output", default="outputs/benchmark_mobile")
-    parser.add_argument("--update-docs", action="store_true")
-    parser.add_argument("--docs", default="docs/BENCHMARKS.md")
+    parser.add_argument("--output", default="outputs/benchmarks/mobile_int8")
     args = parser.parse_args(argv)
     pairs = [pair for pair in (args.classifier, args.deeplab) if pair]
     if not pairs:
@@ -192,11 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         compare(Path(ckpt), Path(tflite), photos, output, args.threads, args.iters, args.repeats)
         for ckpt, tflite in pairs
     ]
-    text = report(rows, args.threads, photos, command_line("benchmarks/mobile_int8.py", argv))
-    print(text)
-    write_report(output / "benchmark_mobile.md", text)
-    if args.update_docs:
-        write_section(Path(args.docs), "mobile_int8", text)
+    text = report(rows, args.threads, photos, command_line(__file__, argv))
+    publish(text, "mobile_int8", update_docs=args.update_docs, docs=args.docs, report_file=output / "mobile_int8.md")
     return 0
 
 

@@ -16,20 +16,16 @@ the same way: COCOeval on the validation split after the last epoch."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 from tasks.cli import run_tool
 from vision_mnv2.data.voc_xml import voc_xml_to_coco, write_coco_json
-from vision_mnv2.reports import command_line, write_report, write_section
+from vision_mnv2.reports import argument_parser, command_line, publish, report_header
 
 __all__ = ["RECIPES", "compare_recipes", "kangaroo_split", "recipe_threads", "report"]
 
@@ -120,14 +116,13 @@ def recipe_threads(recipes: int, cores: int | None = None) -> int:
 def report(rows: list[dict], title: str, setup: str, command: str) -> str:
     today, tf = rows[0]["mAP"], rows[1]["mAP"]
     better = "TF's" if tf > today else "today's"
-    lines = [
-        f"### SSDLite training recipes: today's against TF's ssdlite_mobilenet_v2_coco, {title}",
-        "",
-        f"Command: `{command}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{rows[0]['threads']} thread(s) per recipe; "
-        f"{time.strftime('%Y-%m-%d')}. {setup}",
-        "",
+    lines = report_header(
+        f"SSDLite training recipes: today's against TF's ssdlite_mobilenet_v2_coco, {title}",
+        command,
+        setup,
+        f"{rows[0]['threads']} thread(s) per recipe",
+    )
+    lines += [
         "| recipe | COCO mAP@[.5:.95] | mAP@.5 | wall time (both at once), s |",
         "|---|---|---|---|",
     ]
@@ -138,14 +133,12 @@ def report(rows: list[dict], title: str, setup: str, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--epochs", type=int, default=6, help="training epochs of each recipe")
     parser.add_argument("--voc-annotations", help="VOC XML folder of a real detection set (else the generated set)")
     parser.add_argument("--images", help="the detection set's images")
     parser.add_argument("--init", help="checkpoint both fine-tunes start from (with --voc-annotations)")
-    parser.add_argument("--output", default="outputs/benchmark_ssd_recipes")
-    parser.add_argument("--update-docs", action="store_true")
-    parser.add_argument("--docs", default="docs/BENCHMARKS.md")
+    parser.add_argument("--output", default="outputs/benchmarks/ssd_recipes")
     args = parser.parse_args(argv)
     if args.voc_annotations and not (args.images and args.init):
         parser.error("--voc-annotations needs --images and --init")
@@ -175,11 +168,14 @@ def main(argv: list[str] | None = None) -> int:
         title = f"generated COCO set, {args.epochs} epochs from scratch"
         setup = "Data: `task=ssdlite`'s generated set (800 training / 200 validation images, 6 classes), 192x192."
     rows = compare_recipes(data, common, args.epochs, (output / name).resolve())
-    text = report(rows, title, setup, command_line("benchmarks/ssd_recipes.py", argv))
-    print(text)
-    write_report(output / name / "benchmark_ssd_recipes.md", text)
-    if args.update_docs:
-        write_section(Path(args.docs), f"ssd_recipes_{data}", text)
+    text = report(rows, title, setup, command_line(__file__, argv))
+    publish(
+        text,
+        f"ssd_recipes_{data}",
+        update_docs=args.update_docs,
+        docs=args.docs,
+        report_file=output / name / "ssd_recipes.md",
+    )
     return 0
 
 
