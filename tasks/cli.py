@@ -24,6 +24,7 @@ __all__ = [
     "CONFIG_DIR",
     "TASK_CONFIGS",
     "TRACEBACK_SWITCH",
+    "compose_config",
     "config_groups",
     "register_help_resolver",
     "run_tool",
@@ -256,3 +257,22 @@ def with_task_from_checkpoint(argv: Sequence[str]) -> list[str]:
     except Exception:
         return argv  # the tool reports an unreadable file with its own message
     return [*argv, f"task={TASK_CONFIGS[task]}"] if task in TASK_CONFIGS else argv
+
+
+def compose_config(config_name: str, overrides: Sequence[str] = (), output_dir: str | os.PathLike | None = None):
+    """The configuration a tool composes from ``configs/<config_name>.yaml`` and the command-line
+    ``overrides``, for code that runs a tool's work in its own process (the benchmarks train and
+    evaluate through it). Hydra's own config is registered as ``hydra.main`` does, so that the work
+    sees which overrides were given; ``output_dir`` is the run folder."""
+    from hydra import compose, initialize_config_dir  # noqa: PLC0415
+    from hydra.core.hydra_config import HydraConfig  # noqa: PLC0415
+    from omegaconf import open_dict  # noqa: PLC0415
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+        if output_dir is not None:
+            cfg.paths.output_dir = str(output_dir)
+    return cfg

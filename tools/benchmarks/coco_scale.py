@@ -10,7 +10,7 @@ sizes): every file name exists and decodes at a real photo's cost, at no disk co
 
 Measured, each in a fresh forked process:
 
-- set-up of ``data=coco`` as ``configs/data/coco.yaml`` configures it (``DetectionDataModule.setup``:
+- set-up of ``data=coco`` as the tools compose it (``DetectionDataModule.setup``:
   JSON validation, image checks, targets; train and val) against pycocotools' ``COCO(json)`` load of
   the same two files (the reference);
 - memory: what the training dataset holds in the main process, and the private memory (USS, PSS
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.cli import CONFIG_DIR, run_tool
+from tasks.cli import compose_config, run_tool
 from vision_mnv2.reports import argument_parser
 
 # ----------------------------------------------------------------------------------------------
@@ -82,11 +82,13 @@ def _cpu_seconds(pids) -> float:
 
 
 def _data_config(root: Path) -> dict:
+    """The settings of ``data=coco`` as the tools compose them for the detection task, on ``root``,
+    with 2 loader workers: ``DetectionDataModule``'s arguments."""
     from omegaconf import OmegaConf
 
-    config = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "data" / "coco.yaml"))
+    overrides = ["task=ssdlite", "data=coco", f"data.root={root}", "data.num_workers=2", "data.pin_memory=false"]
+    config = OmegaConf.to_container(compose_config("train", overrides).data, resolve=True)
     config.pop("_target_")
-    config.update(root=str(root), num_workers=2, pin_memory=False)
     return config
 
 
@@ -139,7 +141,9 @@ def _workers_and_throughput(root: Path, samples: int, train_split: str, train_an
     loader = datamodule.train_dataloader()
     iterator = iter(loader)
     batch = next(iterator)  # workers started and warm
-    workers = [worker.pid for worker in iterator._workers]
+    workers = [worker.pid for worker in multiprocessing.active_children()]  # this process's: the loader's
+    if len(workers) != 2:  # noqa: PLR2004
+        raise RuntimeError(f"expected the loader's 2 worker processes, found {len(workers)}")
     first = [_memory_kb(pid) for pid in workers]
     made, start, cpu = 0, time.perf_counter(), _cpu_seconds(workers)
     while made < samples * len(workers):
@@ -241,7 +245,7 @@ def main(argv=None) -> int:
         "Generated COCO-layout set (COCO 2017's image and box counts, 80 category "
         "ids, 24-point polygons: a JSON the size of instances_train2017.json; images hard links to six "
         "640x480-class JPEGs); page cache warm; one run each, in fresh processes. `data=coco` as "
-        "configs/data/coco.yaml sets it (check_images quick, skip_bad). CPU seconds (all threads of the process) "
+        "the tools compose it (check_images quick, skip_bad). CPU seconds (all threads of the process) "
         "are the comparison: on a shared machine wall time measures the neighbours.",
     )
     lines += [

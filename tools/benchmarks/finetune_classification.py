@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from omegaconf import open_dict
 
-from tasks.cli import CONFIG_DIR, run_tool
+from tasks.cli import compose_config, run_tool
 from vision_mnv2.checkpoint import load_model
 from vision_mnv2.data import ImageFolderClassification
 from vision_mnv2.models import transfer_weights
@@ -79,10 +79,9 @@ def _top1(model: torch.nn.Module, root: Path, image_size: int = 224) -> float:
     return ClassificationPipeline(meta, model.eval()).evaluate(val)["top1"]
 
 
-def compare_recipes(root: Path, init: str, steps: int, output_dir: Path, compose) -> list[tuple[str, float, float]]:
+def compare_recipes(root: Path, init: str, steps: int, output_dir: Path) -> list[tuple[str, float, float]]:
     """(recipe, top-1 on ``root/val``, training seconds) for the tutorial recipe, the fine-tuning
-    preset and the from-scratch task recipe; ``compose(overrides, folder)`` composes a training
-    config (the tool's Hydra composition)."""
+    preset and the from-scratch task recipe, the last two trained as ``tools/train.py`` would."""
     from tasks.runner import train  # noqa: PLC0415
 
     classes = len([p for p in (root / "train").iterdir() if p.is_dir()])
@@ -99,7 +98,7 @@ def compare_recipes(root: Path, init: str, steps: int, output_dir: Path, compose
             ["task=classification", "data=imagenet_custom", "data.image_size=224", "data.batch_size=32"],
         ),
     ):
-        cfg = compose(overrides + common + ["logger=none"], output_dir / name.split()[0])
+        cfg = compose_config("train", overrides + common + ["logger=none"], output_dir / name.split()[0])
         with open_dict(cfg):
             cfg.callbacks.progress_bar = None
             # As many epochs as the steps take, so that the schedule spans the run.
@@ -143,9 +142,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.folder and not (args.voc_annotations and args.images):
         parser.error("give --folder, or --voc-annotations and --images")
 
-    from hydra import compose, initialize_config_dir  # noqa: PLC0415
-    from hydra.core.hydra_config import HydraConfig  # noqa: PLC0415
-
     from vision_mnv2.data.crops import write_object_background_crops  # noqa: PLC0415
     from vision_mnv2.data.voc_xml import voc_xml_to_coco  # noqa: PLC0415
 
@@ -158,20 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.folder:
         coco = voc_xml_to_coco(args.voc_annotations, args.images)
         write_object_background_crops(coco, args.images, root, args.train_images)
-    configs = str(CONFIG_DIR)
 
-    def compose_train(overrides: list[str], folder: Path):
-        with initialize_config_dir(config_dir=configs, version_base="1.3"):
-            cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        from omegaconf import open_dict  # noqa: PLC0415
-
-        with open_dict(cfg):
-            del cfg["hydra"]
-            cfg.paths.output_dir = str(folder)
-        return cfg
-
-    rows = compare_recipes(root, args.init, args.steps, output, compose_train)
+    rows = compare_recipes(root, args.init, args.steps, output)
     text = report(rows, root, args.init, args.steps, command_line(__file__, argv))
     publish(
         text,

@@ -17,13 +17,13 @@ the same way: COCOeval on the validation split after the last epoch."""
 from __future__ import annotations
 
 import json
+import logging
+import multiprocessing
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from tasks.cli import run_tool
+from tasks.cli import compose_config, run_tool
 from vision_mnv2.data.voc_xml import voc_xml_to_coco, write_coco_json
 from vision_mnv2.reports import argument_parser, command_line, publish, report_header
 
@@ -61,40 +61,49 @@ def kangaroo_split(annotations: Path, images: Path, root: Path, every: int = 5) 
     return counts
 
 
+def _train(overrides: list[str], folder: Path, threads: int) -> None:
+    """One recipe's training in a process of its own: the configuration ``tools/train.py`` composes
+    from ``overrides``, run in ``folder``, its output in ``folder/train.log``."""
+    log = os.open(folder / "train.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    import torch  # noqa: PLC0415
+
+    from tasks.runner import train  # noqa: PLC0415
+
+    torch.set_num_threads(threads)
+
+    train(compose_config("train", overrides, folder))
+
+
 def compare_recipes(data: str, common: list[str], epochs: int, output_dir: Path) -> list[dict]:
     """Train each recipe of ``RECIPES[data]`` for ``epochs`` with the ``common`` overrides and
-    evaluate once, after the last epoch. The recipes train at the same time, each in its own
-    ``tools/train.py`` process, so that both see the same load of a shared machine. The cores are
-    shared out between them: two processes each running a thread per core spin against each other
-    (on 2 cores an epoch of the generated set took 350 s instead of about 60 s)."""
-    tool = Path(__file__).resolve().parents[1] / "train.py"
+    evaluate once, after the last epoch. The recipes train at the same time, each in a process of
+    its own, so that both see the same load of a shared machine. The cores are shared out between
+    them: two processes each running a thread per core spin against each other."""
     threads = recipe_threads(len(RECIPES[data]))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # torch's intra-op threads in each process
+    # Started afresh (spawn), not forked: the parent may hold thread pools a fork would copy locked.
+    context = multiprocessing.get_context("spawn")
     runs = []
     for name, overrides in RECIPES[data]:
         folder = output_dir / overrides[0].split("=")[1]
-        command = [sys.executable, str(tool), *overrides, *common]
-        command += [
+        folder.mkdir(parents=True, exist_ok=True)
+        settings = [*overrides, *common]
+        settings += [
             f"trainer.max_epochs={epochs}",
             f"trainer.check_val_every_n_epoch={epochs}",  # one evaluation, after the last epoch
             "logger=none",
             "callbacks.progress_bar=null",
-            f"hydra.run.dir={folder}",
         ]
-        folder.mkdir(parents=True, exist_ok=True)
-        log = (folder / "train.log").open("w")
-        runs.append(
-            (
-                name,
-                folder,
-                time.perf_counter(),
-                subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env),
-            )
-        )
+        process = context.Process(target=_train, args=(settings, folder, threads), name=name)
+        process.start()
+        runs.append((name, folder, time.perf_counter(), process))
     rows = []
     for name, folder, start, process in runs:
-        if process.wait() != 0:
-            raise RuntimeError(f"{name} failed (exit {process.returncode}); see {folder / 'train.log'}")
+        process.join()
+        if process.exitcode != 0:
+            raise RuntimeError(f"{name} failed (exit {process.exitcode}); see {folder / 'train.log'}")
         metrics = json.loads((folder / "train_metrics.json").read_text())["metrics"]
         rows.append(
             {
