@@ -19,6 +19,8 @@ install: $(STAMP)
 train: $(STAMP)
 	$(BIN)/python tools/train.py task=$(TASK) $(ARGS)
 
+# pytest spreads the tests over the cores (addopts in pyproject.toml); ARGS="-n 0" runs them in one
+# process, ARGS="-m numerics" only those CI reruns on another kernel path (.ci/run).
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 

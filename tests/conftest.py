@@ -200,3 +200,12 @@ def assert_same_detections(
             edge = max(edge, float(side["scores"].min()))
     beyond = [(side, score) for side, score in lonely if score > edge + score_atol]
     assert not beyond, f"detections without a partner, away from the edge at {edge:.6f}: {beyond}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``--dist loadgroup``, pyproject.toml) a test module runs on one worker,
+    so that its module-scoped fixtures (a trained checkpoint, a generated dataset) are built once,
+    not once per worker; a module that marks its own groups (test_readme.py's two halves) keeps them."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

@@ -59,6 +59,7 @@ def _model_input(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.float() / 255  # the networks normalise their [0, 1] input themselves
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("builder", ["classifier", "deeplab"])
 def test_calibration_keeps_the_eval_output_and_makes_train_mode_agree(builder):
     torch.manual_seed(0)
@@ -82,6 +83,8 @@ def test_calibration_keeps_the_eval_output_and_makes_train_mode_agree(builder):
         # these are the measured ones (but for the unbiased variance's n / (n - 1), and n is 24
         # pixels at the 2 x 2 deepest maps), so the output hardly moves...
         calibrated_train = _train_batch_norm(model)(images)
+    # Measured over 3 seeds, both kernel paths: 1.8% (classifier) and 4.2% (DeepLab) of the
+    # output's scale, against 74-98% for the plain conversion; the thresholds sit well between.
     scale = expected.abs().max().item()
     assert (calibrated_train - expected).abs().max().item() < 0.08 * scale
     # ...where the identity batch norms of the plain conversion change it beyond recognition.
@@ -129,9 +132,10 @@ def _load_split(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return _model_input(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)), torch.tensor(labels)
 
 
-def _fine_tune(model: nn.Module, train, val, steps: int = 20) -> float:
+def _fine_tune(model: nn.Module, train, val, steps: int = 20) -> dict[str, float]:
     """Replace the head, train it and the backbone from stage 4 on (the high-resolution stages stay
-    as they are, to keep the test short), every batch norm in train mode; return val accuracy."""
+    as they are, to keep the test short), every batch norm in train mode; return val accuracy and
+    cross-entropy."""
     torch.manual_seed(0)
     model.classifier[1] = nn.Linear(model.classifier[1].in_features, 2)
     for param in model.backbone.features[:8].parameters():
@@ -147,10 +151,15 @@ def _fine_tune(model: nn.Module, train, val, steps: int = 20) -> float:
         optimiser.step()
     model.eval()
     with torch.no_grad():
-        return (model(val[0]).argmax(1) == val[1]).float().mean().item()
+        logits = model(val[0])
+    return {
+        "accuracy": (logits.argmax(1) == val[1]).float().mean().item(),
+        "loss": nn.functional.cross_entropy(logits, val[1]).item(),
+    }
 
 
 @needs_google
+@pytest.mark.numerics
 def test_converted_classifier_fine_tunes(tmp_path):
     pytest.importorskip("tflite")
     from vision_mnv2.convert import load_tflite  # noqa: PLC0415
@@ -159,7 +168,11 @@ def test_converted_classifier_fine_tunes(tmp_path):
     train, val = _load_split(root, "train"), _load_split(root, "val")
     identity, _ = load_tflite(CLASSIFIER, calibrate=False)
     calibrated, _ = load_tflite(CLASSIFIER, num_calibration_images=8)  # generated scenes, the default
-    plain_accuracy = _fine_tune(identity, train, val)
-    calibrated_accuracy = _fine_tune(calibrated, train, val)
-    assert calibrated_accuracy >= 0.8, calibrated_accuracy
-    assert calibrated_accuracy >= plain_accuracy + 0.25, (plain_accuracy, calibrated_accuracy)
+    plain = _fine_tune(identity, train, val)
+    tuned = _fine_tune(calibrated, train, val)
+    # Measured over 3 training seeds, ATen's avx2 and default kernels: the plain conversion learns
+    # nothing (val cross-entropy ln 2 = 0.693, half right), the calibrated one 0.27-0.42 and
+    # 87.5-94% right. The loss threshold lies midway; the accuracy gap (measured 0.375 or more)
+    # keeps 6 images of room.
+    assert tuned["loss"] < 0.55 < plain["loss"], (plain, tuned)
+    assert tuned["accuracy"] >= plain["accuracy"] + 0.25, (plain, tuned)

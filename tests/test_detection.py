@@ -217,6 +217,7 @@ def test_augmented_batches_depend_on_the_seed_and_epoch_only(det_root):
     assert [int(t["image_id"]) for t in targets] != [int(t["image_id"]) for t in epoch_2_targets]
 
 
+@pytest.mark.numerics
 def test_ssdlite_task_trains_and_evaluates(det_root, tmp_path):
     overrides = tiny_task_overrides("ssdlite", det_root, 3, 128)
     cfg = compose_config(
@@ -242,5 +243,8 @@ def test_ssdlite_task_trains_and_evaluates(det_root, tmp_path):
 
     eval_cfg = compose_config("eval", overrides + [f"ckpt_path={result['best_checkpoint']}"], tmp_path / "eval")
     eval_metrics = evaluate(eval_cfg)
+    # The same computation as training's validation (the checkpoint's weights, the same batches
+    # through the same module in this process): the same detections, scored by pycocotools here
+    # and faster-coco-eval in training, whose numbers are pycocotools' (above).
     assert eval_metrics["val/mAP"] == pytest.approx(result["best_score"]["val/mAP"], abs=1e-9)
     assert (tmp_path / "eval" / "detections_val.json").is_file()

@@ -14,9 +14,10 @@ from hydra.utils import instantiate
 from tasks.runner import evaluate, train
 from vision_mnv2.checkpoint import CheckpointError
 
-from .conftest import REPO_ROOT, compose_config, tiny_classification_overrides
+from .conftest import REPO_ROOT, compose_config, subprocess_env, tiny_classification_overrides
 
 
+@pytest.mark.numerics
 def test_train_then_eval_reproduces_the_best_checkpoint_score(tiny_cls_root, tmp_path):
     cfg = compose_config("train", tiny_classification_overrides(tiny_cls_root), tmp_path / "train")
     result = train(cfg)
@@ -38,6 +39,8 @@ def test_train_then_eval_reproduces_the_best_checkpoint_score(tiny_cls_root, tmp
         tmp_path / "eval",
     )
     metrics = evaluate(eval_cfg)
+    # The same computation as training's validation (the checkpoint's weights, the same batches
+    # through the same module in this process): equal to the last bit, on any CPU.
     assert metrics["val/top1"] == pytest.approx(result["best_score"]["val/top1"], abs=1e-6)
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert written["metrics"]["val/top1"] == metrics["val/top1"]
@@ -67,7 +70,7 @@ def test_paper_recipes_compose(tmp_path, experiment, optimizer, lr):
 
 
 def test_command_line_train_and_eval(tiny_cls_root, tmp_path):
-    env = {**os.environ, "VISION_MNV2_CACHE": str(tmp_path / "cache")}
+    env = subprocess_env(tmp_path)
     common = tiny_classification_overrides(tiny_cls_root, quiet_callbacks=False) + ["trainer.max_epochs=1"]
     run_dir = tmp_path / "run"
     subprocess.run(
@@ -106,6 +109,7 @@ def test_full_coco_recipe_composes(tmp_path):
     assert model.transform.min_size == (320,) and model.head.classification_head.num_columns == 81
 
 
+@pytest.mark.numerics
 def test_ema_of_weights_is_one_override(tiny_cls_root, tmp_path):
     from lightning.pytorch.callbacks import EMAWeightAveraging
 
@@ -120,6 +124,7 @@ def test_ema_of_weights_is_one_override(tiny_cls_root, tmp_path):
     _, _, trainer = build(cfg, with_loggers=False)
     assert len([c for c in trainer.callbacks if isinstance(c, EMAWeightAveraging)]) == 1
     result = train(cfg)
-    # Validation used the averaged weights, and they are what the checkpoint holds.
+    # Validation used the averaged weights, and they are what the checkpoint holds: evaluating it
+    # repeats validation's computation (same weights, same batches, same module), to the last bit.
     evaluated = evaluate(compose_config("eval", [f"ckpt_path={result['last_checkpoint']}"], tmp_path / "eval"))
     assert evaluated["val/top1"] == pytest.approx(result["metrics"]["val/top1"], abs=1e-9)

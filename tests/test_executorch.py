@@ -1,23 +1,25 @@
-"""On-device export (ExecuTorch, XNNPACK): float32 programs compute what PyTorch computes, int8 ones
-predict the same classes / pixels / boxes, and the .pte describes itself through its sidecar.
+"""On-device export (ExecuTorch, XNNPACK) through the Python API: the formats and precisions refused
+by name, a program's description (sidecar) and fixed input size, and int8 with dynamic sizes.
 
-Needs the optional extra ``mobile`` (``executorch``); skips when it is absent."""
+Each task's programs, float32 and int8, come from the documentation's own export commands, checked
+against their checkpoints in tests/test_readme.py (each lowering takes tens of seconds to minutes:
+they are made once). Needs the optional extra ``mobile`` (``executorch``); skips when it is absent."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+import torch.nn.functional as F
+from torch import nn
 
 import vision_mnv2
 from tasks.cli import with_task_from_checkpoint
 from tasks.inference import export
 from vision_mnv2.checkpoint import save_model
 from vision_mnv2.mobile import ExecuTorchRunner, sidecar_path, write_executorch
-from vision_mnv2.models import deeplabv3_mobilenet_v2, mobilenet_v2, ssdlite_mobilenet_v2
+from vision_mnv2.models import mobilenet_v2
 from vision_mnv2.pipelines import describe
 
 from .conftest import compose_config, realistic_batch_norm
@@ -41,17 +43,6 @@ def _checkpoint(tmp_path, task, build, size, **kwargs):
     return save_model(tmp_path / f"{task}.ckpt", model, meta)
 
 
-def _photos(count: int, size: tuple[int, int], seed: int = 0) -> list[np.ndarray]:
-    """Smooth random images (blurred noise with a gradient), closer to photos than white noise."""
-    rng = np.random.default_rng(seed)
-    images = []
-    for _ in range(count):
-        small = rng.integers(0, 255, (size[0] // 8 + 1, size[1] // 8 + 1, 3), dtype=np.uint8)
-        image = Image.fromarray(small).resize((size[1], size[0]), Image.BILINEAR)
-        images.append(np.asarray(image))
-    return images
-
-
 def test_bad_format_names_are_errors(tmp_path):
     ckpt = _checkpoint(tmp_path, "classification", mobilenet_v2, 64, num_classes=4, width_mult=0.35)
     with pytest.raises(ValueError, match="export.format must be one of .*'tflite'"):
@@ -65,7 +56,9 @@ def test_bad_format_names_are_errors(tmp_path):
     # A program exported at a fixed size says so when fed another.
     conv = torch.nn.Conv2d(3, 2, 1)
     fixed = write_executorch(conv, tmp_path / "fixed.pte", torch.rand(1, 3, 8, 8), {"note": "x"})
-    assert json.loads(sidecar_path(fixed).read_text()) == {"note": "x"}
+    described = json.loads(sidecar_path(fixed).read_text())
+    assert described.keys() == {"note", "program"} and described["note"] == "x"
+    assert described["program"]["file"] == "fixed.pte" and described["program"]["bytes"] == fixed.stat().st_size
     runner = ExecuTorchRunner(fixed, input_shape=[1, 3, 8, 8])
     image = torch.rand(2, 3, 8, 8)
     torch.testing.assert_close(runner(image)[0], conv(image).detach(), atol=1e-5, rtol=1e-5)
@@ -76,86 +69,33 @@ def test_bad_format_names_are_errors(tmp_path):
         vision_mnv2.load(tmp_path / "lost.pte")
 
 
-@pytest.mark.slow  # each export lowers a network to XNNPACK (tens of seconds on 2 cores)
-def test_classifier_program_float_equals_pytorch_and_int8_keeps_the_top_class(tmp_path):
-    """Through tools/export.py: float32 logits as PyTorch's; int8 (calibrated on a folder of
-    images) gives PyTorch's top-1 on photos; the .pte alone (with its sidecar) loads as a pipeline."""
-    ckpt = _checkpoint(tmp_path, "classification", mobilenet_v2, 64, num_classes=10, width_mult=0.35)
-    photos = _photos(12, (80, 72))
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for index, photo in enumerate(photos[:8]):
-        Image.fromarray(photo).save(folder / f"{index}.png")
-    fp32 = export(_tool_config("export", [f"ckpt_path={ckpt}", "export.format=executorch"], tmp_path / "run"))
-    assert fp32.suffix == ".pte" and fp32.parent == tmp_path / "run"
-    described = json.loads(sidecar_path(fp32).read_text())
-    assert described["task"] == "classification" and described["class_names"] == [f"c{i}" for i in range(10)]
-    assert described["executorch"]["precision"] == "float32" and described["preprocessing"]["input_size"] == [64, 64]
-    in_pytorch, exported = vision_mnv2.load(ckpt), vision_mnv2.load(fp32)
-    assert exported.model is None and exported.meta.as_dict() == in_pytorch.meta.as_dict()
-    batch = in_pytorch.collate([in_pytorch.preprocess(photo)[0] for photo in photos])
-    torch.testing.assert_close(exported.run(batch)[0], in_pytorch.run(batch)[0], atol=1e-4, rtol=1e-4)
-
-    int8 = export(
-        _tool_config(
-            "export",
-            [f"ckpt_path={ckpt}", "export.format=executorch", "export.quantize=int8", f"export.calibration={folder}"],
-            tmp_path / "run",
-        )
-    )
-    assert int8.name == "mobilenet_v2_int8.pte" and int8.stat().st_size < 0.5 * fp32.stat().st_size
-    assert json.loads(sidecar_path(int8).read_text())["executorch"]["precision"] == "int8"
-    quantized = vision_mnv2.load(int8)
-    ours = [p["top"][0]["label"] for p in in_pytorch(photos)]
-    theirs = [p["top"][0]["label"] for p in quantized(photos)]
-    assert sum(a == b for a, b in zip(ours, theirs)) >= len(photos) - 1, (ours, theirs)
-
-
 @pytest.mark.slow
-def test_segmentation_program_takes_any_size_and_matches_pytorch(tmp_path):
-    ckpt = _checkpoint(tmp_path, "segmentation", deeplabv3_mobilenet_v2, 64, num_classes=3, width_mult=0.35)
-    in_pytorch = vision_mnv2.load(ckpt)
-    photos = _photos(6, (72, 88), seed=1)
-    fp32 = vision_mnv2.load(in_pytorch.export_executorch(tmp_path / "seg.pte"))
-    for height, width in ((72, 88), (65, 97)):  # any size (from 64 px), odd ones too
-        image = _photos(1, (height, width), seed=height)[0]
-        (logits,) = fp32.run(fp32.preprocess(image)[0][None])
-        (reference,) = in_pytorch.run(in_pytorch.preprocess(image)[0][None])
-        assert logits.shape == reference.shape == (1, 3, height, width)
-        torch.testing.assert_close(logits, reference, atol=1e-4, rtol=1e-4)
-    batch = [in_pytorch.preprocess(p)[0] for p in photos]
-    int8 = vision_mnv2.load(in_pytorch.export_executorch(tmp_path / "seg_int8.pte", "int8", [b[None] for b in batch]))
-    agree = [(a["mask"] == b["mask"]).float().mean() for a, b in zip(in_pytorch(photos), int8(photos))]
-    assert min(agree) > 0.95, agree
+def test_int8_program_takes_any_size(tmp_path):
+    """int8 with dynamic height and width (as segmentation exports), on a network small enough to
+    lower in seconds: the quantised convolutions and the resize to the input's size follow it."""
+    torch.manual_seed(0)
+    network = _ResizeBack().eval()
+    generator = torch.Generator().manual_seed(0)
+    calibration = [torch.rand(1, 3, 64, 80, generator=generator) for _ in range(4)]
+    dynamic = ({2: torch.export.Dim("height", min=16, max=512), 3: torch.export.Dim("width", min=16, max=512)},)
+    path = write_executorch(network, tmp_path / "toy.pte", calibration[0], {}, dynamic, "int8", calibration)
+    runner = ExecuTorchRunner(path)
+    for height, width in ((64, 80), (72, 56)):
+        image = torch.rand(1, 3, height, width, generator=generator)
+        (output,) = runner(image)
+        with torch.no_grad():
+            reference = network(image)
+        assert output.shape == reference.shape == (1, 3, height, width)
+        # Measured: within 0.003 of outputs reaching 0.37 (0.8%); 5% is far below a broken scale.
+        assert (output - reference).abs().max() < 0.05 * reference.abs().max()
 
 
-@pytest.mark.slow
-def test_detection_program_gives_pytorchs_detections(tmp_path):
-    """The program holds no NMS (ExecuTorch has no kernel for it); the pipeline selects, so the
-    detections are PyTorch's: exactly in float32, closely in int8."""
-    ckpt = _checkpoint(
-        tmp_path, "detection", ssdlite_mobilenet_v2, 96, num_classes=3, width_mult=0.35, image_size=96, score_thresh=0.2
-    )
-    in_pytorch = vision_mnv2.load(ckpt)
-    photos = _photos(6, (90, 120), seed=2)
-    fp32 = vision_mnv2.load(in_pytorch.export_executorch(tmp_path / "det.pte"))
-    assert json.loads(sidecar_path(tmp_path / "det.pte").read_text())["export"]["outputs"] == [
-        "boxes",
-        "scores",
-        "labels",
-    ]
-    for ours, theirs in zip(in_pytorch(photos), fp32(photos)):
-        assert len(ours["scores"]) > 0 and ours["category_ids"].tolist() == theirs["category_ids"].tolist()
-        assert set(ours["category_ids"].tolist()) <= {3, 7, 11}
-        torch.testing.assert_close(theirs["scores"], ours["scores"], atol=1e-4, rtol=1e-3)
-        # Random weights give many near-equal scores, whose order float rounding may swap: every
-        # PyTorch detection is one of the program's, of the same category.
-        for box, category in zip(ours["boxes"], ours["category_ids"]):
-            same = (theirs["boxes"] - box).abs().max(dim=1).values < 1e-2
-            assert (same & (theirs["category_ids"] == category)).any(), box
-    calibration = [in_pytorch.preprocess(p)[0][None] for p in photos]
-    int8 = vision_mnv2.load(in_pytorch.export_executorch(tmp_path / "det_int8.pte", "int8", calibration))
-    for ours, theirs in zip(in_pytorch(photos), int8(photos)):
-        best, found = ours["boxes"][0], theirs["boxes"][: len(ours["boxes"])]
-        # PyTorch's best detection is among the int8 program's, within a few pixels.
-        assert (found - best).abs().max(dim=1).values.min() < 4.0
+class _ResizeBack(nn.Module):
+    """Two convolutions at half resolution, resized back to the input's size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU6(), nn.Conv2d(8, 3, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.down(images), size=images.shape[-2:], mode="bilinear", align_corners=False)

@@ -190,6 +190,7 @@ def test_every_task_builds_on_mobilenet_v1(tmp_path, task, overrides, builder_na
 
 
 @pytest.mark.slow
+@pytest.mark.numerics
 def test_train_then_eval_a_mobilenet_v1_classifier(tiny_cls_root, tmp_path):
     """Through the real configs: the checkpoint rebuilds MobileNetV1 at evaluation, whatever the
     evaluation config's default backbone."""
@@ -201,6 +202,8 @@ def test_train_then_eval_a_mobilenet_v1_classifier(tiny_cls_root, tmp_path):
     metrics = evaluate(
         compose_config("eval", [*eval_overrides, f"ckpt_path={result['best_checkpoint']}"], tmp_path / "e")
     )
+    # The same computation as training's validation (the checkpoint's weights, the same batches
+    # through the same module in this process): equal to the last bit, on any CPU.
     assert metrics["val/top1"] == pytest.approx(result["best_score"]["val/top1"], abs=1e-6)
     state = torch.load(result["best_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
     assert any(key.endswith("features.13.pointwise.0.weight") for key in state)

@@ -184,8 +184,8 @@ def test_tf_experiments_compose(experiment, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.numerics
 def test_tf_variant_training_decreases_its_loss(tmp_path):
-    torch.manual_seed(0)
     root = write_detection_dataset(
         tmp_path / "shapes", num_classes=3, train_images=8, val_images=4, image_size=(96, 128), seed=4
     )
@@ -198,6 +198,7 @@ def test_tf_variant_training_decreases_its_loss(tmp_path):
     result = train(cfg)
     assert "val/mAP" in result["metrics"]
     # The same loss and optimizer on one fixed batch: the loss falls.
+    torch.manual_seed(0)  # here, not before train(): what training drew would decide these weights
     model = ssdlite_mobilenet_v2(
         num_classes=3, width_mult=0.35, image_size=128, classification_loss="tf", anchor_generator="tf"
     ).train()
@@ -213,7 +214,10 @@ def test_tf_variant_training_decreases_its_loss(tmp_path):
         loss.backward()
         optimizer.step()
         history.append(loss.item())
-    assert history[-1] < 0.5 * history[0], history
+    # Measured over 4 seeds, ATen's avx2 and default kernels, 1 and 2 threads: the loss falls
+    # steadily to 41-54% of its start in 25 steps (so half was a coin toss); three quarters leaves
+    # a fifth of the start as room, and a loss that does not fall stays near 100%.
+    assert history[-1] < 0.75 * history[0], history
 
 
 def test_an_image_without_boxes_adds_loss_only_under_the_tf_recipe():
