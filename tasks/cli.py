@@ -22,7 +22,6 @@ from typing import NoReturn
 
 __all__ = [
     "CONFIG_DIR",
-    "TASK_CONFIGS",
     "TRACEBACK_SWITCH",
     "compose_config",
     "config_groups",
@@ -33,8 +32,6 @@ __all__ = [
     "with_task_from_checkpoint",
 ]
 
-# The task config (configs/task/) of each task.
-TASK_CONFIGS = {"classification": "classification", "detection": "ssdlite", "segmentation": "deeplabv3"}
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 # Hydra's switch; here it means the same for every tool, Hydra's or not.
@@ -242,21 +239,12 @@ def with_task_from_checkpoint(argv: Sequence[str]) -> list[str]:
         return argv  # help answers without reading the checkpoint (nor loading torch)
     path = Path(paths[-1]).expanduser()
     try:
-        if path.suffix.lower() == ".onnx":
-            from vision_mnv2.pipelines.base import read_onnx_meta  # noqa: PLC0415
+        from vision_mnv2.pipelines import PIPELINES, read_description  # noqa: PLC0415
 
-            task = read_onnx_meta(path)[0].task
-        elif path.suffix.lower() == ".pte":
-            from vision_mnv2.pipelines.base import read_executorch_description  # noqa: PLC0415
-
-            task = read_executorch_description(path)[0].task
-        else:
-            from vision_mnv2.checkpoint import read_checkpoint  # noqa: PLC0415
-
-            task = read_checkpoint(path)[1].task
+        task = read_description(path).task
     except Exception:
         return argv  # the tool reports an unreadable file with its own message
-    return [*argv, f"task={TASK_CONFIGS[task]}"] if task in TASK_CONFIGS else argv
+    return [*argv, f"task={PIPELINES[task].config_name}"] if task in PIPELINES else argv
 
 
 def compose_config(config_name: str, overrides: Sequence[str] = (), output_dir: str | os.PathLike | None = None):

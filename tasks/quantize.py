@@ -21,9 +21,6 @@ from .checkpoints import evaluation_data, open_pipeline
 
 __all__ = ["run_quantize"]
 
-# The number each task reports (its pipeline's evaluate() gives it among others).
-HEADLINE = {"classification": "top1", "detection": "mAP", "segmentation": "mIoU"}
-
 
 class _Counted:
     """An iterable that counts the items taken from it."""
@@ -58,7 +55,7 @@ def run_quantize(cfg: DictConfig, overrides: list[str] | None = None) -> str:
         kind: type(pipeline)(pipeline.meta, runner=OnnxRunner(path, threads), **pipeline.export_options)
         for kind, path in (("fp32", fp32), ("int8", int8))
     }
-    metric = HEADLINE[pipeline.task]
+    metric = pipeline.headline_metric
     scores = {kind: graph.evaluate(datamodule.val_set)[metric] for kind, graph in graphs.items()}
     sample, _ = pipeline.preprocess(next(iter(pipeline.raw_images(datamodule.val_set))))
     feed = {"images": pipeline.collate([sample]).numpy()}
@@ -75,7 +72,7 @@ def run_quantize(cfg: DictConfig, overrides: list[str] | None = None) -> str:
         f"Calibration: {used}, "
         f"{cfg.quantize.method}; QDQ, int8 weights per channel, uint8 activations. Input {tuple(feed['images'].shape)}. "
         f"Accuracy on the {len(datamodule.val_set)} validation images through the exported graphs"
-        + (" (NMS inside the graph, kept in float)." if pipeline.task == "detection" else "."),
+        + (f" ({pipeline.quantization_note})." if pipeline.quantization_note else "."),
         packages=("onnxruntime",),
     )
     lines += [

@@ -26,7 +26,7 @@ __all__ = ["run_benchmark", "training_throughput"]
 def _random_pipeline(cfg: DictConfig, task: str, image_size: int, classes: int) -> Pipeline:
     """The configured network with random weights, with torchvision's class count and input size."""
     kwargs = {"num_classes": classes}
-    if task == "detection":
+    if PIPELINES[task].builder_takes_image_size:
         kwargs["image_size"] = image_size
     for key in ("weights", "backbone_weights"):
         if key in cfg.model:

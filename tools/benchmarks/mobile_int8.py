@@ -81,27 +81,27 @@ def compare(
     # the program is exported at that size (segmentation: no dynamic size) and calibrated on them.
     images = [np.asarray(Image.fromarray(read_rgb(p)).resize((width, height), Image.BILINEAR)) for p in photos]
     inputs = [to_tensor(image)[None] for image in images]
-    segmentation = pipeline.task == "segmentation"
-    options = {"dynamic_size": False} if segmentation else {}
-    if segmentation:
-        pipeline.meta.preprocessing["pad_to"] = [height, width]  # the export's example size
+    options = pipeline.fixed_size_options(height, width)
     output.mkdir(parents=True, exist_ok=True)
     path = pipeline.export_executorch(output / f"{pipeline.meta.builder}_int8.pte", "int8", inputs, **options)
     program = vision_mnv2.load(path, threads=threads)
 
-    # The same photos through both: classes (top-1) or pixels.
+    # The same photos through both: pixels where the TFLite file ends in a label per pixel (DeepLab's
+    # argmax), else classes (top-1).
     agree = []
+    label_map = False
     for image, tensor in zip(images, inputs):
         theirs = _tflite_output(interpreter, image)
         (ours,) = program.run(tensor)
-        if segmentation:
+        label_map = theirs.ndim == 2
+        if label_map:
             agree.append(float((ours[0].argmax(0).numpy() == theirs).mean()))
         else:
             # TF's class 0 is the background, dropped by the converter (our class i is its i + 1).
             agree.append(float(int(ours[0].argmax()) == int(np.argmax(theirs[1:]))))
     agreement = (
         f"{np.mean(agree) * 100:.2f}% of pixels equal"
-        if segmentation
+        if label_map
         else f"top-1 equal on {int(sum(agree))}/{len(agree)} photos"
     )
 
