@@ -23,7 +23,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vision_mnv2.checkpoint import CheckpointError, ModelMeta, read_checkpoint
 from vision_mnv2.models import load_weights
 from vision_mnv2.models.registry import plain
-from vision_mnv2.pipelines import INFERENCE_OPTIONS, PIPELINES, Pipeline, contradictions, describe, load
+from vision_mnv2.pipelines import (
+    INFERENCE_OPTIONS,
+    PIPELINES,
+    Pipeline,
+    contradictions,
+    describe,
+    export_format,
+    load,
+)
 
 __all__ = [
     "inherit_from_init",
@@ -174,7 +182,7 @@ def checkpoint_model(cfg: DictConfig, overrides: Sequence[str] | None = None) ->
         )
     changes = _check(meta, _given(cfg, overrides), path)
     size = _image_size(cfg, overrides)
-    if size and meta.task == "detection":
+    if size and meta.task in PIPELINES and PIPELINES[meta.task].builder_takes_image_size:
         changes["image_size"] = size
     return load_model(path, meta.task, **changes)
 
@@ -197,12 +205,11 @@ def open_pipeline(cfg: DictConfig, overrides: Sequence[str] | None = None, **pip
         raise ValueError("needs ckpt_path=PATH (a checkpoint written by tools/train.py or tools/convert.py)")
     path = Path(cfg.ckpt_path).expanduser()
     expected = _expected_task(cfg, overrides)
-    if path.suffix.lower() in (".onnx", ".pte"):
+    if export_format(path) is not None:
         return load(path, expected, threads=cfg.get("threads"), pipeline_options=pipeline_options)
     _, meta = read_checkpoint(path, expected)
-    if meta.task == "segmentation" and "module" in cfg:
-        pipeline_options.setdefault("scales", list(cfg.module.get("eval_scales", [1.0])))
-        pipeline_options.setdefault("flip", bool(cfg.module.get("eval_flip", False)))
+    if "module" in cfg and meta.task in PIPELINES:
+        pipeline_options = {**PIPELINES[meta.task].options_from_training(cfg.module), **pipeline_options}
     if meta.builder is None:
         model = _legacy_model(cfg, path)
         if cfg.get("fold_bn", True):
@@ -270,9 +277,8 @@ def evaluation_data(
     with open_dict(data):
         if meta.num_classes is not None and "data.num_classes" not in keys:
             data.num_classes = int(meta.num_classes)
-        if meta.task == "classification" and meta.input_size and "data.image_size" not in keys:
-            data.image_size = int(meta.input_size[0])
-            data.crop_fraction = float(meta.preprocessing.get("crop_fraction", data.get("crop_fraction", 0.875)))
+        if meta.task in PIPELINES and "data.image_size" not in keys:
+            data.update(PIPELINES[meta.task].evaluation_data_settings(meta.preprocessing, data))
     return data
 
 
@@ -321,7 +327,7 @@ def inherit_from_init(cfg: DictConfig, overrides: Sequence[str] | None = None) -
     was set. Torchvision files and names carry no description and need none (ImageNet statistics,
     PyTorch padding: the defaults)."""
     source = cfg.get("init_from")
-    if not source or "model" not in cfg or Path(str(source)).suffix.lower() in (".onnx", ".pte"):
+    if not source or "model" not in cfg or export_format(str(source)) is not None:
         return {}
     path = Path(str(source)).expanduser()
     if not path.is_file():

@@ -22,8 +22,8 @@ from typing import NoReturn
 
 __all__ = [
     "CONFIG_DIR",
-    "TASK_CONFIGS",
     "TRACEBACK_SWITCH",
+    "compose_config",
     "config_groups",
     "register_help_resolver",
     "run_tool",
@@ -32,8 +32,6 @@ __all__ = [
     "with_task_from_checkpoint",
 ]
 
-# The task config (configs/task/) of each task.
-TASK_CONFIGS = {"classification": "classification", "detection": "ssdlite", "segmentation": "deeplabv3"}
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 # Hydra's switch; here it means the same for every tool, Hydra's or not.
@@ -241,18 +239,28 @@ def with_task_from_checkpoint(argv: Sequence[str]) -> list[str]:
         return argv  # help answers without reading the checkpoint (nor loading torch)
     path = Path(paths[-1]).expanduser()
     try:
-        if path.suffix.lower() == ".onnx":
-            from vision_mnv2.pipelines.base import read_onnx_meta  # noqa: PLC0415
+        from vision_mnv2.pipelines import PIPELINES, read_description  # noqa: PLC0415
 
-            task = read_onnx_meta(path)[0].task
-        elif path.suffix.lower() == ".pte":
-            from vision_mnv2.pipelines.base import read_executorch_description  # noqa: PLC0415
-
-            task = read_executorch_description(path)[0].task
-        else:
-            from vision_mnv2.checkpoint import read_checkpoint  # noqa: PLC0415
-
-            task = read_checkpoint(path)[1].task
+        task = read_description(path).task
     except Exception:
         return argv  # the tool reports an unreadable file with its own message
-    return [*argv, f"task={TASK_CONFIGS[task]}"] if task in TASK_CONFIGS else argv
+    return [*argv, f"task={PIPELINES[task].config_name}"] if task in PIPELINES else argv
+
+
+def compose_config(config_name: str, overrides: Sequence[str] = (), output_dir: str | os.PathLike | None = None):
+    """The configuration a tool composes from ``configs/<config_name>.yaml`` and the command-line
+    ``overrides``, for code that runs a tool's work in its own process (the benchmarks train and
+    evaluate through it). Hydra's own config is registered as ``hydra.main`` does, so that the work
+    sees which overrides were given; ``output_dir`` is the run folder."""
+    from hydra import compose, initialize_config_dir  # noqa: PLC0415
+    from hydra.core.hydra_config import HydraConfig  # noqa: PLC0415
+    from omegaconf import open_dict  # noqa: PLC0415
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+        if output_dir is not None:
+            cfg.paths.output_dir = str(output_dir)
+    return cfg

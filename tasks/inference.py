@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from vision_mnv2.data import DatasetError, read_rgb
 from vision_mnv2.data.sources import image_source
 from vision_mnv2.files import atomic_write_text
+from vision_mnv2.pipelines import EXPORT_FORMATS
 from vision_mnv2.visualize import save_picture
 
 from .checkpoints import open_pipeline
@@ -150,9 +151,6 @@ def predict(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     return output
 
 
-EXPORT_FORMATS = {"onnx": ".onnx", "executorch": ".pte"}
-
-
 def calibration_images(cfg: DictConfig, pipeline: Any, overrides: list[str] | None = None) -> Iterator[Any]:
     """Network inputs for int8 calibration: ``cfg.export.calibration`` (an image, a folder, a COCO
     JSON or a VOC list) when given, else the checkpoint's training images, as tools/quantize.py takes them."""
@@ -183,28 +181,29 @@ def export(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     as an ExecuTorch program for XNNPACK, float32 or ``export.quantize=int8``, described in
     ``<file>.pte.json``."""
     options = cfg.get("export") or {}
-    kind = str(options.get("format") or "onnx").lower()
-    if kind not in EXPORT_FORMATS:
+    file_format = EXPORT_FORMATS.get(str(options.get("format") or "onnx").lower())
+    if file_format is None:
         raise ValueError(f"export.format must be one of {sorted(EXPORT_FORMATS)}, got {options.get('format')!r}")
     quantize = options.get("quantize")
-    if quantize is not None and (kind != "executorch" or str(quantize).lower() != "int8"):
+    if quantize is not None and (not file_format.int8_at_export or str(quantize).lower() != "int8"):
         raise ValueError(
             f"export.quantize={quantize!r}: int8 is available for export.format=executorch "
             "(ONNX graphs are quantised by tools/quantize.py)"
         )
     pipeline = open_pipeline(cfg, overrides)
     task_options = pipeline.export_options_from(options)
-    default = Path(cfg.paths.output_dir) / f"{pipeline.meta.builder}{'_int8' if quantize else ''}{EXPORT_FORMATS[kind]}"
+    default = Path(cfg.paths.output_dir) / f"{pipeline.meta.builder}{'_int8' if quantize else ''}{file_format.suffix}"
     target = Path(options.get("file") or default)
-    if kind == "onnx":
-        path = pipeline.export_onnx(target, opset=int(options.get("opset", 17)), **task_options)
-    else:
-        calibration = calibration_images(cfg, pipeline, overrides) if quantize else None
-        path = pipeline.export_executorch(target, "int8" if quantize else None, calibration, **task_options)
+    calibration = calibration_images(cfg, pipeline, overrides) if quantize else None
+    path = file_format.write(
+        pipeline, target, "int8" if quantize else None, calibration, int(options.get("opset", 17)), task_options
+    )
     size = pipeline.meta.input_size
+    # A format whose description lives beside the file names it, and the precision, which the file does not show.
+    described = file_format.description_file(path).name if file_format.description_file else None
     print(
         f"exported the {pipeline.task} model ({pipeline.num_classes} classes, input "
         f"{'x'.join(map(str, size)) if size else 'any size'}) to {path}"
-        + (f" ({'int8' if quantize else 'float32'}, description in {path.name}.json)" if kind == "executorch" else "")
+        + (f" ({'int8' if quantize else 'float32'}, description in {described})" if described else "")
     )
     return path

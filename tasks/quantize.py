@@ -5,12 +5,9 @@ of the fp32 and int8 graphs in onnxruntime. The report goes to the run folder;
 
 from __future__ import annotations
 
-import platform
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import onnxruntime as ort
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -18,14 +15,11 @@ from omegaconf import DictConfig
 from vision_mnv2.benchmark import time_call
 from vision_mnv2.pipelines import OnnxRunner
 from vision_mnv2.quantize import quantize_static_onnx
-from vision_mnv2.reports import command_line, write_report, write_section
+from vision_mnv2.reports import command_line, publish, report_header
 
 from .checkpoints import evaluation_data, open_pipeline
 
 __all__ = ["run_quantize"]
-
-# The number each task reports (its pipeline's evaluate() gives it among others).
-HEADLINE = {"classification": "top1", "detection": "mAP", "segmentation": "mIoU"}
 
 
 class _Counted:
@@ -61,7 +55,7 @@ def run_quantize(cfg: DictConfig, overrides: list[str] | None = None) -> str:
         kind: type(pipeline)(pipeline.meta, runner=OnnxRunner(path, threads), **pipeline.export_options)
         for kind, path in (("fp32", fp32), ("int8", int8))
     }
-    metric = HEADLINE[pipeline.task]
+    metric = pipeline.headline_metric
     scores = {kind: graph.evaluate(datamodule.val_set)[metric] for kind, graph in graphs.items()}
     sample, _ = pipeline.preprocess(next(iter(pipeline.raw_images(datamodule.val_set))))
     feed = {"images": pipeline.collate([sample]).numpy()}
@@ -72,15 +66,16 @@ def run_quantize(cfg: DictConfig, overrides: list[str] | None = None) -> str:
             seconds = time_call(lambda s=session: s.run(None, feed), 3, int(cfg.quantize.iters))
             latency[kind] = min(latency[kind], seconds * 1000)
     sizes = {kind: path.stat().st_size / 2**20 for kind, path in (("fp32", fp32), ("int8", int8))}
-    lines = [
-        f"### int8 static quantisation, {cfg.task_name} ({pipeline.task}), onnxruntime CPU, {threads} threads",
-        "",
-        f"Command: `{command_line('quantize.py')}`  ",
-        f"Machine: {platform.machine()}; onnxruntime {ort.__version__}; {time.strftime('%Y-%m-%d')}. Calibration: {used}, "
+    lines = report_header(
+        f"int8 static quantisation, {cfg.task_name} ({pipeline.task}), onnxruntime CPU, {threads} threads",
+        command_line("tools/quantize.py"),
+        f"Calibration: {used}, "
         f"{cfg.quantize.method}; QDQ, int8 weights per channel, uint8 activations. Input {tuple(feed['images'].shape)}. "
         f"Accuracy on the {len(datamodule.val_set)} validation images through the exported graphs"
-        + (" (NMS inside the graph, kept in float)." if pipeline.task == "detection" else "."),
-        "",
+        + (f" ({pipeline.quantization_note})." if pipeline.quantization_note else "."),
+        packages=("onnxruntime",),
+    )
+    lines += [
         f"| graph | {metric} | file, MB | latency, ms (batch 1) |",
         "|---|---|---|---|",
     ]
@@ -90,11 +85,10 @@ def run_quantize(cfg: DictConfig, overrides: list[str] | None = None) -> str:
         f"| **int8 vs fp32** | **{scores['int8'] - scores['fp32']:+.4f}** | {sizes['int8'] / sizes['fp32']:.2f}x "
         f"| **{latency['int8'] / latency['fp32']:.2f}x** |"
     )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    report = write_report(out_dir / "quantize.md", text)
-    print(f"report written to {report}")
-    if cfg.quantize.update_docs:
-        write_section(Path(cfg.quantize.docs), f"quantization_{cfg.task_name}", text)
-        print(f"section 'quantization_{cfg.task_name}' of {cfg.quantize.docs} replaced")
-    return text
+    return publish(
+        "\n".join(lines) + "\n",
+        f"quantization_{cfg.task_name}",
+        update_docs=cfg.quantize.update_docs,
+        docs=cfg.quantize.docs,
+        report_file=out_dir / "quantize.md",
+    )

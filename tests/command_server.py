@@ -44,7 +44,7 @@ WARM_IMPORTS = (
     "tasks.runner",
     "tasks.inference",
     "tasks.quantize",
-    "tasks.benchmark",
+    "tools.benchmarks.against_torchvision",
     "vision_mnv2.pipelines",
     "vision_mnv2.convert.checkpoint",
 )

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from tasks.benchmark import run_benchmark
 from tasks.cli import with_task_from_checkpoint
+from tools.benchmarks.against_torchvision import run_benchmark
 from vision_mnv2.benchmark import time_call
 from vision_mnv2.checkpoint import save_model
 from vision_mnv2.models import ssdlite_mobilenet_v2

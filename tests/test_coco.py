@@ -14,7 +14,14 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from tasks.datamodules import DetectionDataModule
-from vision_mnv2.data import SHAPES, CocoDetection, DatasetError, coco_category_id, write_detection_dataset
+from vision_mnv2.data import (
+    SHAPES,
+    CocoDetection,
+    DatasetError,
+    coco_category_id,
+    write_coco_sized_dataset,
+    write_detection_dataset,
+)
 from vision_mnv2.metrics import COCO_BACKENDS, COCO_STAT_NAMES, CocoMeanAveragePrecision
 
 
@@ -310,16 +317,10 @@ def test_annotations_of_a_file_whose_every_image_is_bad_are_named(tmp_path):
 
 
 def test_coco_sized_benchmark_set_is_valid_coco_and_generated_once(tmp_path):
-    """tools/benchmark_coco_scale.py's generator, at a small size: pycocotools reads what it writes,
-    the dataset set-up finds nothing bad in it, images are hard links, and a second call reuses it."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parents[1] / "tools" / "benchmark_coco_scale.py"
-    spec = importlib.util.spec_from_file_location("benchmark_coco_scale", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    root = tool.generate(tmp_path / "set", train_images=40, boxes=300, val_images=10)
+    """The COCO-sized generator (tools/benchmarks/coco_scale.py's set), at a small size: pycocotools
+    reads what it writes, the dataset set-up finds nothing bad in it, images are hard links, and a
+    second call reuses it."""
+    root = write_coco_sized_dataset(tmp_path / "set", train_images=40, boxes=300, val_images=10)
     annotations = root / "annotations" / "instances_train2017.json"
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(annotations))
@@ -330,5 +331,5 @@ def test_coco_sized_benchmark_set_is_valid_coco_and_generated_once(tmp_path):
     assert dataset.stats.kept + dataset.stats.crowd == len(coco.anns)
     assert (root / "train2017" / coco.imgs[1]["file_name"]).stat().st_nlink > 1, "hard links, not copies"
     written = annotations.stat().st_mtime_ns
-    assert tool.generate(root, train_images=40, boxes=300, val_images=10) == root
+    assert write_coco_sized_dataset(root, train_images=40, boxes=300, val_images=10) == root
     assert annotations.stat().st_mtime_ns == written

@@ -187,7 +187,7 @@ def test_predicting_with_a_program_prints_none_of_the_runtimes_noise(program, ti
 
 
 def test_the_runtimes_other_lines_are_passed_on(capfd):
-    from vision_mnv2.mobile import _RuntimeLog
+    from vision_mnv2.pipelines.runners import _RuntimeLog
 
     with _RuntimeLog().capture():
         os.write(2, b"[cpuinfo_utils.cpp:71] Reading file /sys/devices/soc0/image_version\n")

@@ -14,7 +14,7 @@ from torchvision.models.detection.image_list import ImageList
 
 from tasks.datamodules import DetectionDataModule
 from tasks.runner import train
-from tasks.ssd_recipe_check import kangaroo_split, recipe_threads, report
+from tools.benchmarks.ssd_recipes import kangaroo_split, recipe_threads, report
 from vision_mnv2.data import write_detection_dataset
 from vision_mnv2.models import ssdlite_mobilenet_v2
 from vision_mnv2.models.ssd_tf_loss import TFArgMaxMatcher, TFMultipleGridAnchorGenerator, TFSSDLoss
@@ -250,7 +250,7 @@ def test_benchmark_report_names_the_better_recipe():
         {"recipe": "TF's", "mAP": 0.3, "mAP_50": 0.5, "seconds": 12.0},
     ]
     rows[0]["threads"] = rows[1]["threads"] = 3
-    text = report(rows, "t", "s", "python tools/benchmark_ssd_recipes.py")
+    text = report(rows, "t", "s", "python tools/benchmarks/ssd_recipes.py")
     assert "| TF's | 0.3000 | 0.5000 | 12 |" in text and "**1.50**; TF's recipe trains better" in text
     assert "3 thread(s) per recipe" in text
     rows[1]["mAP"] = 0.1

@@ -3,18 +3,13 @@
 ExecuTorch rather than LiteRT (litert-torch): litert-torch pins ``torch<2.15`` and cannot be installed
 beside this project's torch, while ExecuTorch takes ``torch.export`` graphs of the same torch. The
 program runs on Android, iOS and Linux through ExecuTorch's runtime, and here through its Python
-bindings (:class:`ExecuTorchRunner`), so the same pipelines predict from it.
+bindings (:class:`vision_mnv2.pipelines.runners.ExecuTorchRunner`), so the same pipelines predict from it.
 
 A ``.pte`` holds no free-form metadata, so the model's description (what ONNX exports keep in
 ``metadata_props``) travels beside it as JSON, ``<file>.pte.json``; :func:`read_executorch_meta` reads it.
 The description records the size and SHA-256 of the program it was written with, so that a program
 and a description that were copied or replaced separately are refused by name (the runtime would
 load them and fail on the first image with a numeric status code).
-
-ExecuTorch's C++ runtime logs to the process's stderr (file descriptor 2) while it loads and runs a
-program: CPU probing lines on every load, and on a failure the reason. :class:`ExecuTorchRunner`
-catches those lines: the probing ones are dropped, a failure's reason goes into the error it raises,
-anything else is passed on.
 
 int8 is XNNPACK's post-training static quantisation through PT2E (torchao): symmetric int8 weights
 per output channel (depthwise convolutions have few weights per channel, and per-tensor scales ruin
@@ -24,16 +19,12 @@ kernels.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import re
-import sys
-import tempfile
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +36,9 @@ from .files import atomic_write
 __all__ = [
     "EXECUTORCH_FORMATS",
     "ExecuTorchError",
-    "ExecuTorchRunner",
     "executorch_available",
     "read_executorch_meta",
+    "require_executorch",
     "sidecar_path",
     "write_executorch",
 ]
@@ -82,7 +73,8 @@ def executorch_available() -> bool:
     return True
 
 
-def _require_executorch() -> None:
+def require_executorch() -> None:
+    """Raise an ImportError saying what to install when ExecuTorch is not installed."""
     if not executorch_available():
         raise ImportError(
             "ExecuTorch export needs the `executorch` package: pip install 'vision-mnv2[mobile]' (or executorch>=1.0)"
@@ -142,7 +134,7 @@ def write_executorch(
     description records the program's size and SHA-256 (``"program"``), which reading it checks."""
     if quantize not in EXECUTORCH_FORMATS:
         raise ValueError(f"quantize must be one of {list(EXECUTORCH_FORMATS)}, got {quantize!r}")
-    _require_executorch()
+    require_executorch()
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: PLC0415
     from executorch.exir import to_edge_transform_and_lower  # noqa: PLC0415
 
@@ -194,105 +186,3 @@ def read_executorch_meta(path: str | os.PathLike) -> dict[str, Any]:
                 "export.format=executorch), which writes both together"
             )
     return description
-
-
-# Lines ExecuTorch's runtime logs on every load that say nothing to act on: the CPU probing of its
-# XNNPACK thread pool (files it cannot open on this CPU, a core count) and the pool's resizing.
-_RUNTIME_NOISE = re.compile(rb"^\[(cpuinfo_utils|threadpool)\.cpp:\d+\] ")
-# A runtime log line's source prefix, "[method.cpp:1243] ", left out when the line goes into a message.
-_RUNTIME_SOURCE = re.compile(r"^\[[\w.]+:\d+\]\s*")
-
-
-class _RuntimeLog:
-    """What ExecuTorch's C++ runtime writes to stderr during :meth:`capture`, without its noise."""
-
-    def __init__(self) -> None:
-        self.lines: list[bytes] = []
-
-    @contextlib.contextmanager
-    def capture(self) -> Iterator[None]:
-        """Redirects file descriptor 2 into a temporary file for the block (the runtime writes there
-        directly, past ``sys.stderr``). On success the lines other than noise are written on to
-        stderr; on an exception they are kept in :attr:`lines` for the error's message."""
-        try:
-            saved = os.dup(2)
-        except OSError:  # no stderr to filter
-            yield
-            return
-        sys.stderr.flush()
-        with tempfile.TemporaryFile() as captured:
-            os.dup2(captured.fileno(), 2)
-            failed = False
-            try:
-                yield
-            except BaseException:
-                failed = True
-                raise
-            finally:
-                with contextlib.suppress(Exception):
-                    sys.stderr.flush()  # what Python wrote meanwhile is in the file too
-                os.dup2(saved, 2)
-                os.close(saved)
-                captured.seek(0)
-                self.lines = [
-                    line for line in captured.read().splitlines(keepends=True) if not _RUNTIME_NOISE.match(line)
-                ]
-                if not failed and self.lines:
-                    os.write(2, b"".join(self.lines))
-
-    def reason(self) -> str:
-        """The captured lines as one sentence (a failure's reason, as the runtime logged it)."""
-        text = (line.decode("utf-8", "replace").strip() for line in self.lines)
-        return "; ".join(_RUNTIME_SOURCE.sub("", line).rstrip(".") for line in text if line)
-
-
-class ExecuTorchRunner:
-    """Runs an ExecuTorch program whose input is ``images`` (1 x 3 x H x W: programs are exported for
-    batch 1, as phones run them, so a batch runs image by image); returns CPU tensors.
-
-    ``threads``: XNNPACK's thread pool size, which is process-wide in ExecuTorch's Python bindings."""
-
-    def __init__(
-        self, path: str | os.PathLike, threads: int | None = None, input_shape: Sequence[int] | None = None
-    ) -> None:
-        _require_executorch()
-        from executorch.runtime import Runtime  # noqa: PLC0415
-
-        self.path = Path(path)
-        log = _RuntimeLog()
-        with log.capture():
-            if threads:
-                from executorch.extension.pybindings import portable_lib  # noqa: PLC0415
-
-                portable_lib._unsafe_reset_threadpool(int(threads))
-            try:
-                program = Runtime.get().load_program(self.path)
-            except Exception as error:  # the bindings raise RuntimeError with a numeric code only
-                raise ValueError(f"{self.path}: not an ExecuTorch program ({error})") from error
-            self.method = program.load_method("forward")
-        # A program exported at a fixed size (the description's input_shape): other sizes are an
-        # error naming both, not the runtime's numeric status code.
-        self.input_shape = list(input_shape) if isinstance(input_shape, (list, tuple)) else None
-
-    def _execute(self, image: Tensor) -> Sequence[Tensor]:
-        log = _RuntimeLog()
-        try:
-            with log.capture():
-                return self.method.execute((image,))
-        except RuntimeError as error:  # "method->set_inputs() ... failed with error 0x10" and the like
-            reason = log.reason()
-            raise ExecuTorchError(
-                f"{self.path}: the program failed on an input of shape {list(image.shape)}"
-                + (f": {reason}" if reason else "")
-                + f" ({error}). Programs take batch 1 and the size they were exported at unless exported "
-                "with dynamic sizes; export again if the program does not go with this model"
-            ) from error
-
-    def __call__(self, images: Tensor) -> tuple[Tensor, ...]:
-        if self.input_shape and list(images.shape[1:]) != self.input_shape[1:]:
-            raise ValueError(
-                f"{self.path}: the program takes images of {self.input_shape[1:]} (exported at a fixed size); "
-                f"got {list(images.shape[1:])}"
-            )
-        per_image = [self._execute(images[i : i + 1].contiguous().float()) for i in range(images.shape[0])]
-        return tuple(torch.cat([outputs[k] for outputs in per_image]) for k in range(len(per_image[0])))

@@ -1,28 +1,124 @@
-"""Markdown reports of measurements: a run's own report file, and named sections of the project's
-docs/BENCHMARKS.md that a measurement replaces when it is run again on purpose."""
+"""Markdown reports of measurements, all in one form, and where they go.
+
+Every report starts the same way (:func:`report_header`): a title, the command that made it, the
+machine it ran on (architecture, cores, load, package versions, date) and what was measured how;
+its tables follow. :func:`publish` prints it, writes it as the run's own file when there is one,
+and replaces its named section of the project's docs/BENCHMARKS.md only when asked (the
+``--update-docs`` of :func:`argument_parser`, or ``benchmark.update_docs`` / ``quantize.update_docs``
+of the Hydra tools): the recorded numbers change on purpose, never as a side effect of a run.
+Imports nothing heavy, so that a benchmark's ``--help`` answers at once.
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
+import platform
 import shlex
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from .files import atomic_write_text
+__all__ = [
+    "DOCS",
+    "argument_parser",
+    "command_line",
+    "machine",
+    "publish",
+    "report_header",
+    "write_report",
+    "write_section",
+]
 
-__all__ = ["command_line", "write_report", "write_section"]
-
+# The project's recorded measurements, relative to the repository root (where the tools are run).
+DOCS = "docs/BENCHMARKS.md"
 HEADER = "# Benchmarks\n\nEach section is written by the command it names; running it again replaces the section.\n"
 
 
-def command_line(tool: str, argv: list[str] | None = None) -> str:
-    """``python tools/<tool> <arguments>`` as typed (Hydra's own ``hydra.*`` arguments left out)."""
+def command_line(script: str | os.PathLike, argv: Sequence[str] | None = None) -> str:
+    """``python tools/<...>/<script> <arguments>`` as typed: ``script`` is the tool's file (its
+    ``__file__``), named from its ``tools/`` folder; ``argv`` defaults to the command line's own
+    arguments. Hydra's ``hydra.*`` arguments (where a run writes) are left out."""
+    parts = Path(script).absolute().parts
+    shown = "/".join(parts[len(parts) - 1 - parts[::-1].index("tools") :]) if "tools" in parts else Path(script).name
     args = sys.argv[1:] if argv is None else argv
-    return f"python tools/{tool} " + " ".join(shlex.quote(a) for a in args if not a.startswith("hydra."))
+    return " ".join(["python", shown, *(shlex.quote(a) for a in args if not a.startswith("hydra."))])
+
+
+def _versions(packages: Sequence[str]) -> str:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    found = []
+    for name in packages:
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} (not installed)")
+    return ", ".join(found)
+
+
+def machine(*details: str, packages: Sequence[str] = ("torch",)) -> str:
+    """What a measurement ran on: ``x86_64, 2 CPU cores, load average 1.2 at the end, <details>;
+    torch 2.x; <date>``. The load average says how busy a shared machine was (neighbours move
+    single figures; ratios of things measured side by side much less)."""
+    head = [platform.machine() or "unknown machine", f"{os.cpu_count()} CPU cores"]
+    if hasattr(os, "getloadavg"):
+        head.append(f"load average {os.getloadavg()[0]:.1f} at the end")
+    parts = [", ".join([*head, *details])]
+    if packages:
+        parts.append(_versions(packages))
+    parts.append(time.strftime("%Y-%m-%d"))
+    return "; ".join(parts)
+
+
+def report_header(
+    title: str, command: str, setup: str, *details: str, packages: Sequence[str] = ("torch",)
+) -> list[str]:
+    """The lines every report starts with, up to its first table: the title (a ``###`` heading),
+    the command, and the machine (:func:`machine` with ``details`` such as thread counts) followed by
+    ``setup``, what was measured and how."""
+    return [
+        f"### {title}",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine(*details, packages=packages)}. {setup}",
+        "",
+    ]
+
+
+def argument_parser(description: str | None) -> argparse.ArgumentParser:
+    """The command line of a measurement: ``description`` (its module's docstring) as the help text,
+    and ``--update-docs`` / ``--docs``, which every measurement takes."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--update-docs", action="store_true", help="also replace this measurement's section of --docs")
+    parser.add_argument("--docs", default=DOCS, help="the recorded measurements (default: %(default)s)")
+    return parser
+
+
+def publish(
+    text: str,
+    section: str,
+    *,
+    update_docs: bool = False,
+    docs: str | os.PathLike = DOCS,
+    report_file: str | os.PathLike | None = None,
+) -> str:
+    """Print a report, write it to ``report_file`` (a run's own report) when given, and replace the
+    section ``section`` of ``docs`` when ``update_docs``. Returns the text."""
+    print(text)
+    if report_file is not None:
+        print(f"report written to {write_report(report_file, text)}")
+    if update_docs:
+        write_section(docs, section, text)
+        print(f"section {section!r} of {docs} replaced")
+    return text
 
 
 def write_report(path: str | os.PathLike, text: str) -> Path:
     """A measurement's report as its own file (a run folder's ``benchmark.md``, ...)."""
+    from .files import atomic_write_text  # noqa: PLC0415  (it loads torch)
+
     path = Path(path)
     atomic_write_text(path, text)
     return path
@@ -31,6 +127,8 @@ def write_report(path: str | os.PathLike, text: str) -> Path:
 def write_section(path: str | os.PathLike, name: str, text: str) -> Path:
     """Replace the section ``name`` of a Markdown file (between ``<!-- benchmark:name -->`` markers),
     or append it; the file is rewritten atomically."""
+    from .files import atomic_write_text  # noqa: PLC0415  (it loads torch)
+
     path = Path(path)
     start, end = f"<!-- benchmark:{name} -->", f"<!-- /benchmark:{name} -->"
     current = path.read_text() if path.is_file() else HEADER

@@ -12,6 +12,7 @@ from .tflite import load_tflite
 __all__ = ["convert_tflite"]
 
 # TF-slim evaluates its classifiers on the central 87.5% of the image; DeepLab pads to its crop.
+# Both are in the hints of every converted model: each task's preprocessing takes the ones it uses.
 CROP_FRACTION = 0.875
 
 
@@ -38,10 +39,7 @@ def convert_tflite(
         num_calibration_images=num_calibration_images,
     )
     height, width = info["input_size"]
-    if info["task"] == "classification":
-        hints = {"image_size": int(height), "crop_fraction": CROP_FRACTION}
-    else:
-        hints = {"pad_to": [int(height), int(width)]}
+    hints = {"image_size": int(height), "crop_fraction": CROP_FRACTION, "pad_to": [int(height), int(width)]}
     source = {
         "converted_from": str(Path(path).name),
         "format": "tflite",

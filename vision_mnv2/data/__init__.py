@@ -7,6 +7,7 @@ from .synthetic import (
     coco_category_id,
     render_scene,
     write_classification_dataset,
+    write_coco_sized_dataset,
     write_detection_dataset,
     write_segmentation_dataset,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "classification_train_transform",
     "render_scene",
     "write_classification_dataset",
+    "write_coco_sized_dataset",
     "write_segmentation_dataset",
     "IGNORE_INDEX",
     "VOC_CLASSES",

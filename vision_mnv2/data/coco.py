@@ -359,7 +359,7 @@ class CocoDetection(Dataset):
             raise DatasetError(f"image folder {str(self.image_dir)!r} does not exist")
         self.annotation_file = Path(annotation_file).expanduser()
         self.transform = transform
-        # Where set-up time goes, in CPU seconds of this process (tools/benchmark_coco_scale.py).
+        # Where set-up time goes, in CPU seconds of this process (tools/benchmarks/coco_scale.py).
         self.setup_cpu_seconds: dict[str, float] = {}
         clock = time.process_time()
 

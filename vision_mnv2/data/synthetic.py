@@ -10,6 +10,8 @@ class, bounding box and pixel mask. Writers turn scenes into a dataset layout:
 * :func:`write_classification_dataset` - ImageNet layout, ``{train,val}/<class>/<id>.jpg``.
 * :func:`write_detection_dataset` - COCO 2017 layout, JPEGs and ``instances_*.json``.
 * :func:`write_segmentation_dataset` - Pascal VOC 2012 layout, JPEGs and palette PNG masks.
+* :func:`write_coco_sized_dataset` - COCO 2017's layout and size (118k images, 860k boxes), its
+  images hard links to a few photo-like JPEGs: what the data pipeline does at that scale.
 
 Writers are idempotent and atomic: a dataset is built in a temporary folder and renamed into place
 with a ``MANIFEST.json`` that records how it was made; an existing dataset with the same manifest is
@@ -18,6 +20,7 @@ reused, so the training entry point can call them on every start.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -33,12 +36,14 @@ from PIL import Image, ImageDraw
 from ..files import remove_stale_temporaries, temporary_name
 
 __all__ = [
+    "COCO_CATEGORY_IDS",
     "SHAPES",
     "SceneObject",
     "render_background",
     "render_shape_mask",
     "render_scene",
     "write_classification_dataset",
+    "write_coco_sized_dataset",
     "write_detection_dataset",
     "write_segmentation_dataset",
 ]
@@ -510,3 +515,123 @@ def write_segmentation_dataset(
     manifest["image_size"] = list(manifest["image_size"])
     manifest["radius_range"] = list(manifest["radius_range"])
     return _write_atomically(Path(root), manifest, build)
+
+
+# --------------------------------------------------------------------------------------------------
+# A COCO-sized detection set: COCO 2017's counts and JSON size, at no disk cost for the images
+
+# COCO 2017's 80 category ids (1..90 with gaps).
+COCO_CATEGORY_IDS = tuple(i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83))
+# (width, height) of the image variants: COCO's most common sizes.
+COCO_IMAGE_SIZES = ((640, 480), (480, 640), (640, 427), (427, 640), (640, 360), (500, 375))
+
+
+def _photo_like_variants(folder: Path, seed: int) -> list[Path]:
+    """One smooth, photo-like JPEG per size of :data:`COCO_IMAGE_SIZES` (the decoding cost of a real
+    photo of that size, not of noise)."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index, (width, height) in enumerate(COCO_IMAGE_SIZES):
+        low = rng.uniform(0, 255, size=(height // 16 + 1, width // 16 + 1, 3)).astype(np.uint8)
+        image = Image.fromarray(low).resize((width, height), Image.BICUBIC)
+        noise = rng.normal(0, 6, size=(height, width, 3))
+        array = np.clip(np.asarray(image, dtype=np.float64) + noise, 0, 255).astype(np.uint8)
+        path = folder / f"variant_{index}.jpg"
+        Image.fromarray(array).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def _polygon_texts(rng: np.random.Generator, count: int = 256, points: int = 24) -> list[str]:
+    """Polygon texts of COCO's look (2-decimal coordinates); boxes reuse them, only the size matters."""
+    polygons = []
+    for _ in range(count):
+        coords = rng.uniform(0, 640, size=2 * points)
+        polygons.append("[[" + ",".join(f"{v:.2f}" for v in coords) + "]]")
+    return polygons
+
+
+def _write_coco_sized_split(
+    root: Path, split: str, images: int, boxes: int, first_id: int, variants: list[Path], rng: np.random.Generator
+) -> None:
+    folder = root / split
+    folder.mkdir(parents=True)
+    sizes = rng.integers(len(COCO_IMAGE_SIZES), size=images)
+    image_ids = first_id + np.arange(images)
+    # Boxes per image: ~1% images without any, the rest Poisson around the mean COCO needs.
+    empty = rng.random(images) < 0.01
+    counts = np.where(empty, 0, 1 + rng.poisson(max(boxes / images / 0.99 - 1, 0), size=images))
+    image_text = []
+    for image_id, size in zip(image_ids.tolist(), sizes.tolist()):
+        name = f"{image_id:012d}.jpg"
+        os.link(variants[size], folder / name)
+        width, height = COCO_IMAGE_SIZES[size]
+        image_text.append(
+            f'{{"license": 1, "file_name": "{name}", "coco_url": "http://images.cocodataset.org/{split}/{name}", '
+            f'"height": {height}, "width": {width}, "date_captured": "2013-11-14 11:18:45", "id": {image_id}}}'
+        )
+    total = int(counts.sum())
+    owner = np.repeat(np.arange(images), counts)
+    width = np.array([COCO_IMAGE_SIZES[s][0] for s in sizes], dtype=np.float64)[owner]
+    height = np.array([COCO_IMAGE_SIZES[s][1] for s in sizes], dtype=np.float64)[owner]
+    # Box sides log-uniform from 2 px to the image side (COCO: many small objects), inside the image.
+    w = np.floor(np.exp(rng.uniform(np.log(2), np.log(width))) * 100) / 100
+    h = np.floor(np.exp(rng.uniform(np.log(2), np.log(height))) * 100) / 100
+    x = np.floor(rng.uniform(0, 1, total) * (width - w) * 100) / 100
+    y = np.floor(rng.uniform(0, 1, total) * (height - h) * 100) / 100
+    category = np.asarray(COCO_CATEGORY_IDS)[rng.integers(80, size=total)]
+    crowd = (rng.random(total) < 0.01).astype(int)
+    polygons = _polygon_texts(rng)
+    polygon = rng.integers(len(polygons), size=total)
+    annotation_text = [
+        f'{{"segmentation": {polygons[p]}, "area": {a:.4f}, "iscrowd": {c}, "image_id": {i}, '
+        f'"bbox": [{bx:.2f}, {by:.2f}, {bw:.2f}, {bh:.2f}], "category_id": {k}, "id": {n}}}'
+        for p, a, c, i, bx, by, bw, bh, k, n in zip(
+            polygon.tolist(), (0.6 * w * h).tolist(), crowd.tolist(), image_ids[owner].tolist(),
+            x.tolist(), y.tolist(), w.tolist(), h.tolist(), category.tolist(), range(first_id, first_id + total),
+        )
+    ]  # fmt: skip
+    categories = [{"supercategory": "thing", "id": c, "name": f"class_{c}"} for c in COCO_CATEGORY_IDS]
+    # Written as text in pieces: json.dumps of the whole set would hold it twice in memory.
+    with open(root / "annotations" / f"instances_{split}.json", "w") as file:
+        file.write('{"info": {"description": "COCO-sized benchmark set"}, "licenses": [{"id": 1, "name": "x"}], ')
+        file.write('"images": [' + ", ".join(image_text) + "], ")
+        file.write('"annotations": [' + ", ".join(annotation_text) + "], ")
+        file.write('"categories": ' + json.dumps(categories) + "}")
+
+
+def write_coco_sized_dataset(
+    root: str | os.PathLike, train_images: int = 118287, boxes: int = 860001, val_images: int = 5000, seed: int = 0
+) -> Path:
+    """Write a set in the COCO 2017 layout of COCO 2017's size and return its root (reused when it
+    exists with these settings), to measure what the data pipeline does at that scale.
+
+    ``train_images`` training and ``val_images`` validation images, about ``boxes`` training boxes
+    (validation in proportion) with COCO's 80 category ids, 1% crowd, ~1% images without boxes, and
+    a 24-point polygon per box so that the JSON is about as large as ``instances_train2017.json``.
+    Image files are hard links to six 640x480-class JPEGs (COCO's common sizes): every file name
+    exists and decodes at a real photo's cost, at no disk cost. Raises ``OSError`` (no space left)
+    before writing when the disk holds less than twice what the set needs."""
+    root = Path(root).expanduser()
+    manifest = {"kind": "coco_sized", "version": 1, "train_images": train_images, "boxes": boxes,
+                "val_images": val_images, "seed": seed}  # fmt: skip
+    if not (root / MANIFEST).is_file():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(root.parent).free
+        needed = int(boxes * 700 + (train_images + val_images) * 400 + (200 << 20))  # JSON + directory entries
+        if free < 2 * needed:
+            raise OSError(
+                errno.ENOSPC,
+                f"{free / 2**30:.1f} GiB free, the COCO-sized set needs about {needed / 2**30:.1f} GiB",
+                str(root.parent),
+            )
+
+    def build(tmp: Path) -> None:
+        (tmp / "annotations").mkdir(parents=True)
+        rng = np.random.default_rng(seed)
+        variants = _photo_like_variants(tmp, seed)
+        _write_coco_sized_split(tmp, "train2017", train_images, boxes, 1, variants, rng)
+        val_boxes = round(boxes * val_images / train_images)
+        _write_coco_sized_split(tmp, "val2017", val_images, val_boxes, 10**7, variants, rng)
+
+    return _write_atomically(root, manifest, build)

@@ -19,26 +19,38 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import CheckpointError, ModelMeta, load_model
-from ..mobile import ExecuTorchRunner, read_executorch_meta
-from .base import OnnxRunner, Pipeline, TorchRunner, read_executorch_description, read_onnx_meta
+from .base import Pipeline
 from .classification import ClassificationPipeline
 from .detection import DetectionExportModule, DetectionPipeline
+from .runners import (
+    EXPORT_FORMATS,
+    ExecuTorchRunner,
+    ExportFormat,
+    OnnxRunner,
+    TorchRunner,
+    export_format,
+    read_description,
+)
 from .segmentation import SegmentationPipeline
 
 __all__ = [
+    "EXPORT_FORMATS",
     "INFERENCE_OPTIONS",
     "PIPELINES",
     "ClassificationPipeline",
     "DetectionExportModule",
     "DetectionPipeline",
     "ExecuTorchRunner",
+    "ExportFormat",
     "OnnxRunner",
     "Pipeline",
     "SegmentationPipeline",
     "TorchRunner",
     "contradictions",
     "describe",
+    "export_format",
     "load",
+    "read_description",
 ]
 
 log = logging.getLogger(__name__)
@@ -114,19 +126,15 @@ def load(
     """
     path = Path(path).expanduser()
     options = dict(pipeline_options or {})
-    if path.suffix.lower() in (".onnx", ".pte"):
+    exported = export_format(path)
+    if exported is not None:
         if changes or image_size:
             raise ValueError(f"{path}: an exported graph is fixed; changes {sorted(changes)} need the checkpoint")
-        onnx = path.suffix.lower() == ".onnx"
-        meta, export = read_onnx_meta(path) if onnx else read_executorch_description(path)
+        meta, export = exported.read(path)
         if task is not None and meta.task != task:
             raise CheckpointError(f"this export is a {meta.task} model; you asked for {task}: {path}")
         export.pop("outputs", None)
-        if onnx:
-            runner = OnnxRunner(path, threads)
-        else:
-            shape = read_executorch_meta(path).get("executorch", {}).get("input_shape")
-            runner = ExecuTorchRunner(path, threads, shape)
+        runner = exported.open_runner(path, threads)
         return PIPELINES[meta.task](meta, runner=runner, **{**export, **options})
 
     from ..checkpoint import read_checkpoint  # noqa: PLC0415
@@ -140,7 +148,7 @@ def load(
             + f": {path}"
         )
     changes = {k: v for k, v in changes.items() if k in INFERENCE_OPTIONS and v != stored.builder_args.get(k)}
-    if image_size and stored.task == "detection":
+    if image_size and PIPELINES[stored.task].builder_takes_image_size:
         changes["image_size"] = int(image_size)
     model, meta = load_model(path, task, **changes)
     pipeline_class = PIPELINES[meta.task]

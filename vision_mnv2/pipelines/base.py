@@ -1,11 +1,12 @@
 """What a task is outside training: preprocessing, the network as an exportable tensor function,
 post-processing, output records, drawing and scoring against ground truth.
 
-A :class:`Pipeline` runs on one of two *runners* that compute the same function: the PyTorch export
-module (the network wrapped exactly as it is exported) or an ONNX Runtime session of the exported
-file. Pre- and post-processing are shared, so a model predicts the same in PyTorch and from its
-export, and the tools (predict, export, quantize, benchmark) need no per-task branches: each task
-is one subclass.
+A :class:`Pipeline` runs on a *runner* (:mod:`.runners`) that computes the exported function: the
+PyTorch export module (the network wrapped exactly as it is exported), an ONNX Runtime session or an
+ExecuTorch program of the exported file. Pre- and post-processing are shared, so a model predicts
+the same in PyTorch and from its export. What differs between tasks is decided by the task's
+subclass, in its methods and class attributes, so that the tools (train, predict, export, quantize,
+benchmark) need no per-task branches.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,45 +24,11 @@ from torch import Tensor, nn
 
 from ..checkpoint import ModelMeta
 from ..models.normalization import InputNormalization, resolve_normalization
+from .runners import ONNX_META_KEY, TorchRunner
 
-__all__ = ["ExportedNetwork", "OnnxRunner", "Pipeline", "TorchRunner", "read_executorch_description"]
+__all__ = ["ExportedNetwork", "Pipeline"]
 
 log = logging.getLogger(__name__)
-
-ONNX_META_KEY = "vision_mnv2"
-
-
-class TorchRunner:
-    """Runs a PyTorch tensor function (no gradients) on a device; returns CPU tensors."""
-
-    def __init__(self, module: nn.Module, device: str | torch.device = "cpu") -> None:
-        self.device = torch.device(device)
-        self.module = module.eval().to(self.device)
-
-    @torch.no_grad()
-    def __call__(self, images: Tensor) -> tuple[Tensor, ...]:
-        out = self.module(images.to(self.device))
-        out = out if isinstance(out, tuple) else (out,)
-        return tuple(t.cpu() for t in out)
-
-
-class OnnxRunner:
-    """Runs an ONNX Runtime session whose input is ``images``; returns CPU tensors."""
-
-    def __init__(self, path_or_session: str | os.PathLike | Any, threads: int | None = None) -> None:
-        if isinstance(path_or_session, (str, os.PathLike)):
-            import onnxruntime as ort  # noqa: PLC0415
-
-            options = ort.SessionOptions()
-            if threads:
-                options.intra_op_num_threads = int(threads)
-            path_or_session = ort.InferenceSession(str(path_or_session), options, providers=["CPUExecutionProvider"])
-        self.session = path_or_session
-        self.output_names = [o.name for o in self.session.get_outputs()]
-
-    def __call__(self, images: Tensor) -> tuple[Tensor, ...]:
-        outputs = self.session.run(None, {"images": np.ascontiguousarray(images.numpy(), dtype=np.float32)})
-        return tuple(torch.from_numpy(np.asarray(o)) for o in outputs)
 
 
 class ExportedNetwork(nn.Module):
@@ -112,6 +79,16 @@ class Pipeline:
     """
 
     task: ClassVar[str]
+    # configs/task/<config_name>.yaml trains this task's networks; the tools compose it for a
+    # checkpoint of this task.
+    config_name: ClassVar[str]
+    # The metric of :meth:`evaluate` that a report of this task leads with.
+    headline_metric: ClassVar[str]
+    # Whether the network's builder takes the input size (detection computes its anchors for it):
+    # running at another size then rebuilds the network, not only the preprocessing.
+    builder_takes_image_size: ClassVar[bool] = False
+    # What int8 quantisation leaves in float in this task's ONNX graph, for reports ("": nothing).
+    quantization_note: ClassVar[str] = ""
     # Options of export_module / dynamic_axes this task takes (detection: ``nms``), and their values
     # for benchmarks, which time the network's own work.
     export_option_names: ClassVar[tuple[str, ...]] = ()
@@ -152,6 +129,19 @@ class Pipeline:
         """The preprocessing description stored in checkpoints and exports, from the builder
         arguments and what the data pipeline says about evaluation (``hints``)."""
         raise NotImplementedError
+
+    @classmethod
+    def options_from_training(cls, module_settings: Mapping[str, Any]) -> dict[str, Any]:
+        """This task's pipeline options out of its training module's settings (a task config's
+        ``module:``), so that a checkpoint is evaluated as its validation ran (segmentation:
+        ``eval_scales``, ``eval_flip``)."""
+        return {}
+
+    @classmethod
+    def evaluation_data_settings(cls, preprocessing: dict[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
+        """Settings of the evaluation ``data`` that a model of this ``preprocessing`` dictates
+        (classification: the crop it was trained for)."""
+        return {}
 
     @classmethod
     def working_size_of(cls, preprocessing: dict[str, Any]) -> int | None:
@@ -328,6 +318,15 @@ class Pipeline:
 
     # -- on-device export (ExecuTorch, vision_mnv2.mobile) ---------------------------------------
 
+    def fixed_size_options(self, height: int, width: int) -> dict[str, Any]:
+        """Export options of a program that takes ``height`` x ``width`` images only (another
+        runtime's fixed input); a network with an input size is exported at that size only."""
+        if list(self.meta.input_size or []) != [int(height), int(width)]:
+            raise ValueError(
+                f"{self.meta.builder} takes {self.meta.input_size} images; it cannot be exported for {height} x {width}"
+            )
+        return {}
+
     def executorch_options(self, **options: Any) -> dict[str, Any]:
         """The export options an ExecuTorch program of this task is made with (detection: no NMS)."""
         return options
@@ -374,38 +373,6 @@ class Pipeline:
         return write_executorch(
             self.export_module(**options), path, example, metadata, dynamic_shapes, quantize, calibration
         )
-
-
-def read_onnx_meta(path: str | os.PathLike) -> tuple[ModelMeta, dict[str, Any]]:
-    """The model description and export options stored in an ONNX file written by this project."""
-    import onnx  # noqa: PLC0415
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such ONNX file")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as error:  # protobuf's DecodeError names neither the file nor what is wrong with it
-        raise ValueError(
-            f"{path}: not a readable ONNX file ({type(error).__name__}: {error}); export it again with tools/export.py"
-        ) from None
-    props = {p.key: p.value for p in model.metadata_props}
-    if ONNX_META_KEY not in props:
-        raise ValueError(f"{path}: not an ONNX export of this project (no {ONNX_META_KEY!r} metadata)")
-    data = json.loads(props[ONNX_META_KEY])
-    export = data.pop("export", {})
-    return ModelMeta.from_dict(data), export
-
-
-def read_executorch_description(path: str | os.PathLike) -> tuple[ModelMeta, dict[str, Any]]:
-    """The model description and export options written beside an ExecuTorch program."""
-    from ..mobile import read_executorch_meta  # noqa: PLC0415
-
-    data = read_executorch_meta(path)
-    if "task" not in data or "export" not in data:
-        raise ValueError(f"{path}: its description is not one this project writes (no task / export)")
-    export = data.pop("export")
-    return ModelMeta.from_dict(data), export
 
 
 def iterate(items: Iterable[Any], limit: int | None) -> Iterator[Any]:

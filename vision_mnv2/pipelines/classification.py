@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,8 @@ class ClassificationPipeline(Pipeline):
     softmax; predictions hold ``probabilities`` and the ``top`` k classes."""
 
     task = "classification"
+    config_name = "classification"
+    headline_metric = "top1"
     top_k = 5
     reference_size = 224
     reference_classes = 1000
@@ -44,6 +46,15 @@ class ClassificationPipeline(Pipeline):
             "input_size": [size, size],
             "interpolation": "bilinear",
         }
+
+    @classmethod
+    def evaluation_data_settings(cls, preprocessing: dict[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
+        # The evaluation transform crops the size the model takes, by the fraction it was trained with.
+        size = preprocessing.get("input_size")
+        if not size:
+            return {}
+        fraction = preprocessing.get("crop_fraction", data.get("crop_fraction", 0.875))
+        return {"image_size": int(size[0]), "crop_fraction": float(fraction)}
 
     @property
     def transform(self):

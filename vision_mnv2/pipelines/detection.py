@@ -91,6 +91,10 @@ class DetectionPipeline(Pipeline):
     image's pixels), ``scores``, ``labels`` (1-based) and ``category_ids`` (the dataset's)."""
 
     task = "detection"
+    config_name = "ssdlite"
+    headline_metric = "mAP"
+    builder_takes_image_size = True  # its anchors are computed for the input size
+    quantization_note = "NMS inside the graph, kept in float"
     reference_size = 320
     reference_classes = 90
     # score_thresh: detections kept from this score (None: the detector's own, 0.001, right for

@@ -4,7 +4,7 @@ multi-scale + flip voting, mIoU."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -82,6 +82,8 @@ class SegmentationPipeline(Pipeline):
     """
 
     task = "segmentation"
+    config_name = "deeplabv3"
+    headline_metric = "mIoU"
     reference_size = 513
     reference_classes = 21
     export_option_names = ("dynamic_size",)
@@ -102,6 +104,13 @@ class SegmentationPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         self.scales = [float(s) for s in scales]
         self.flip = bool(flip)
+
+    @classmethod
+    def options_from_training(cls, module_settings: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "scales": list(module_settings.get("eval_scales", [1.0])),
+            "flip": bool(module_settings.get("eval_flip", False)),
+        }
 
     @classmethod
     def preprocessing(cls, builder_args: dict[str, Any], hints: dict[str, Any]) -> dict[str, Any]:
@@ -185,6 +194,11 @@ class SegmentationPipeline(Pipeline):
     def dynamic_axes(self, dynamic_size: bool = True, **options: Any) -> dict[str, dict[int, str]]:
         axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
         return {"images": axes, "logits": axes}
+
+    def fixed_size_options(self, height: int, width: int) -> dict[str, Any]:
+        # Photos are padded to the export's example size; without dynamic sizes that is the only one.
+        self.meta.preprocessing["pad_to"] = [int(height), int(width)]
+        return {"dynamic_size": False}
 
     def executorch_dynamic_shapes(self, dynamic_size: bool = True, **options: Any):
         if not dynamic_size:

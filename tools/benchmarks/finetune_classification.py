@@ -1,21 +1,32 @@
-"""``tools/benchmark_finetune.py``: the classification fine-tuning preset against torchvision's
-transfer-learning tutorial recipe (and the task's from-scratch recipe), from the same weights, for
-the same number of steps, on the same photos, scored the same way, in one run."""
+"""Fine-tuning a classifier on real photos: this project's preset against torchvision's transfer-
+learning tutorial recipe, same weights, same steps, same photos, one run:
+
+    python tools/benchmarks/finetune_classification.py --init mnv2.ckpt \\
+        --voc-annotations ../shared/data/kangaroo/annots --images ../shared/data/kangaroo/images \\
+        [--steps 150] [--update-docs]
+
+The photos: a folder in the ImageNet layout (--folder), or a detection set in Pascal VOC XML cut
+into object and background crops (--voc-annotations, --images). --init: a checkpoint with ImageNet
+weights (e.g. Google's classifier converted by tools/convert.py).
+
+The task's from-scratch recipe trains beside them; every recipe is scored the same way."""
 
 from __future__ import annotations
 
 import math
-import platform
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import open_dict
 
+from tasks.cli import compose_config, run_tool
 from vision_mnv2.checkpoint import load_model
 from vision_mnv2.data import ImageFolderClassification
 from vision_mnv2.models import transfer_weights
 from vision_mnv2.pipelines import ClassificationPipeline, describe
+from vision_mnv2.reports import argument_parser, command_line, publish, report_header
 
 __all__ = ["compare_recipes", "tutorial_recipe"]
 
@@ -68,11 +79,10 @@ def _top1(model: torch.nn.Module, root: Path, image_size: int = 224) -> float:
     return ClassificationPipeline(meta, model.eval()).evaluate(val)["top1"]
 
 
-def compare_recipes(root: Path, init: str, steps: int, output_dir: Path, compose) -> list[tuple[str, float, float]]:
+def compare_recipes(root: Path, init: str, steps: int, output_dir: Path) -> list[tuple[str, float, float]]:
     """(recipe, top-1 on ``root/val``, training seconds) for the tutorial recipe, the fine-tuning
-    preset and the from-scratch task recipe; ``compose(overrides, folder)`` composes a training
-    config (the tool's Hydra composition)."""
-    from .runner import train  # noqa: PLC0415
+    preset and the from-scratch task recipe, the last two trained as ``tools/train.py`` would."""
+    from tasks.runner import train  # noqa: PLC0415
 
     classes = len([p for p in (root / "train").iterdir() if p.is_dir()])
     rows = []
@@ -88,7 +98,7 @@ def compare_recipes(root: Path, init: str, steps: int, output_dir: Path, compose
             ["task=classification", "data=imagenet_custom", "data.image_size=224", "data.batch_size=32"],
         ),
     ):
-        cfg = compose(overrides + common + ["logger=none"], output_dir / name.split()[0])
+        cfg = compose_config("train", overrides + common + ["logger=none"], output_dir / name.split()[0])
         with open_dict(cfg):
             cfg.callbacks.progress_bar = None
             # As many epochs as the steps take, so that the schedule spans the run.
@@ -103,17 +113,59 @@ def compare_recipes(root: Path, init: str, steps: int, output_dir: Path, compose
 def report(rows, root: Path, init: str, steps: int, command: str) -> str:
     train = sum(1 for p in (root / "train").rglob("*.jpg"))
     val = sum(1 for p in (root / "val").rglob("*.jpg"))
-    lines = [
-        f"### Classification fine-tuning: preset against torchvision's tutorial recipe, {steps} steps",
-        "",
-        f"Command: `{command}`  ",
-        f"Machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"{time.strftime('%Y-%m-%d')}. Photos: {train} training / {val} validation crops ({root.name}); "
+    lines = report_header(
+        f"Classification fine-tuning: preset against torchvision's tutorial recipe, {steps} steps",
+        command,
+        f"Photos: {train} training / {val} validation crops ({root.name}); "
         f"every recipe starts from `{Path(init).name}` and is scored on the same validation crops "
         "(shorter side to 256, centre 224).",
-        "",
+        f"{torch.get_num_threads()} threads",
+    )
+    lines += [
         "| recipe | top-1 | training time, s |",
         "|---|---|---|",
     ]
     lines += [f"| {name} | {top1:.3f} | {seconds:.0f} |" for name, top1, seconds in rows]
     return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argument_parser(__doc__)
+    parser.add_argument("--init", required=True, help="checkpoint every recipe starts from")
+    parser.add_argument("--folder", help="photos in the ImageNet layout: train/<class>/, val/<class>/")
+    parser.add_argument("--voc-annotations", help="VOC XML folder of a detection set, cut into a 2-class set")
+    parser.add_argument("--images", help="the detection set's images")
+    parser.add_argument("--train-images", type=int, default=60, help="photos of the detection set for training")
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--output", default="outputs/benchmarks/finetune_classification")
+    args = parser.parse_args(argv)
+    if not args.folder and not (args.voc_annotations and args.images):
+        parser.error("give --folder, or --voc-annotations and --images")
+
+    from vision_mnv2.data.crops import write_object_background_crops  # noqa: PLC0415
+    from vision_mnv2.data.voc_xml import voc_xml_to_coco  # noqa: PLC0415
+
+    output = Path(args.output)
+    root = (
+        Path(args.folder)
+        if args.folder
+        else Path(tempfile.mkdtemp(prefix="crops_", dir=output.parent if output.parent.is_dir() else None))
+    )
+    if not args.folder:
+        coco = voc_xml_to_coco(args.voc_annotations, args.images)
+        write_object_background_crops(coco, args.images, root, args.train_images)
+
+    rows = compare_recipes(root, args.init, args.steps, output)
+    text = report(rows, root, args.init, args.steps, command_line(__file__, argv))
+    publish(
+        text,
+        "finetune_classification",
+        update_docs=args.update_docs,
+        docs=args.docs,
+        report_file=output / "finetune_classification.md",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    run_tool(main)  # errors about the input are one line, as in every tool

@@ -1,6 +1,6 @@
 """Memory-efficient inference (paper section 5.1) against the standard path, batch 1:
 
-    python tools/benchmark_memory.py [--groups 4] [--device cpu|cuda] [--update-docs]
+    python tools/benchmarks/memory_efficient.py [--groups 4] [--device cpu|cuda] [--update-docs]
 
 Classification at 224 and DeepLabv3 (mobile head, OS16) at 1024x1024: peak memory a forward adds,
 latency, the largest tensor materialised at each resolution (paper Table 3), and the output
@@ -8,23 +8,16 @@ difference. Writes the tables into docs/BENCHMARKS.md with this command."""
 
 from __future__ import annotations
 
-import argparse
-import platform
-import shlex
-import sys
-import time
-from pathlib import Path
-
 import torch
 
 from tasks.cli import run_tool
 from vision_mnv2.benchmark import compare_memory_efficient
 from vision_mnv2.models import deeplabv3_mobilenet_v2, largest_activations, mobilenet_v2, set_expansion_groups
-from vision_mnv2.reports import write_section
+from vision_mnv2.reports import argument_parser, command_line, publish, report_header
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--groups", type=int, default=4)
     parser.add_argument(
         "--first-blocks",
@@ -34,25 +27,22 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seg-size", type=int, default=1024)
-    parser.add_argument("--update-docs", action="store_true", help="replace this measurement's section of --docs")
-    parser.add_argument("--docs", default="docs/BENCHMARKS.md")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     groups = args.groups if args.first_blocks is None else {i: args.groups for i in range(args.first_blocks)}
     scope = "" if args.first_blocks is None else f", first {args.first_blocks} blocks"
-    lines = [
-        f"### Memory-efficient inference (split expansion, k={args.groups}{scope}), batch 1, {args.device}",
-        "",
-        f"Command: `python tools/benchmark_memory.py {' '.join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))}`  ",
-        f"Machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
-        + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else "")
-        + f"; {time.strftime('%Y-%m-%d')}. "
+    lines = report_header(
+        f"Memory-efficient inference (split expansion, k={args.groups}{scope}), batch 1, {args.device}",
+        command_line(__file__, argv),
         "Peak memory: the most bytes held by tensors during one forward above the weights and the input (CUDA: "
         "the caching allocator's peak; CPU: PyTorch's profiler memory timeline). The output tensor is the same on "
         "both paths and included. Resident set growth (CPU only): the process high-water mark in a fresh process, "
         "which also holds what the C allocator keeps and oneDNN's scratch buffers. "
         "Latency: best median over alternating repeats.",
-        "",
+        f"{torch.get_num_threads()} threads",
+        *([torch.cuda.get_device_name()] if args.device == "cuda" else []),
+    )
+    lines += [
         "| network | input | path | peak memory, MB | of which the output tensor, MB | ratio | resident set growth, MB | latency, ms | ratio | max abs output diff |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -97,15 +87,10 @@ def main(argv=None) -> int:
             f"| **{max(v['memory_efficient'] for v in records.values()) / 1024:,.0f}K** |"
         )
         lines.append("")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.update_docs:
-        write_section(
-            Path(args.docs),
-            f"memory_efficient_{args.device}_k{args.groups}"
-            + ("" if args.first_blocks is None else f"_first{args.first_blocks}"),
-            text,
-        )
+    section = f"memory_efficient_{args.device}_k{args.groups}" + (
+        "" if args.first_blocks is None else f"_first{args.first_blocks}"
+    )
+    publish("\n".join(lines) + "\n", section, update_docs=args.update_docs, docs=args.docs)
     return 0
 
 

@@ -2,7 +2,7 @@
 this project's ``SSDTrainTransform`` against another implementation of it, side by side in one run:
 
     git show 9dfff61:vision_mnv2/data/detection_transforms.py > /tmp/hand_written.py
-    python tools/benchmark_augmentation.py --baseline /tmp/hand_written.py [--workers 0 2] [--update-docs]
+    python tools/benchmarks/ssd_augmentation.py --baseline /tmp/hand_written.py [--workers 0 2] [--update-docs]
 
 ``--baseline``: a Python file defining ``SSDTrainTransform`` with the same arguments (above: the
 hand-written zoom-out and crop that torchvision's ``RandomZoomOut`` / ``RandomIoUCrop`` replaced).
@@ -14,10 +14,8 @@ of the synthetic COCO training split, 800 images of 320x240) with the default ta
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from tasks.cli import run_tool
 from tasks.datamodules import DetectionDataModule
 from vision_mnv2.data import write_detection_dataset
 from vision_mnv2.data.detection_transforms import SSDTrainTransform
-from vision_mnv2.reports import command_line, write_section
+from vision_mnv2.reports import argument_parser, command_line, publish, report_header
 
 SETTINGS = {
     "default task (192, zoom-out 0.3 up to 2x, crop 0.5)": (
@@ -57,12 +55,10 @@ def _samples_per_second(root: Path, transform, image_size: int, workers: int) ->
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--baseline", required=True, help="a .py file defining the SSDTrainTransform to compare with")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats; the best of each is kept")
-    parser.add_argument("--update-docs", action="store_true", help="replace this measurement's section of --docs")
-    parser.add_argument("--docs", default="docs/BENCHMARKS.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the loader's work, on the main process or in the workers
     baseline_class = _load_transform_class(args.baseline)
@@ -72,15 +68,14 @@ def main(argv=None) -> int:
                                    image_size=(240, 320), max_objects=5, seed=0)  # fmt: skip
     for path in (root / "train2017").iterdir():  # warm the page cache: compare the work, not the disk
         path.read_bytes()
-    lines = [
-        "### SSD training augmentation: torchvision's zoom-out and IoU crop against the hand-written ones",
-        "",
-        f"Command: `{command_line('benchmark_augmentation.py', argv)}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}; "
-        f"{time.strftime('%Y-%m-%d')}. One epoch of the synthetic COCO training split (800 images, 320x240 JPEG) "
+    lines = report_header(
+        "SSD training augmentation: torchvision's zoom-out and IoU crop against the hand-written ones",
+        command_line(__file__, argv),
+        "One epoch of the synthetic COCO training split (800 images, 320x240 JPEG) "
         f"through `DetectionDataModule`'s training loader (batches of 16, per-sample seeding), decoding included; "
         f"baseline: `SSDTrainTransform` of {Path(args.baseline).name}; alternating, best of {args.repeats}.",
-        "",
+    )
+    lines += [
         "| augmentation | loader workers | baseline samples/s | torchvision samples/s | ratio (torchvision / baseline) |",
         "|---|---|---|---|---|",
     ]
@@ -96,10 +91,7 @@ def main(argv=None) -> int:
                 f"| {name} | {workers} | {best['baseline']:.1f} | {best['torchvision']:.1f} | "
                 f"{best['torchvision'] / best['baseline']:.2f} |"
             )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.update_docs:
-        write_section(Path(args.docs), "ssd_augmentation", text)
+    publish("\n".join(lines) + "\n", "ssd_augmentation", update_docs=args.update_docs, docs=args.docs)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Time of a detection validation epoch with each COCOeval backend, measured side by side in one run:
 
-    python tools/benchmark_coco_eval.py [--val-images 200 1500] [--repeats 2] [--update-docs]
+    python tools/benchmarks/coco_scoring.py [--val-images 200 1500] [--repeats 2] [--update-docs]
 
 The SSDLite task's validation epoch (``trainer.validate`` on ``DetectionTask``: the model on every
 image, then the COCO scoring and the results file) on the synthetic COCO validation split (200
@@ -13,9 +13,7 @@ and COCOeval). Writes docs/BENCHMARKS.md with ``--update-docs``."""
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
 import tempfile
 import time
 from functools import partial
@@ -29,7 +27,7 @@ from tasks.datamodules import DetectionDataModule
 from tasks.detection import DetectionTask
 from vision_mnv2.data import write_detection_dataset
 from vision_mnv2.models import ssdlite_mobilenet_v2
-from vision_mnv2.reports import command_line, write_section
+from vision_mnv2.reports import argument_parser, command_line, publish, report_header
 
 BACKENDS = ("pycocotools", "faster_coco_eval")
 
@@ -66,25 +64,23 @@ def _validation_epoch(root: Path, backend: str, workers: int, out_dir: str) -> t
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--val-images", type=int, nargs="+", default=[200, 1500], help="split sizes")
     parser.add_argument("--repeats", type=int, default=2, help="alternating repeats; the best of each is kept")
     parser.add_argument("--workers", type=int, default=2, help="loader workers (the task's default)")
-    parser.add_argument("--update-docs", action="store_true", help="replace this measurement's section of --docs")
-    parser.add_argument("--docs", default="docs/BENCHMARKS.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
     cache = Path(os.environ.get("VISION_MNV2_CACHE", Path.home() / ".cache" / "vision_mnv2"))
-    lines = [
-        "### COCO scoring of a validation epoch: faster-coco-eval against pycocotools",
-        "",
-        f"Command: `{command_line('benchmark_coco_eval.py', argv)}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}; "
-        f"{time.strftime('%Y-%m-%d')}. SSDLite (width 1.0, 192x192, initial weights: 100 detections per image) "
+    lines = report_header(
+        "COCO scoring of a validation epoch: faster-coco-eval against pycocotools",
+        command_line(__file__, argv),
+        f"SSDLite (width 1.0, 192x192, initial weights: 100 detections per image) "
         f"on synthetic COCO validation splits (320x240, 1-5 objects), batch 16, {args.workers} loader workers; "
         f"the backends alternate, best of {args.repeats}. Scoring = `compute()`: results file and COCOeval.",
-        "",
+        packages=("torch", "pycocotools", "faster-coco-eval"),
+    )
+    lines += [
         "| split | backend | epoch s | scoring s | mAP | epoch vs pycocotools | scoring vs pycocotools |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -112,10 +108,7 @@ def main(argv=None) -> int:
                 f"| {count} images | {backend} | {epoch:.2f} | {scoring:.2f} | {mAP:.4f} | "
                 f"{epoch / reference[0]:.2f} | {scoring / reference[1]:.2f} |"
             )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.update_docs:
-        write_section(Path(args.docs), "coco_scoring", text)
+    publish("\n".join(lines) + "\n", "coco_scoring", update_docs=args.update_docs, docs=args.docs)
     return 0
 
 

@@ -1,6 +1,7 @@
-"""``tools/benchmark.py``: this project's network (random weights, or a checkpoint's) against
+"""This project's network (random weights, or a checkpoint's) against
 torchvision's counterpart, and the task's full training loop against its model step alone, all
-measured in one run. The report goes to the run folder; ``benchmark.update_docs=true`` also
+measured in one run. The body of the user's command ``python tools/benchmark.py`` (a Hydra tool:
+configs/benchmark.yaml); the report goes to the run folder, and ``benchmark.update_docs=true`` also
 replaces the task's section of docs/BENCHMARKS.md."""
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
+from tasks.checkpoints import checkpoint_model, evaluation_data, open_pipeline, task_of_config
 from vision_mnv2.benchmark import Measurement, measure
 from vision_mnv2.complexity import count_parameters
 from vision_mnv2.pipelines import PIPELINES, Pipeline, describe
-from vision_mnv2.reports import command_line, write_report, write_section
-
-from .checkpoints import checkpoint_model, evaluation_data, open_pipeline, task_of_config
+from vision_mnv2.reports import command_line, publish, report_header
 
 __all__ = ["run_benchmark", "training_throughput"]
 
@@ -26,7 +26,7 @@ __all__ = ["run_benchmark", "training_throughput"]
 def _random_pipeline(cfg: DictConfig, task: str, image_size: int, classes: int) -> Pipeline:
     """The configured network with random weights, with torchvision's class count and input size."""
     kwargs = {"num_classes": classes}
-    if task == "detection":
+    if PIPELINES[task].builder_takes_image_size:
         kwargs["image_size"] = image_size
     for key in ("weights", "backbone_weights"):
         if key in cfg.model:
@@ -134,14 +134,15 @@ def run_benchmark(cfg: DictConfig) -> str:
         rows.append(measure(ref_name, ref_function, ref_params, size, **args))
     ours_m, ref_m = _best(rows[0::2]), _best(rows[1::2])
 
-    lines = [
-        f"### {cfg.task_name} ({task}) at {size}x{size}, {torch.get_num_threads()} threads",
-        "",
-        f"Command: `{command_line('benchmark.py')}`  ",
-        f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}. "
+    lines = report_header(
+        f"{cfg.task_name} ({task}) at {size}x{size}, {torch.get_num_threads()} threads",
+        command_line("tools/benchmark.py"),
         f"Each figure the best of {cfg.benchmark.repeats} alternating repeats (latency: median of {cfg.benchmark.iters} calls); "
         "no NMS in either detector. Ratios: latency and memory below 1, throughput above 1 mean ours is better.",
-        "",
+        platform.processor() or "cpu",
+        packages=("torch", "onnxruntime"),
+    )
+    lines += [
         f"| model | params | MACs | eager ms (batch 1) | eager img/s (batch {cfg.benchmark.batch}) | ONNX Runtime ms (batch 1) "
         f"| ONNX Runtime img/s (batch {cfg.benchmark.batch}) | peak memory added, MB (batch 1) |",
         "|---|---|---|---|---|---|---|---|",
@@ -169,11 +170,14 @@ def run_benchmark(cfg: DictConfig) -> str:
             f"{train['full_loop']:.1f} img/s, model step alone {train['model_step']:.1f} img/s, "
             f"ratio {train['full_loop'] / train['model_step']:.2f} (1.0 = data loading costs nothing).",
         ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    report = write_report(Path(cfg.paths.output_dir) / "benchmark.md", text)
-    print(f"report written to {report}")
-    if cfg.benchmark.update_docs:
-        write_section(Path(cfg.benchmark.docs), cfg.task_name, text)
-        print(f"section {cfg.task_name!r} of {cfg.benchmark.docs} replaced")
-    return text
+    return publish(
+        "\n".join(lines) + "\n",
+        cfg.task_name,
+        update_docs=cfg.benchmark.update_docs,
+        docs=cfg.benchmark.docs,
+        report_file=Path(cfg.paths.output_dir) / "benchmark.md",
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit("this measurement runs as the Hydra tool `python tools/benchmark.py` (see its --help)")

@@ -1,6 +1,6 @@
 """COCO-sized detection data on one machine, measured side by side in one run:
 
-    python tools/benchmark_coco_scale.py [--train-images 118287] [--boxes 860001] [--samples 2000] [--update-docs]
+    python tools/benchmarks/coco_scale.py [--train-images 118287] [--boxes 860001] [--samples 2000] [--update-docs]
 
 A COCO-layout set of COCO 2017's size is generated into the cache (once; reused when present):
 118,287 training and 5,000 validation images, ~860k boxes with COCO's 80 category ids, 1% crowd,
@@ -10,7 +10,7 @@ sizes): every file name exists and decodes at a real photo's cost, at no disk co
 
 Measured, each in a fresh forked process:
 
-- set-up of ``data=coco`` as ``configs/data/coco.yaml`` configures it (``DetectionDataModule.setup``:
+- set-up of ``data=coco`` as the tools compose it (``DetectionDataModule.setup``:
   JSON validation, image checks, targets; train and val) against pycocotools' ``COCO(json)`` load of
   the same two files (the reference);
 - memory: what the training dataset holds in the main process, and the private memory (USS, PSS
@@ -24,120 +24,16 @@ Page cache warm (the files are read before timing). Writes docs/BENCHMARKS.md wi
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import multiprocessing
 import os
-import platform
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from tasks.cli import run_tool
-
-# COCO 2017's 80 category ids (1..90 with gaps).
-COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
-# (width, height) of the image variants: COCO's most common sizes.
-IMAGE_SIZES = [(640, 480), (480, 640), (640, 427), (427, 640), (640, 360), (500, 375)]
-_VERSION = "coco_scale_v1"
-
-
-def _write_variants(folder: Path, seed: int) -> list[Path]:
-    """Six smooth, photo-like JPEGs (decode cost of a real photo of that size, not of noise)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    paths = []
-    for index, (width, height) in enumerate(IMAGE_SIZES):
-        low = rng.uniform(0, 255, size=(height // 16 + 1, width // 16 + 1, 3)).astype(np.uint8)
-        image = Image.fromarray(low).resize((width, height), Image.BICUBIC)
-        noise = rng.normal(0, 6, size=(height, width, 3))
-        array = np.clip(np.asarray(image, dtype=np.float64) + noise, 0, 255).astype(np.uint8)
-        path = folder / f"variant_{index}.jpg"
-        Image.fromarray(array).save(path, quality=90)
-        paths.append(path)
-    return paths
-
-
-def _polygons(rng: np.random.Generator, count: int = 256, points: int = 24) -> list[str]:
-    """Polygon texts of COCO's look (2-decimal coordinates); boxes reuse them, only the size matters."""
-    polygons = []
-    for _ in range(count):
-        coords = rng.uniform(0, 640, size=2 * points)
-        polygons.append("[[" + ",".join(f"{v:.2f}" for v in coords) + "]]")
-    return polygons
-
-
-def _write_split(root: Path, split: str, images: int, boxes: int, first_id: int, variants, rng) -> None:
-    folder = root / split
-    folder.mkdir(parents=True)
-    sizes = rng.integers(len(IMAGE_SIZES), size=images)
-    image_ids = first_id + np.arange(images)
-    # Boxes per image: ~1% images without any, the rest Poisson around the mean COCO needs.
-    empty = rng.random(images) < 0.01
-    counts = np.where(empty, 0, 1 + rng.poisson(max(boxes / images / 0.99 - 1, 0), size=images))
-    image_text = []
-    for image_id, size in zip(image_ids.tolist(), sizes.tolist()):
-        name = f"{image_id:012d}.jpg"
-        os.link(variants[size], folder / name)
-        width, height = IMAGE_SIZES[size]
-        image_text.append(
-            f'{{"license": 1, "file_name": "{name}", "coco_url": "http://images.cocodataset.org/{split}/{name}", '
-            f'"height": {height}, "width": {width}, "date_captured": "2013-11-14 11:18:45", "id": {image_id}}}'
-        )
-    total = int(counts.sum())
-    owner = np.repeat(np.arange(images), counts)
-    width = np.array([IMAGE_SIZES[s][0] for s in sizes], dtype=np.float64)[owner]
-    height = np.array([IMAGE_SIZES[s][1] for s in sizes], dtype=np.float64)[owner]
-    # Box sides log-uniform from 2 px to the image side (COCO: many small objects), inside the image.
-    w = np.floor(np.exp(rng.uniform(np.log(2), np.log(width))) * 100) / 100
-    h = np.floor(np.exp(rng.uniform(np.log(2), np.log(height))) * 100) / 100
-    x = np.floor(rng.uniform(0, 1, total) * (width - w) * 100) / 100
-    y = np.floor(rng.uniform(0, 1, total) * (height - h) * 100) / 100
-    category = np.asarray(COCO_CATEGORY_IDS)[rng.integers(80, size=total)]
-    crowd = (rng.random(total) < 0.01).astype(int)
-    polygons = _polygons(rng)
-    polygon = rng.integers(len(polygons), size=total)
-    annotation_text = [
-        f'{{"segmentation": {polygons[p]}, "area": {a:.4f}, "iscrowd": {c}, "image_id": {i}, '
-        f'"bbox": [{bx:.2f}, {by:.2f}, {bw:.2f}, {bh:.2f}], "category_id": {k}, "id": {n}}}'
-        for p, a, c, i, bx, by, bw, bh, k, n in zip(
-            polygon.tolist(), (0.6 * w * h).tolist(), crowd.tolist(), image_ids[owner].tolist(),
-            x.tolist(), y.tolist(), w.tolist(), h.tolist(), category.tolist(), range(first_id, first_id + total),
-        )
-    ]  # fmt: skip
-    categories = [{"supercategory": "thing", "id": c, "name": f"class_{c}"} for c in COCO_CATEGORY_IDS]
-    with open(root / "annotations" / f"instances_{split}.json", "w") as file:
-        file.write('{"info": {"description": "COCO-sized benchmark set"}, "licenses": [{"id": 1, "name": "x"}], ')
-        file.write('"images": [' + ", ".join(image_text) + "], ")
-        file.write('"annotations": [' + ", ".join(annotation_text) + "], ")
-        file.write('"categories": ' + json.dumps(categories) + "}")
-
-
-def generate(root: Path, train_images: int, boxes: int, val_images: int = 5000, seed: int = 0) -> Path:
-    """The COCO-sized set at ``root``; written once (into a sibling folder, renamed when complete)."""
-    if (root / "annotations" / "instances_val2017.json").is_file():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(root.parent).free
-    needed = int(boxes * 700 + (train_images + val_images) * 400 + (200 << 20))  # JSON + directory entries
-    if free < 2 * needed:
-        raise SystemExit(f"{root.parent}: {free / 2**30:.1f} GiB free, the set needs about {needed / 2**30:.1f} GiB")
-    partial = root.with_name(root.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    (partial / "annotations").mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    variants = _write_variants(partial, seed)
-    start = time.perf_counter()
-    _write_split(partial, "train2017", train_images, boxes, 1, variants, rng)
-    _write_split(partial, "val2017", val_images, round(boxes * val_images / train_images), 10**7, variants, rng)
-    print(f"generated {root} in {time.perf_counter() - start:.0f} s")
-    partial.rename(root)
-    return root
-
+from tasks.cli import compose_config, run_tool
+from vision_mnv2.reports import argument_parser
 
 # ----------------------------------------------------------------------------------------------
 # Measurements, each in a fresh forked process so that one leaves nothing behind for the next.
@@ -186,11 +82,13 @@ def _cpu_seconds(pids) -> float:
 
 
 def _data_config(root: Path) -> dict:
+    """The settings of ``data=coco`` as the tools compose them for the detection task, on ``root``,
+    with 2 loader workers: ``DetectionDataModule``'s arguments."""
     from omegaconf import OmegaConf
 
-    config = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "configs" / "data" / "coco.yaml"))
+    overrides = ["task=ssdlite", "data=coco", f"data.root={root}", "data.num_workers=2", "data.pin_memory=false"]
+    config = OmegaConf.to_container(compose_config("train", overrides).data, resolve=True)
     config.pop("_target_")
-    config.update(root=str(root), num_workers=2, pin_memory=False)
     return config
 
 
@@ -243,7 +141,9 @@ def _workers_and_throughput(root: Path, samples: int, train_split: str, train_an
     loader = datamodule.train_dataloader()
     iterator = iter(loader)
     batch = next(iterator)  # workers started and warm
-    workers = [worker.pid for worker in iterator._workers]
+    workers = [worker.pid for worker in multiprocessing.active_children()]  # this process's: the loader's
+    if len(workers) != 2:  # noqa: PLR2004
+        raise RuntimeError(f"expected the loader's 2 worker processes, found {len(workers)}")
     first = [_memory_kb(pid) for pid in workers]
     made, start, cpu = 0, time.perf_counter(), _cpu_seconds(workers)
     while made < samples * len(workers):
@@ -308,21 +208,22 @@ def _warm_page_cache(root: Path) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--train-images", type=int, default=118287)
     parser.add_argument("--boxes", type=int, default=860001, help="training boxes (validation: in proportion)")
     parser.add_argument("--samples", type=int, default=2000, help="training samples per loader worker")
     parser.add_argument("--step-batch", type=int, default=8, help="batch of the timed training step (memory)")
     parser.add_argument("--root", default=None, help="where the set is generated; default in the cache")
-    parser.add_argument("--update-docs", action="store_true", help="replace this measurement's section of --docs")
-    parser.add_argument("--docs", default="docs/BENCHMARKS.md")
     args = parser.parse_args(argv)
 
-    from vision_mnv2.reports import command_line, write_section
+    from vision_mnv2.data import write_coco_sized_dataset
+    from vision_mnv2.reports import command_line, publish, report_header
 
     cache = Path(os.environ.get("VISION_MNV2_CACHE", Path.home() / ".cache" / "vision_mnv2"))
-    default = cache / f"{_VERSION}_{args.train_images}_{args.boxes}"
-    root = generate(Path(args.root) if args.root else default, args.train_images, args.boxes)
+    default = cache / f"coco_sized_{args.train_images}_{args.boxes}"
+    start = time.perf_counter()
+    root = write_coco_sized_dataset(Path(args.root) if args.root else default, args.train_images, args.boxes)
+    print(f"COCO-sized set at {root} ({time.perf_counter() - start:.0f} s)")
     _warm_page_cache(root)
 
     reference = _in_child(_pycocotools_load, root)
@@ -337,18 +238,17 @@ def main(argv=None) -> int:
     print("step", full, flush=True)
 
     ratio = setup["cpu"] / reference["cpu"]
-    lines = [
-        f"### COCO-sized data: set-up, loader-worker memory, loader throughput ({reference['images']:,} "
+    lines = report_header(
+        f"COCO-sized data: set-up, loader-worker memory, loader throughput ({reference['images']:,} "
         f"training images, {reference['boxes']:,} boxes)",
-        "",
-        f"Command: `{command_line('benchmark_coco_scale.py', argv)}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end; "
-        f"{time.strftime('%Y-%m-%d')}. Generated COCO-layout set (COCO 2017's image and box counts, 80 category "
+        command_line(__file__, argv),
+        "Generated COCO-layout set (COCO 2017's image and box counts, 80 category "
         "ids, 24-point polygons: a JSON the size of instances_train2017.json; images hard links to six "
         "640x480-class JPEGs); page cache warm; one run each, in fresh processes. `data=coco` as "
-        "configs/data/coco.yaml sets it (check_images quick, skip_bad). CPU seconds (all threads of the process) "
+        "the tools compose it (check_images quick, skip_bad). CPU seconds (all threads of the process) "
         "are the comparison: on a shared machine wall time measures the neighbours.",
-        "",
+    )
+    lines += [
         "| set-up (train + val) | CPU seconds | ratio | wall seconds |",
         "|---|---|---|---|",
         f"| pycocotools `COCO(json)` of both files (reference) | {reference['cpu']:.1f} | 1.00 | {reference['seconds']:.1f} |",
@@ -383,10 +283,7 @@ def main(argv=None) -> int:
         f"| {1 / full['cpu_per_sample']:.1f} | {full['step_cpu_per_sample'] / full['cpu_per_sample']:.2f} "
         f"| {full['samples_per_s']:.1f} |",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.update_docs:
-        write_section(Path(args.docs), "coco_scale", text)
+    publish("\n".join(lines) + "\n", "coco_scale", update_docs=args.update_docs, docs=args.docs)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Cost of the data safeguards, measured in one run against what they sit beside:
 
-    python tools/benchmark_data.py [--images 'DIR/*.jpg'] [--repeats 3] [--update-docs]
+    python tools/benchmarks/data_safeguards.py [--images 'DIR/*.jpg'] [--repeats 3] [--update-docs]
 
 - set-up image checks (``data.check_images``: none / quick / full) against decoding every image;
 - per-sample augmentation seeding (what makes resumed runs exact) against loading one SSD
@@ -11,23 +11,17 @@ read once before timing, so these are warm-page-cache numbers. Writes docs/BENCH
 
 from __future__ import annotations
 
-import argparse
 import glob
 import os
-import platform
-import shlex
-import sys
 import time
 from pathlib import Path
-
-import torch
 
 from tasks.cli import run_tool
 from tasks.datamodules import sample_seed, seed_transform
 from vision_mnv2.data import CocoDetection, DatasetError, read_rgb, write_detection_dataset
 from vision_mnv2.data.checks import check_image_files, parallel_map
 from vision_mnv2.data.detection_transforms import SSDTrainTransform
-from vision_mnv2.reports import write_section
+from vision_mnv2.reports import argument_parser, command_line, publish, report_header
 
 
 def _best_seconds(function, repeats: int) -> float:
@@ -47,11 +41,9 @@ def _decode(path: str):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--images", default=None, help="glob of image files; default the synthetic COCO train split")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--update-docs", action="store_true", help="replace this measurement's section of --docs")
-    parser.add_argument("--docs", default="docs/BENCHMARKS.md")
     args = parser.parse_args(argv)
 
     cache = Path(os.environ.get("VISION_MNV2_CACHE", Path.home() / ".cache" / "vision_mnv2"))
@@ -64,14 +56,13 @@ def main(argv=None) -> int:
         Path(path).read_bytes()
 
     decode = _best_seconds(lambda: parallel_map(_decode, paths), args.repeats)
-    lines = [
-        f"### Data safeguards: set-up image checks and per-sample seeding ({len(paths)} images)",
-        "",
-        f"Command: `python tools/benchmark_data.py {' '.join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}; {time.strftime('%Y-%m-%d')}. "
+    lines = report_header(
+        f"Data safeguards: set-up image checks and per-sample seeding ({len(paths)} images)",
+        command_line(__file__, argv),
         f"Images: {args.images or 'synthetic COCO train split (320x240 JPEG)'}; page cache warm; best of {args.repeats}. "
         "Reference: decoding every image to RGB on the same threads, as the loaders would.",
-        "",
+    )
+    lines += [
         "| work | seconds | images/s | time vs decoding every image |",
         "|---|---|---|---|",
         f"| decode every image (reference) | {decode:.2f} | {len(paths) / decode:,.0f} | 1.00 |",
@@ -98,10 +89,8 @@ def main(argv=None) -> int:
         f"| load + augment (reference) | {load * 1e6:,.0f} | 1.00 |",
         f"| seed the augmentation from (seed, epoch, index) | {seed * 1e6:,.0f} | {seed / load:.3f} |",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.update_docs:
-        write_section(Path(args.docs), "data_safeguards" + ("" if not args.images else "_custom"), text)
+    section = "data_safeguards" + ("" if not args.images else "_custom")
+    publish("\n".join(lines) + "\n", section, update_docs=args.update_docs, docs=args.docs)
     return 0
 
 
