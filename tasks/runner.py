@@ -192,7 +192,8 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, f
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
-    module = instantiate(cfg.module, model=model, init_from=None)
+    # Validation only: eval.yaml composes no optimiser or schedule.
+    module = instantiate(cfg.module, model=model, init_from=None, optimizer=None, scheduler=None)
     trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")), logger=False)
     # The network already holds the checkpoint's weights (read with weights_only=True).
     trainer.validate(module, datamodule=datamodule, verbose=False)  # printed once, below

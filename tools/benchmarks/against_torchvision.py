@@ -42,9 +42,10 @@ def training_throughput(cfg: DictConfig, steps: int) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     if cfg.get("ckpt_path"):
         model, _ = checkpoint_model(cfg)
-        module = instantiate(cfg.module, model=model.train(), init_from=None)
+        module = instantiate(cfg.module, model=model.train(), init_from=None, optimizer=None, scheduler=None)
     else:
-        module = instantiate(cfg.module)
+        # The step below brings its own optimiser: benchmark.yaml composes none.
+        module = instantiate(cfg.module, optimizer=None, scheduler=None)
     datamodule.prepare_data()
     datamodule.setup("fit")
     module.setup("fit")
