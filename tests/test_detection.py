@@ -19,7 +19,7 @@ from vision_mnv2.data import write_detection_dataset
 from vision_mnv2.data.detection_transforms import SSDRandomIoUCrop, SSDTrainTransform
 from vision_mnv2.metrics import COCO_STAT_NAMES, evaluate_coco_results
 
-from .conftest import compose_config, tiny_task_overrides
+from .helpers import compose_config, tiny_task_overrides
 
 
 def _white_boxes_image(boxes, size=(120, 160)):

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from tasks.runner import evaluate, train
 from vision_mnv2.checkpoint import CheckpointError
 
-from .conftest import REPO_ROOT, compose_config, subprocess_env, tiny_classification_overrides
+from .helpers import REPO_ROOT, compose_config, subprocess_env, tiny_classification_overrides
 
 
 @pytest.mark.numerics

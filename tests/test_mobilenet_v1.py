@@ -19,7 +19,7 @@ from vision_mnv2.models import (
     ssdlite_mobilenet_v1,
 )
 
-from .conftest import compose_config, realistic_batch_norm, tiny_classification_overrides
+from .helpers import compose_config, realistic_batch_norm, tiny_classification_overrides
 
 
 def test_classifier_matches_paper_table4():

@@ -31,7 +31,7 @@ from vision_mnv2.metrics import segmentation_confusion_matrix, segmentation_scor
 from vision_mnv2.models import deeplabv3_mobilenet_v2, multi_scale_probabilities
 from vision_mnv2.models.normalization import NORMALIZATIONS
 
-from .conftest import compose_config, miou_bound, tiny_task_overrides, top2_gaps
+from .helpers import compose_config, miou_bound, tiny_task_overrides, top2_gaps
 
 IMAGENET_MEAN = NORMALIZATIONS["imagenet"].mean
 
