@@ -31,6 +31,9 @@ needs_kangaroo = pytest.mark.skipif(
     not (KANGAROO / "annots").is_dir(), reason="real photos in ../shared/data/kangaroo are not present"
 )
 
+# Shape classes of the seg_root fixture's dataset, besides the background.
+SEGMENTATION_SHAPES = 3
+
 
 def _share_of_the_cores() -> int:
     """Torch threads of this test process: OMP_NUM_THREADS when it is set (CI reruns the numerics
