@@ -17,7 +17,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint to a temporary file next to it, syncs it and renames it into place.
 
     Lightning stages the file in ``$TMPDIR`` and moves it; where ``$TMPDIR`` is another filesystem
-    the move copies over the old file in place, so a full disk or a kill during that copy destroyed
+    the move copies over the old file in place, so a full disk or a kill during that copy destroys
     the previous ``last.ckpt``. Here the previous checkpoint stays readable until the new one is
     complete. Leftovers of a writer killed mid-write are removed at the next save. The content is
     what Lightning writes (``torch.save`` of the checkpoint dict), so it loads with ``weights_only``.

@@ -81,7 +81,7 @@ class TaskModule(L.LightningModule):
             transfer_weights(self.model, init_from)  # logs what was and was not loaded
 
     def setup(self, stage: str) -> None:
-        # NHWC convolutions: about 1.5x faster training on CPU (oneDNN) and the layout tensor cores want.
+        # NHWC convolutions: the layout that oneDNN on CPU and tensor cores on GPU compute fastest.
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         # Class names, category ids and evaluation preprocessing come from the data; the datamodule

@@ -22,7 +22,7 @@ from vision_mnv2.models import (
     ssdlite_mobilenet_v2,
 )
 
-from .conftest import compose_config, realistic_batch_norm
+from .helpers import compose_config, realistic_batch_norm
 
 VARIANTS = list(itertools.product(("linear", "relu6"), ("bottleneck", "expansion", "none")))
 

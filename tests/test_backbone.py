@@ -12,23 +12,14 @@ from torch import nn
 from vision_mnv2.complexity import count_macs, count_parameters
 from vision_mnv2.models import InvertedResidual, MobileNetV2Backbone, WeightsError, mobilenet_v2
 
-
-def _randomise_bn_stats(model: nn.Module, seed: int = 0) -> None:
-    """Give batch norms non-trivial running statistics, so eval-mode BN is not near-identity."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+from .helpers import realistic_batch_norm
 
 
 @pytest.mark.parametrize("width_mult", [1.0, 0.5])
 def test_logits_equal_torchvision_with_its_weights(tmp_path, width_mult):
     torch.manual_seed(0)
     reference = torchvision.models.mobilenet_v2(weights=None, width_mult=width_mult).eval()
-    _randomise_bn_stats(reference)
+    realistic_batch_norm(reference, with_shifts=True)
     path = tmp_path / "mobilenet_v2-7ebf99e0.pth"
     torch.save(reference.state_dict(), path)
 
@@ -160,7 +151,7 @@ def test_invalid_settings_fail_clearly():
 
 def test_own_checkpoints_round_trip(tmp_path):
     model = mobilenet_v2(num_classes=5).eval()
-    _randomise_bn_stats(model)
+    realistic_batch_norm(model, with_shifts=True)
     plain = tmp_path / "model.pt"
     torch.save(model.state_dict(), plain)
     lightning_style = tmp_path / "task.ckpt"

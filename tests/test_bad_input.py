@@ -19,7 +19,7 @@ from tasks.runner import train
 from vision_mnv2.data import CocoDetection, DatasetError, ImageFolderClassification, VOCSegmentation, write_mask
 from vision_mnv2.data.checks import image_problem
 
-from .conftest import compose_config, tiny_classification_overrides
+from .helpers import compose_config, tiny_classification_overrides
 
 SIZE = (100, 80)  # width, height
 

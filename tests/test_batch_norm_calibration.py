@@ -17,8 +17,8 @@ from vision_mnv2.convert import calibrate_batch_norm, calibration_images
 from vision_mnv2.data import write_classification_dataset
 from vision_mnv2.models import deeplabv3_mobilenet_v2, mobilenet_v2
 
-from .conftest import GOOGLE_CLASSIFIER as CLASSIFIER
-from .conftest import needs_google
+from .helpers import GOOGLE_CLASSIFIER as CLASSIFIER
+from .helpers import needs_google
 
 
 def _as_folded(model: nn.Module, images: torch.Tensor) -> nn.Module:

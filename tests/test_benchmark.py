@@ -12,7 +12,7 @@ from vision_mnv2.checkpoint import save_model
 from vision_mnv2.models import ssdlite_mobilenet_v2
 from vision_mnv2.pipelines import describe
 
-from .conftest import compose_config
+from .helpers import compose_config
 
 QUICK = [
     "benchmark.batch=2",

@@ -18,10 +18,10 @@ from vision_mnv2.checkpoint import read_checkpoint, save_model
 from vision_mnv2.models import mobilenet_v2
 from vision_mnv2.pipelines import describe
 
-from .conftest import GOOGLE_CLASSIFIER as CLASSIFIER
-from .conftest import GOOGLE_DEEPLAB as DEEPLAB
-from .conftest import GOOGLE_MODELS as GOOGLE
-from .conftest import REPO_ROOT, compose_config, needs_google, tiny_task_overrides
+from .helpers import GOOGLE_CLASSIFIER as CLASSIFIER
+from .helpers import GOOGLE_DEEPLAB as DEEPLAB
+from .helpers import GOOGLE_MODELS as GOOGLE
+from .helpers import REPO_ROOT, compose_config, needs_google, tiny_task_overrides
 
 
 def _photo(name: str) -> np.ndarray:
@@ -93,8 +93,8 @@ def test_init_from_a_checkpoint_takes_its_input_conventions(tmp_path, caplog):
     root = write_detection_dataset(
         tmp_path / "coco", num_classes=2, train_images=4, val_images=2, image_size=(64, 64), seed=1
     )
-    overrides = tiny_task_overrides("ssdlite", root, 2, 64) + [
-        f"init_from={ckpt}", "trainer.max_epochs=1", "callbacks.progress_bar=null", "callbacks.model_summary=null",
+    overrides = tiny_task_overrides("ssdlite", root, 2, 64, quiet_callbacks=True) + [
+        f"init_from={ckpt}", "trainer.max_epochs=1",
     ]  # fmt: skip
     with caplog.at_level(logging.INFO):
         result = train(compose_config("train", overrides, tmp_path / "run"))

@@ -20,7 +20,7 @@ from vision_mnv2.data import DatasetError, VOCSegmentation, write_classification
 from vision_mnv2.data.checks import image_problem
 from vision_mnv2.files import temporary_name
 
-from .conftest import compose_config, tiny_classification_overrides
+from .helpers import compose_config, tiny_classification_overrides
 
 SIZE = (48, 32)  # width, height
 

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from vision_mnv2.metrics import CocoMeanAveragePrecision, coco_eval
 
-from .conftest import REPO_ROOT, subprocess_env, tiny_classification_overrides
+from .helpers import REPO_ROOT, subprocess_env, tiny_classification_overrides
 
 
 def test_two_processes_skip_a_nonfinite_step_together_and_share_one_seed(tiny_cls_root, tmp_path):

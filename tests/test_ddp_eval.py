@@ -16,7 +16,7 @@ import torch
 from tasks.runner import evaluate, train
 from vision_mnv2.data import write_classification_dataset, write_detection_dataset, write_segmentation_dataset
 
-from .conftest import REPO_ROOT, compose_config, subprocess_env, tiny_task_overrides
+from .helpers import REPO_ROOT, compose_config, subprocess_env, tiny_task_overrides
 
 # task: (write the dataset, data.num_classes, image size, the headline metric)
 TASKS = {

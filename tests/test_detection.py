@@ -1,25 +1,18 @@
-"""SSD augmentation keeps boxes on their objects; the SSDLite task trains and evaluates end to end."""
+"""SSD augmentation keeps boxes on their objects; the detection data module's batches and their order
+(the SSDLite task trained and evaluated: test_train_then_eval.py)."""
 
 from __future__ import annotations
-
-import json
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
-from pycocotools.coco import COCO
 from torchvision import tv_tensors
 from torchvision.ops import box_iou
 from torchvision.transforms import v2
 
 from tasks.datamodules import DetectionDataModule
-from tasks.runner import evaluate, train
-from vision_mnv2.data import write_detection_dataset
 from vision_mnv2.data.detection_transforms import SSDRandomIoUCrop, SSDTrainTransform
-from vision_mnv2.metrics import COCO_STAT_NAMES, evaluate_coco_results
-
-from .conftest import compose_config, tiny_task_overrides
 
 
 def _white_boxes_image(boxes, size=(120, 160)):
@@ -158,19 +151,6 @@ def test_full_train_transform_output():
     assert survived >= 20, "boxes must survive augmentation (albumentations can silently drop them)"
 
 
-@pytest.fixture(scope="module")
-def det_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("det") / "shapes"
-    root = write_detection_dataset(root, num_classes=3, train_images=8, val_images=4, image_size=(96, 128), seed=4)
-    # Crowd regions in the validation split: kept out of targets, scored as COCOeval scores them.
-    annotations = root / "annotations" / "instances_val2017.json"
-    data = json.loads(annotations.read_text())
-    for ann in data["annotations"][::3]:
-        ann["iscrowd"] = 1
-    annotations.write_text(json.dumps(data))
-    return root
-
-
 def test_datamodule_batches_are_lists(det_root):
     dm = DetectionDataModule(det_root, num_classes=3, image_size=128, batch_size=4, num_workers=0)
     dm.setup("fit")
@@ -215,36 +195,3 @@ def test_augmented_batches_depend_on_the_seed_and_epoch_only(det_root):
     assert [int(t["image_id"]) for t in resumed_targets] == [int(t["image_id"]) for t in epoch_2_targets]
     assert all(torch.equal(a, b) for a, b in zip(resumed_images, epoch_2_images))
     assert [int(t["image_id"]) for t in targets] != [int(t["image_id"]) for t in epoch_2_targets]
-
-
-@pytest.mark.numerics
-def test_ssdlite_task_trains_and_evaluates(det_root, tmp_path):
-    overrides = tiny_task_overrides("ssdlite", det_root, 3, 128)
-    cfg = compose_config(
-        "train", overrides + ["callbacks.progress_bar=null", "callbacks.model_summary=null"], tmp_path / "train"
-    )
-    result = train(cfg)
-    metrics = result["metrics"]
-    assert {
-        "train/loss",
-        "train/classification",
-        "train/bbox_regression",
-        "val/mAP",
-        "val/mAP_50",
-        "val/mAR_100",
-    } <= set(metrics)
-    detections = json.loads((tmp_path / "train" / "detections_val.json").read_text())
-    # The 12 numbers logged (faster-coco-eval) are pycocotools' on the written results file of that epoch.
-    annotations = COCO(str(det_root / "annotations" / "instances_val2017.json"))
-    reference = evaluate_coco_results(annotations, detections)
-    assert {name: metrics[f"val/{name}"] for name in COCO_STAT_NAMES} == pytest.approx(reference, abs=1e-6)
-    assert detections and {"image_id", "category_id", "bbox", "score"} == set(detections[0])
-    assert {d["category_id"] for d in detections} <= {1, 3, 5}, "results carry the dataset's category ids"
-
-    eval_cfg = compose_config("eval", overrides + [f"ckpt_path={result['best_checkpoint']}"], tmp_path / "eval")
-    eval_metrics = evaluate(eval_cfg)
-    # The same computation as training's validation (the checkpoint's weights, the same batches
-    # through the same module in this process): the same detections, scored by pycocotools here
-    # and faster-coco-eval in training, whose numbers are pycocotools' (above).
-    assert eval_metrics["val/mAP"] == pytest.approx(result["best_score"]["val/mAP"], abs=1e-9)
-    assert (tmp_path / "eval" / "detections_val.json").is_file()

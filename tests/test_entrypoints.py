@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -14,36 +13,7 @@ from hydra.utils import instantiate
 from tasks.runner import evaluate, train
 from vision_mnv2.checkpoint import CheckpointError
 
-from .conftest import REPO_ROOT, compose_config, subprocess_env, tiny_classification_overrides
-
-
-@pytest.mark.numerics
-def test_train_then_eval_reproduces_the_best_checkpoint_score(tiny_cls_root, tmp_path):
-    cfg = compose_config("train", tiny_classification_overrides(tiny_cls_root), tmp_path / "train")
-    result = train(cfg)
-
-    checkpoints = tmp_path / "train" / "checkpoints"
-    assert (checkpoints / "last.ckpt").is_file()
-    assert result["best_checkpoint"] and os.path.isfile(result["best_checkpoint"])
-    assert {"train/loss", "val/top1", "val/top4"} <= set(result["metrics"])
-    assert (tmp_path / "train" / "train_metrics.json").is_file()
-    assert list((tmp_path / "train" / "tensorboard").glob("events.out.tfevents.*"))
-    assert (tmp_path / "train" / "csv" / "metrics.csv").is_file()
-    # Checkpoints hold only tensors and plain values: they load without unpickling code.
-    torch.load(result["best_checkpoint"], map_location="cpu", weights_only=True)
-
-    eval_cfg = compose_config(
-        "eval",
-        tiny_classification_overrides(tiny_cls_root, quiet_callbacks=False)
-        + [f"ckpt_path={result['best_checkpoint']}"],
-        tmp_path / "eval",
-    )
-    metrics = evaluate(eval_cfg)
-    # The same computation as training's validation (the checkpoint's weights, the same batches
-    # through the same module in this process): equal to the last bit, on any CPU.
-    assert metrics["val/top1"] == pytest.approx(result["best_score"]["val/top1"], abs=1e-6)
-    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert written["metrics"]["val/top1"] == metrics["val/top1"]
+from .helpers import REPO_ROOT, compose_config, subprocess_env, tiny_classification_overrides
 
 
 def test_eval_without_a_checkpoint_is_a_clear_error(tiny_cls_root, tmp_path):

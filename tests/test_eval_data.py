@@ -11,7 +11,7 @@ from vision_mnv2.checkpoint import CheckpointError, save_model
 from vision_mnv2.models import mobilenet_v2
 from vision_mnv2.pipelines import describe
 
-from .conftest import compose_config
+from .helpers import compose_config
 
 
 def _config(name, overrides, tmp_path):

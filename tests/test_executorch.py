@@ -22,7 +22,7 @@ from vision_mnv2.mobile import sidecar_path, write_executorch
 from vision_mnv2.models import mobilenet_v2
 from vision_mnv2.pipelines import ExecuTorchRunner, describe
 
-from .conftest import compose_config, realistic_batch_norm
+from .helpers import compose_config, realistic_batch_norm
 
 executorch = pytest.importorskip(
     "executorch", reason="ExecuTorch export needs the optional extra: pip install '.[mobile]'"

@@ -9,7 +9,7 @@ import torch
 from tasks.runner import build, evaluate, train
 from vision_mnv2.checkpoint import CheckpointError
 
-from .conftest import compose_config, tiny_classification_overrides
+from .helpers import compose_config, tiny_classification_overrides
 
 
 def _poisoned(cfg):

@@ -31,7 +31,7 @@ from vision_mnv2.models import deeplabv3_mobilenet_v2, mobilenet_v2, ssdlite_mob
 from vision_mnv2.models.detection_postprocess import multiclass_nms
 from vision_mnv2.pipelines import describe
 
-from .conftest import assert_same_detections, compose_config, miou_bound, realistic_batch_norm, top2_gaps
+from .helpers import assert_same_detections, compose_config, miou_bound, realistic_batch_norm, top2_gaps
 
 
 def _tool_config(name: str, overrides: list[str], output_dir):

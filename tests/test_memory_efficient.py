@@ -14,7 +14,7 @@ from vision_mnv2.models import (
     ssdlite_mobilenet_v2,
 )
 
-from .conftest import compose_config, realistic_batch_norm
+from .helpers import compose_config, realistic_batch_norm
 
 
 @pytest.mark.parametrize("groups", [2, 3, 8, [2, 4, 8, 5, 3, 2, 6, 7, 8, 2, 3, 4, 5, 6, 7, 8, 2]])

@@ -30,7 +30,7 @@ from vision_mnv2.files import UnreadableFile, WriteFailed, load_torch_file
 from vision_mnv2.models import mobilenet_v2
 from vision_mnv2.pipelines import describe
 
-from .conftest import REPO_ROOT
+from .helpers import REPO_ROOT
 
 HINT = "(set HYDRA_FULL_ERROR=1 for the traceback)"
 

@@ -7,7 +7,6 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from tasks.runner import evaluate, train
 from vision_mnv2.complexity import count_macs, count_parameters
 from vision_mnv2.models import (
     DepthwiseSeparable,
@@ -19,7 +18,7 @@ from vision_mnv2.models import (
     ssdlite_mobilenet_v1,
 )
 
-from .conftest import compose_config, realistic_batch_norm, tiny_classification_overrides
+from .helpers import compose_config, realistic_batch_norm
 
 
 def test_classifier_matches_paper_table4():
@@ -187,23 +186,3 @@ def test_every_task_builds_on_mobilenet_v1(tmp_path, task, overrides, builder_na
     assert type(model).__name__ == builder_name
     backbones = [m for m in model.modules() if isinstance(m, MobileNetV1Backbone)]
     assert len(backbones) == 1 and backbones[0].width_mult == 0.5
-
-
-@pytest.mark.slow
-@pytest.mark.numerics
-def test_train_then_eval_a_mobilenet_v1_classifier(tiny_cls_root, tmp_path):
-    """Through the real configs: the checkpoint rebuilds MobileNetV1 at evaluation, whatever the
-    evaluation config's default backbone."""
-    overrides = tiny_classification_overrides(tiny_cls_root)
-    result = train(
-        compose_config("train", [*overrides, "backbone=mobilenet_v1", "trainer.max_epochs=1"], tmp_path / "t")
-    )
-    eval_overrides = tiny_classification_overrides(tiny_cls_root, quiet_callbacks=False)
-    metrics = evaluate(
-        compose_config("eval", [*eval_overrides, f"ckpt_path={result['best_checkpoint']}"], tmp_path / "e")
-    )
-    # The same computation as training's validation (the checkpoint's weights, the same batches
-    # through the same module in this process): equal to the last bit, on any CPU.
-    assert metrics["val/top1"] == pytest.approx(result["best_score"]["val/top1"], abs=1e-6)
-    state = torch.load(result["best_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
-    assert any(key.endswith("features.13.pointwise.0.weight") for key in state)

@@ -22,7 +22,7 @@ from vision_mnv2.checkpoint import save_model
 from vision_mnv2.models import ssdlite_mobilenet_v2
 from vision_mnv2.pipelines import describe
 
-from .conftest import compose_config, realistic_batch_norm
+from .helpers import compose_config, realistic_batch_norm
 from .readme_world import readme_snippets
 
 CLASS_NAMES = ["cat", "dog", "bird"]

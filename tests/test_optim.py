@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from tasks.optim import warmup_factor
 from tasks.runner import train
 
-from .conftest import compose_config, tiny_classification_overrides
+from .helpers import compose_config, tiny_classification_overrides
 
 
 def test_warmup_factor_is_linear_per_step():

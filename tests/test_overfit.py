@@ -8,7 +8,7 @@ import torch
 from vision_mnv2.data import ImageFolderClassification, classification_eval_transform
 from vision_mnv2.models import mobilenet_v2
 
-from .conftest import logit_margins
+from .helpers import logit_margins
 
 
 @pytest.mark.numerics

@@ -14,7 +14,7 @@ from tasks.plots import read_multirun
 from vision_mnv2.complexity import count_macs
 from vision_mnv2.models import mobilenet_v2
 
-from .conftest import CONFIG_DIR, REPO_ROOT
+from .helpers import CONFIG_DIR, REPO_ROOT
 
 
 def _plot_tool():

@@ -28,7 +28,7 @@ from vision_mnv2.pipelines import describe
 from vision_mnv2.pipelines import segmentation as segmentation_pipeline
 from vision_mnv2.pipelines.segmentation import upsampled_labels
 
-from .conftest import GOOGLE_DEEPLAB, GOOGLE_MODELS, REPO_ROOT, compose_config, needs_google, realistic_batch_norm
+from .helpers import GOOGLE_DEEPLAB, GOOGLE_MODELS, REPO_ROOT, compose_config, needs_google, realistic_batch_norm
 
 
 def _tool_config(name: str, overrides: list[str], output_dir):

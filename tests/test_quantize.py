@@ -15,7 +15,7 @@ from vision_mnv2.models import mobilenet_v2, ssdlite_mobilenet_v2
 from vision_mnv2.pipelines import ClassificationPipeline, describe
 from vision_mnv2.quantize import quantize_static_onnx
 
-from .conftest import compose_config, realistic_batch_norm
+from .helpers import compose_config, realistic_batch_norm
 
 
 def test_int8_classifier_agrees_with_fp32(tmp_path):

@@ -26,7 +26,7 @@ from PIL import Image
 from vision_mnv2.checkpoint import read_checkpoint
 
 from .command_server import CommandServer
-from .conftest import top2_gaps
+from .helpers import top2_gaps
 from .readme_world import (
     REPO_ROOT,
     TASK_RUNS,

@@ -15,7 +15,7 @@ import torch
 
 from tasks.runner import train
 
-from .conftest import REPO_ROOT, compose_config, subprocess_env, tiny_classification_overrides
+from .helpers import REPO_ROOT, compose_config, subprocess_env, tiny_classification_overrides
 
 
 def _train_command(root, run_dir, *extra):

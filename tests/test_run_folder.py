@@ -13,7 +13,7 @@ import yaml
 
 from tasks.resume import RunLock
 
-from .conftest import REPO_ROOT, tiny_classification_overrides
+from .helpers import REPO_ROOT, tiny_classification_overrides
 
 EARLIER = {"optimizer": {"lr": 0.0123}, "note": "an earlier run's record"}
 

@@ -24,7 +24,7 @@ from tasks.runner import build, train
 from vision_mnv2.data import DatasetError
 from vision_mnv2.files import temporary_name
 
-from .conftest import compose_config, tiny_classification_overrides
+from .helpers import compose_config, tiny_classification_overrides
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,7 @@
 """Pascal VOC-layout data, joint augmentation, mIoU against NumPy, multi-scale evaluation, and the
-DeepLabv3 task trained, evaluated and overfitted."""
+DeepLabv3 task overfitted (trained and evaluated: test_train_then_eval.py)."""
 
 from __future__ import annotations
-
-import json
-import math
 
 import numpy as np
 import pytest
@@ -12,7 +9,6 @@ import torch
 from PIL import Image
 
 from tasks.datamodules import SegmentationDataModule
-from tasks.runner import evaluate, train
 from vision_mnv2.data import (
     IGNORE_INDEX,
     DatasetError,
@@ -20,7 +16,6 @@ from vision_mnv2.data import (
     read_mask,
     voc_palette,
     write_mask,
-    write_segmentation_dataset,
 )
 from vision_mnv2.data.segmentation_transforms import (
     segmentation_collate,
@@ -31,19 +26,9 @@ from vision_mnv2.metrics import segmentation_confusion_matrix, segmentation_scor
 from vision_mnv2.models import deeplabv3_mobilenet_v2, multi_scale_probabilities
 from vision_mnv2.models.normalization import NORMALIZATIONS
 
-from .conftest import compose_config, miou_bound, tiny_task_overrides, top2_gaps
+from .helpers import SEGMENTATION_SHAPES, compose_config
 
 IMAGENET_MEAN = NORMALIZATIONS["imagenet"].mean
-
-NUM_SHAPES = 3
-
-
-@pytest.fixture(scope="module")
-def seg_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("seg") / "shapes_voc"
-    return write_segmentation_dataset(
-        root, num_classes=NUM_SHAPES, train_images=8, val_images=4, image_size=(96, 128), seed=5
-    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -64,7 +49,7 @@ def test_synthetic_dataset_is_in_voc_layout(seg_root):
     assert set(values) <= {0, 1, 2, 3, IGNORE_INDEX} and 0 in values and IGNORE_INDEX in values
     assert len(set(values) - {0, IGNORE_INDEX}) >= 2, "objects of several classes"
 
-    dataset = VOCSegmentation(seg_root, "train", NUM_SHAPES + 1)
+    dataset = VOCSegmentation(seg_root, "train", SEGMENTATION_SHAPES + 1)
     assert dataset.class_names == ["background", "circle", "square", "triangle"]
     image, mask = dataset[0]
     assert image.shape == (96, 128, 3) and image.dtype == np.uint8 and mask.shape == (96, 128)
@@ -237,12 +222,12 @@ def test_multi_scale_flip_probabilities():
 @pytest.mark.numerics
 def test_tiny_deeplab_overfits_a_few_images(seg_root):
     torch.manual_seed(0)
-    dataset = VOCSegmentation(seg_root, "train", NUM_SHAPES + 1, segmentation_eval_transform())
+    dataset = VOCSegmentation(seg_root, "train", SEGMENTATION_SHAPES + 1, segmentation_eval_transform())
     images, masks = segmentation_collate([dataset[i] for i in range(4)])
-    model = deeplabv3_mobilenet_v2(num_classes=NUM_SHAPES + 1, width_mult=0.35, aspp=False)
+    model = deeplabv3_mobilenet_v2(num_classes=SEGMENTATION_SHAPES + 1, width_mult=0.35, aspp=False)
     model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    metric = segmentation_confusion_matrix(NUM_SHAPES + 1)
+    metric = segmentation_confusion_matrix(SEGMENTATION_SHAPES + 1)
     losses = []
     for _ in range(60):
         loss = torch.nn.functional.cross_entropy(model(images), masks, ignore_index=IGNORE_INDEX)
@@ -264,7 +249,7 @@ def test_tiny_deeplab_overfits_a_few_images(seg_root):
 
 def test_datamodule_batches(seg_root):
     dm = SegmentationDataModule(
-        seg_root, num_classes=NUM_SHAPES + 1, image_size=64, batch_size=4, num_workers=0, eval_pad_size=None
+        seg_root, num_classes=SEGMENTATION_SHAPES + 1, image_size=64, batch_size=4, num_workers=0, eval_pad_size=None
     )
     dm.setup("fit")
     images, masks = next(iter(dm.train_dataloader()))
@@ -273,76 +258,6 @@ def test_datamodule_batches(seg_root):
     assert val_images.shape[-2:] == (96, 128) and val_masks.shape[-2:] == (96, 128)
     with pytest.raises(DatasetError, match="class names"):
         SegmentationDataModule(seg_root, num_classes=21, num_workers=0).setup("fit")
-
-
-def _deeplab_overrides(root) -> list[str]:
-    return tiny_task_overrides("deeplabv3", root, NUM_SHAPES + 1, 64)
-
-
-@pytest.mark.numerics
-def test_deeplab_task_trains_and_evaluates(seg_root, tmp_path):
-    overrides = _deeplab_overrides(seg_root)
-    cfg = compose_config(
-        "train", overrides + ["callbacks.progress_bar=null", "callbacks.model_summary=null"], tmp_path / "train"
-    )
-    result = train(cfg)
-    metrics = result["metrics"]
-    assert {
-        "train/loss",
-        "val/loss",
-        "val/mIoU",
-        "val/pixel_acc",
-        "val/mean_acc",
-        "val/IoU/background",
-        "val/IoU/triangle",
-    } <= set(metrics)
-    per_class = [value for name, value in metrics.items() if name.startswith("val/IoU/") and not math.isnan(value)]
-    assert len(per_class) == NUM_SHAPES + 1 and metrics["val/mIoU"] == pytest.approx(sum(per_class) / len(per_class))
-
-    eval_cfg = compose_config("eval", overrides + [f"ckpt_path={result['best_checkpoint']}"], tmp_path / "eval")
-    eval_metrics = evaluate(eval_cfg)
-    # The same computation as training's validation (the checkpoint's weights, the same batches
-    # through the same module in this process): equal to the last bit.
-    assert eval_metrics["val/mIoU"] == pytest.approx(result["best_score"]["val/mIoU"], abs=1e-9)
-    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
-    assert written["val/IoU/circle"] == pytest.approx(eval_metrics["val/IoU/circle"])
-
-    mf_cfg = compose_config(
-        "eval",
-        overrides
-        + [f"ckpt_path={result['best_checkpoint']}", "module.eval_scales=[0.75,1.0,1.25]", "module.eval_flip=true"],
-        tmp_path / "eval_mf",
-    )
-    mf_metrics = evaluate(mf_cfg)
-    # The same numbers computed here directly from the checkpoint's weights, image by image.
-    state = torch.load(result["best_checkpoint"], weights_only=True)["state_dict"]
-    model = deeplabv3_mobilenet_v2(num_classes=NUM_SHAPES + 1, width_mult=0.35, aspp=False)
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
-    model.eval()
-    dataset = VOCSegmentation(seg_root, "val", NUM_SHAPES + 1, segmentation_eval_transform())
-    images, masks = segmentation_collate([dataset[i] for i in range(len(dataset))])
-    with torch.no_grad():
-        direct = torch.cat(
-            [multi_scale_probabilities(model, image[None], (0.75, 1.0, 1.25), flip=True) for image in images]
-        )
-        # As the task evaluates: the 4 images in one batch, channels-last (another summation order).
-        batched = multi_scale_probabilities(
-            model.to(memory_format=torch.channels_last), images.contiguous(memory_format=torch.channels_last),
-            (0.75, 1.0, 1.25), flip=True,
-        )  # fmt: skip
-    # Measured: the two differ by at most 6e-8 (float32 rounding), on both kernel paths and
-    # thread counts; 1e-5 is the tolerance of equal probabilities.
-    tolerance = 1e-5
-    torch.testing.assert_close(batched, direct, atol=tolerance, rtol=0)
-    metric = segmentation_confusion_matrix(NUM_SHAPES + 1)
-    metric.update(direct.argmax(1), masks)
-    confusion = metric.compute()
-    # A pixel's class may come out otherwise only where its two best probabilities are within
-    # twice the tolerance; the mIoU may differ by what those pixels can move, and no more.
-    near_ties = int(((top2_gaps(direct) <= 2 * tolerance) & (masks != IGNORE_INDEX)).sum())
-    bound = miou_bound(confusion, near_ties)
-    # (and 1e-7: Lightning logs the mIoU as a float32)
-    assert abs(mf_metrics["val/mIoU"] - segmentation_scores(confusion)["mIoU"]) <= bound + 1e-7, (near_ties, bound)
 
 
 def test_voc_recipe_composes(tmp_path):

@@ -20,7 +20,7 @@ from vision_mnv2.models import ssdlite_mobilenet_v2
 from vision_mnv2.models.ssd_tf_loss import TFArgMaxMatcher, TFMultipleGridAnchorGenerator, TFSSDLoss
 from vision_mnv2.models.ssdlite import TFLossSSD
 
-from .conftest import KANGAROO, compose_config, needs_kangaroo, tiny_task_overrides
+from .helpers import KANGAROO, compose_config, needs_kangaroo, tiny_task_overrides
 
 
 def _anchors(generator, size: int, grids: list[int]) -> torch.Tensor:
@@ -189,11 +189,7 @@ def test_tf_variant_training_decreases_its_loss(tmp_path):
     root = write_detection_dataset(
         tmp_path / "shapes", num_classes=3, train_images=8, val_images=4, image_size=(96, 128), seed=4
     )
-    overrides = tiny_task_overrides("ssdlite", root, 3, 128) + [
-        "experiment=ssdlite_tf",
-        "callbacks.progress_bar=null",
-        "callbacks.model_summary=null",
-    ]
+    overrides = tiny_task_overrides("ssdlite", root, 3, 128, quiet_callbacks=True) + ["experiment=ssdlite_tf"]
     cfg = compose_config("train", overrides, tmp_path / "train")
     result = train(cfg)
     assert "val/mAP" in result["metrics"]

@@ -10,18 +10,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from vision_mnv2.layers import TFSamePadConv2d
 from vision_mnv2.models import InvertedResidual, MobileNetV2Backbone, deeplabv3_mobilenet_v2, mobilenet_v2
-from vision_mnv2.models.mobilenetv2 import TFSamePadConv2d
 
-
-def _randomise_bn(model: nn.Module) -> None:
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+from .helpers import realistic_batch_norm
 
 
 def _layout_digest(model: nn.Module) -> str:
@@ -59,7 +51,7 @@ def test_defaults_leave_the_networks_unchanged(name):
     x = torch.randn(2, 3, 64, 96)
     torch.manual_seed(0)
     model = builder(**kwargs).eval()
-    _randomise_bn(model)
+    realistic_batch_norm(model, with_shifts=True)
     assert _layout_digest(model)[:16] == digest
     with torch.no_grad():
         y = model(x).double()
@@ -68,7 +60,7 @@ def test_defaults_leave_the_networks_unchanged(name):
     # The TF switches change the outputs at this even input size (the check above can fail).
     torch.manual_seed(0)
     tf_model = builder(**kwargs, tf_padding=True).eval()
-    _randomise_bn(tf_model)
+    realistic_batch_norm(tf_model, with_shifts=True)
     assert _layout_digest(tf_model) == _layout_digest(model)
     with torch.no_grad():
         assert tf_model(x).double().abs().mean().item() != pytest.approx(mean_abs, rel=1e-4)
@@ -96,7 +88,7 @@ def test_tf_padding_only_changes_strided_convs_and_not_the_weights():
     tf.load_state_dict(plain.state_dict())
     same_pad = [name for name, m in tf.named_modules() if isinstance(m, TFSamePadConv2d)]
     assert same_pad == ["features.0.0"] + [f"features.{i}.depthwise.0" for i in (2, 4, 7, 14)]
-    _randomise_bn(plain)
+    realistic_batch_norm(plain, with_shifts=True)
     tf.load_state_dict(plain.state_dict())
     plain.eval(), tf.eval()
     with torch.no_grad():
@@ -108,7 +100,7 @@ def test_tf_padding_only_changes_strided_convs_and_not_the_weights():
 
 def test_memory_efficient_path_pads_like_tf():
     model = mobilenet_v2(num_classes=5, tf_padding=True).eval()
-    _randomise_bn(model)
+    realistic_batch_norm(model, with_shifts=True)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected = model(x)

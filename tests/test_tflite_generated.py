@@ -21,7 +21,7 @@ from PIL import Image
 from vision_mnv2.checkpoint import load_model, read_checkpoint
 from vision_mnv2.convert import read_tflite
 
-from .conftest import GOOGLE_CLASSIFIER, GOOGLE_DEEPLAB, GOOGLE_MODELS, REPO_ROOT, needs_google
+from .helpers import GOOGLE_CLASSIFIER, GOOGLE_DEEPLAB, GOOGLE_MODELS, REPO_ROOT, needs_google
 
 pytest.importorskip("tflite")
 Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter

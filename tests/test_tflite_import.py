@@ -16,10 +16,10 @@ from vision_mnv2.convert import TFLiteImportError, dequantize, load_tflite, read
 from vision_mnv2.convert.tflite import tf_model_input
 from vision_mnv2.models import deeplabv3_mobilenet_v2, mobilenet_v2
 
-from .conftest import GOOGLE_CLASSIFIER as CLASSIFIER
-from .conftest import GOOGLE_DEEPLAB as DEEPLAB
-from .conftest import GOOGLE_MODELS as GOOGLE
-from .conftest import needs_google
+from .helpers import GOOGLE_CLASSIFIER as CLASSIFIER
+from .helpers import GOOGLE_DEEPLAB as DEEPLAB
+from .helpers import GOOGLE_MODELS as GOOGLE
+from .helpers import needs_google
 
 tflite = pytest.importorskip("tflite")
 

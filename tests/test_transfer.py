@@ -17,7 +17,7 @@ from vision_mnv2.models import (
     transfer_weights,
 )
 
-from .conftest import compose_config, tiny_classification_overrides
+from .helpers import compose_config, tiny_classification_overrides
 
 
 def _backbone_state(model) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ from PIL import Image
 from vision_mnv2.data import CocoDetection, DatasetError
 from vision_mnv2.data.voc_xml import voc_xml_to_coco
 
-from .conftest import KANGAROO, REPO_ROOT, needs_kangaroo
+from .helpers import KANGAROO, REPO_ROOT, needs_kangaroo
 
 XML = """<annotation><filename>{name}</filename><size><width>{w}</width><height>{h}</height><depth>3</depth></size>
 {objects}</annotation>"""

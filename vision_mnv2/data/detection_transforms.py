@@ -44,8 +44,8 @@ class SSDRandomIoUCrop(v2.RandomIoUCrop):
     The same crops, drawn the same way (sides, aspect, position, centre and IoU tests, another
     minimum IoU after ``trials`` failures) and cut by torchvision's ``transform``; only the order of
     the random numbers differs. torchvision tries one crop at a time, a dozen small tensor
-    operations each, and on images of small objects most minimum IoUs cannot be met, so an image
-    took hundreds of them (10-20 ms, half the loader's throughput); here each round is a few
+    operations each, and on images of small objects most minimum IoUs cannot be met, so one image
+    can cost hundreds of them, enough to hold back the training loader; here each round is a few
     operations on ``trials`` crops together.
     """
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 
 from torch import Tensor, nn
 
-from ..layers import NormLayer, TFSamePadConv2d, conv_bn_act, make_divisible
+from ..layers import NormLayer, conv_bn_act, make_divisible
 from .backbone import (
     VALID_OUTPUT_STRIDES,
     BackboneClassifier,
@@ -42,8 +42,6 @@ __all__ = [
     "InvertedResidual",
     "MobileNetV2",
     "MobileNetV2Backbone",
-    "TFSamePadConv2d",
-    "make_divisible",
 ]
 
 # Paper Table 2: (expansion t, output channels c, repeats n, first stride s) of the bottleneck groups.
@@ -197,8 +195,9 @@ class MobileNetV2Backbone(FeatureBackbone):
             way, as TF-slim does.
         drop_unused: remove the layers after the deepest requested tap (e.g. layer 19 for a head on
             layer 18), so that they hold no parameters; their names stay in ``feature_info``.
-        tf_padding: pad the stride-2 convs as TensorFlow's "SAME" (see :class:`TFSamePadConv2d`), for
-            weights trained in TensorFlow; exact at every input size.
+        tf_padding: pad the stride-2 convs as TensorFlow's "SAME" (see
+            :class:`~vision_mnv2.layers.TFSamePadConv2d`), for weights trained in TensorFlow; exact at
+            every input size.
         bottleneck_activation: ``"linear"`` (the paper's) or ``"relu6"`` after every projection
             (paper section 6.4, Figure 6a).
         shortcut: ``"bottleneck"`` (the paper's), ``"expansion"`` or ``"none"`` (Figure 6b); see
