@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vision_mnv2.checkpoint import CheckpointError, ModelMeta, read_checkpoint
 from vision_mnv2.models import load_weights
-from vision_mnv2.models.registry import plain
+from vision_mnv2.models.registry import to_jsonable
 from vision_mnv2.pipelines import (
     INFERENCE_OPTIONS,
     PIPELINES,
@@ -97,7 +97,7 @@ def task_of_config(cfg: DictConfig) -> str:
     return MODULE_TASKS[target]
 
 
-def _given(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, tuple[str, Any]]:
+def _builder_overrides(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, tuple[str, Any]]:
     """Builder arguments set on the command line: ``{argument: (override key, value)}``."""
     given: dict[str, tuple[str, Any]] = {}
     for override in overrides:
@@ -105,7 +105,7 @@ def _given(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, tuple[str, An
         argument = BUILDER_KEYS.get(key) or (key[len("model.") :] if key.startswith("model.") else None)
         if argument and "." not in argument:
             value = OmegaConf.select(cfg, key)
-            given[argument] = (key, plain(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value))
+            given[argument] = (key, to_jsonable(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value))
     return given
 
 
@@ -176,18 +176,18 @@ def checkpoint_model(cfg: DictConfig, overrides: Sequence[str] | None = None) ->
         return model, describe(
             meta.task or task_of_config(cfg),
             model,
-            _hints(cfg),
+            _preprocessing_hints(cfg),
             class_names=meta.class_names,
             category_ids=meta.category_ids,
         )
-    changes = _check(meta, _given(cfg, overrides), path)
+    changes = _check(meta, _builder_overrides(cfg, overrides), path)
     size = _image_size(cfg, overrides)
     if size and meta.task in PIPELINES and PIPELINES[meta.task].builder_takes_image_size:
         changes["image_size"] = size
     return load_model(path, meta.task, **changes)
 
 
-def _hints(cfg: DictConfig) -> dict[str, Any]:
+def _preprocessing_hints(cfg: DictConfig) -> dict[str, Any]:
     data = cfg.get("data") or {}
     return {
         "image_size": data.get("image_size"),
@@ -219,12 +219,12 @@ def open_pipeline(cfg: DictConfig, overrides: Sequence[str] | None = None, **pip
         legacy = describe(
             meta.task or task_of_config(cfg),
             model,
-            _hints(cfg),
+            _preprocessing_hints(cfg),
             class_names=meta.class_names,
             category_ids=meta.category_ids,
         )
         return PIPELINES[legacy.task](legacy, model, **pipeline_options)
-    changes = _check(meta, _given(cfg, overrides), path)
+    changes = _check(meta, _builder_overrides(cfg, overrides), path)
     pipeline = load(
         path,
         meta.task,
@@ -299,7 +299,7 @@ def _check_targets(config: Any, path: Path) -> None:
 def run_info(cfg: DictConfig) -> dict[str, Any]:
     """What a training run's checkpoints record about the run: its name and data configuration."""
     data = OmegaConf.to_container(cfg.data, resolve=True, throw_on_missing=False) if "data" in cfg else None
-    return {"task_name": cfg.get("task_name"), "data": plain(data)}
+    return {"task_name": cfg.get("task_name"), "data": to_jsonable(data)}
 
 
 # Builder arguments that say how a network's weights expect to be fed and laid out rather than what

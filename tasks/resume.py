@@ -32,7 +32,7 @@ __all__ = [
     "LOCK_FILE",
     "ResumeError",
     "RunLock",
-    "Start",
+    "RunStart",
     "claim_run_folder",
     "config_differences",
     "is_lead_process",
@@ -108,7 +108,7 @@ class RunLock:
 
 
 @dataclass
-class Start:
+class RunStart:
     """Where a training run starts: the checkpoint it resumes (if any) and the run folder whose
     ``checkpoints/`` it writes, whose lock it holds until :meth:`release`."""
 
@@ -187,11 +187,11 @@ def claim_run_folder(run_dir: str | os.PathLike) -> RunLock:
     return lock
 
 
-def _claim(run_dir: Path, checkpoint: str | None, resuming_it: bool) -> Start:
+def _claim(run_dir: Path, checkpoint: str | None, resuming_it: bool) -> RunStart:
     """Lock ``run_dir`` for this process: the earlier run being resumed, or this run's own folder."""
     held = _claimed.pop(run_dir.resolve(), None)
     if held is not None and held._file is not None:
-        return Start(checkpoint, run_dir, held)
+        return RunStart(checkpoint, run_dir, held)
     lock = RunLock(run_dir)
     if not lock.acquire():
         if resuming_it:
@@ -199,7 +199,7 @@ def _claim(run_dir: Path, checkpoint: str | None, resuming_it: bool) -> Start:
         raise ResumeError(
             f"another run is training into {run_dir} ({lock.holder()}); give this run its own folder (hydra.run.dir)"
         )
-    return Start(checkpoint, run_dir, lock)
+    return RunStart(checkpoint, run_dir, lock)
 
 
 def _run_dir_of(checkpoint: Path) -> Path | None:
@@ -207,7 +207,7 @@ def _run_dir_of(checkpoint: Path) -> Path | None:
     return checkpoint.parents[1] if checkpoint.parent.name == "checkpoints" else None
 
 
-def _newest_resumable(cfg: DictConfig, output_dir: Path, lead: bool) -> Start:
+def _newest_resumable(cfg: DictConfig, output_dir: Path, lead: bool) -> RunStart:
     runs = output_dir.parent
     candidates = [p for p in runs.glob("*/checkpoints/last.ckpt") if p.parents[1].resolve() != output_dir]
     if not candidates:
@@ -221,14 +221,14 @@ def _newest_resumable(cfg: DictConfig, output_dir: Path, lead: bool) -> Start:
         elif differences:
             reason = f"settings differ ({'; '.join(differences)})"
         elif not lead:  # a DDP process other than rank 0, started outside Lightning: rank 0 holds the lock
-            return Start(str(checkpoint), run_dir)
+            return RunStart(str(checkpoint), run_dir)
         else:
             lock = RunLock(run_dir)
             if lock.acquire():
                 for skipped in passed_over:
                     log.warning("ckpt_path=last: passed over the newer %s", skipped)
                 log.info("ckpt_path=last: resuming from %s", checkpoint)
-                return Start(str(checkpoint), run_dir, lock)
+                return RunStart(str(checkpoint), run_dir, lock)
             reason = f"still being trained ({lock.holder()})"
         passed_over.append(f"{run_dir}: {reason}")
     raise ResumeError(
@@ -237,7 +237,7 @@ def _newest_resumable(cfg: DictConfig, output_dir: Path, lead: bool) -> Start:
     )
 
 
-def start_point(cfg: DictConfig) -> Start:
+def start_point(cfg: DictConfig) -> RunStart:
     """The checkpoint this training run resumes (``cfg.ckpt_path``; ``last`` means the newest earlier
     run of the task that may be continued, a sibling of this run's folder) and the run folder it
     writes checkpoints into, locked. Lightning's own ``"last"`` looks only in this run's new, empty
@@ -250,24 +250,24 @@ def start_point(cfg: DictConfig) -> Start:
     if ckpt_path == "last":
         chosen = os.environ.get(_CHOSEN_ENV)
         if not lead and chosen:
-            return Start(chosen, Path(chosen).parents[1])
+            return RunStart(chosen, Path(chosen).parents[1])
         start = _newest_resumable(cfg, output_dir, lead)
         if lead:
             os.environ[_CHOSEN_ENV] = start.checkpoint  # inherited by the processes Lightning launches
         return start
     if not ckpt_path:
-        return _claim(output_dir, None, resuming_it=False) if lead else Start(None, output_dir)
+        return _claim(output_dir, None, resuming_it=False) if lead else RunStart(None, output_dir)
     if not Path(ckpt_path).expanduser().is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     run_dir = _run_dir_of(Path(ckpt_path).expanduser().resolve())
     if run_dir is None:  # a checkpoint file outside a run: this run's checkpoints go to its own folder
-        return _claim(output_dir, ckpt_path, resuming_it=False) if lead else Start(ckpt_path, output_dir)
+        return _claim(output_dir, ckpt_path, resuming_it=False) if lead else RunStart(ckpt_path, output_dir)
     differences = _differences(run_dir, cfg)
     if differences:
         log.warning("ckpt_path=%s: its run's settings differ from this run's: %s", ckpt_path, "; ".join(differences))
     elif differences is None:
         log.warning("ckpt_path=%s: its run recorded no settings (%s) to compare", ckpt_path, CONFIG_FILE)
-    return _claim(run_dir, ckpt_path, resuming_it=True) if lead else Start(ckpt_path, run_dir)
+    return _claim(run_dir, ckpt_path, resuming_it=True) if lead else RunStart(ckpt_path, run_dir)
 
 
 def record_settings(cfg: DictConfig) -> None:

@@ -22,7 +22,7 @@ from vision_mnv2.files import atomic_write_text
 from .checkpoint_io import AtomicCheckpointIO
 from .checkpoints import checkpoint_model, evaluation_data, inherit_from_init, run_info, task_of_config
 from .quiet import quiet_lightning
-from .resume import Start, is_lead_process, record_settings, start_point
+from .resume import RunStart, is_lead_process, record_settings, start_point
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         start.release()
 
 
-def _train(cfg: DictConfig, start: Start) -> dict[str, Any]:
+def _train(cfg: DictConfig, start: RunStart) -> dict[str, Any]:
     ckpt_path = start.checkpoint
     if ckpt_path:
         # The project's own message for a file that is not a checkpoint, holds code, or is another

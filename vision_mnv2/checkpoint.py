@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .files import UnreadableFile, atomic_write, load_torch_file
-from .models.registry import BUILDERS, TASKS, build_config, build_model, plain
+from .models.registry import BUILDERS, TASKS, build_config, build_model, to_jsonable
 
 __all__ = [
     "FORMAT_VERSION",
@@ -101,7 +101,7 @@ class ModelMeta:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        return plain(asdict(self))
+        return to_jsonable(asdict(self))
 
     @property
     def num_classes(self) -> int | None:
@@ -201,7 +201,7 @@ def load_model(
     model.load_state_dict(state)
     model.eval()
     if changes:
-        meta.builder_args = {**meta.builder_args, **plain(changes)}
+        meta.builder_args = {**meta.builder_args, **to_jsonable(changes)}
     return model, meta
 
 

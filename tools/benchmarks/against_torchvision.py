@@ -83,7 +83,7 @@ def training_throughput(cfg: DictConfig, steps: int) -> dict[str, float]:
     return {"full_loop": full, "model_step": alone, "batch_size": batch_size}
 
 
-def _best(rows: list[Measurement]) -> Measurement:
+def _best_of_repeats(rows: list[Measurement]) -> Measurement:
     """Each figure at its best over the repeats: the least disturbed measurement of each."""
 
     def pick(field, best):
@@ -98,7 +98,7 @@ def _best(rows: list[Measurement]) -> Measurement:
     )  # fmt: skip
 
 
-def _fmt(value, digits=1):
+def _format_figure(value, digits=1):
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
@@ -133,7 +133,7 @@ def run_benchmark(cfg: DictConfig) -> str:
     for _ in range(int(cfg.benchmark.repeats)):
         rows.append(measure(label, ours_function, ours_params, size, **args))
         rows.append(measure(ref_name, ref_function, ref_params, size, **args))
-    ours_m, ref_m = _best(rows[0::2]), _best(rows[1::2])
+    ours_m, ref_m = _best_of_repeats(rows[0::2]), _best_of_repeats(rows[1::2])
 
     lines = report_header(
         f"{cfg.task_name} ({task}) at {size}x{size}, {torch.get_num_threads()} threads",
@@ -150,8 +150,8 @@ def run_benchmark(cfg: DictConfig) -> str:
     ]
     for m in (ours_m, ref_m):
         lines.append(
-            f"| {m.name} | {m.params / 1e6:.2f}M | {m.macs / 1e9:.3f}B | {_fmt(m.eager_latency_ms)} | {_fmt(m.eager_throughput)} "
-            f"| {_fmt(m.onnx_latency_ms)} | {_fmt(m.onnx_throughput)} | {_fmt(m.peak_memory_mb)} |"
+            f"| {m.name} | {m.params / 1e6:.2f}M | {m.macs / 1e9:.3f}B | {_format_figure(m.eager_latency_ms)} | {_format_figure(m.eager_throughput)} "
+            f"| {_format_figure(m.onnx_latency_ms)} | {_format_figure(m.onnx_throughput)} | {_format_figure(m.peak_memory_mb)} |"
         )
     lines.append(
         f"| **ratio ours / torchvision** | {ours_m.params / ref_m.params:.2f} | {ours_m.macs / ref_m.macs:.2f} "

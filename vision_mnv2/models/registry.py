@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["BUILDERS", "TASKS", "build_model", "build_config", "plain", "register_model"]
+__all__ = ["BUILDERS", "TASKS", "build_model", "build_config", "register_model", "to_jsonable"]
 
 TASKS = ("classification", "detection", "segmentation")
 # Where weights come from and how training treats them: not a property of the network.
@@ -26,18 +26,18 @@ NOT_RECORDED = frozenset({"weights", "backbone_weights", "freeze_backbone", "fro
 BUILDERS: dict[str, tuple[str, Callable[..., nn.Module]]] = {}
 
 
-def plain(value: Any) -> Any:
+def to_jsonable(value: Any) -> Any:
     """``value`` as JSON-like Python values (dicts, lists, str, int, float, bool, None), so that it
     loads with ``torch.load(weights_only=True)`` and writes into ONNX metadata. Config containers
     (mappings, sequences) and objects with ``as_dict()`` are converted; anything else is an error."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if hasattr(value, "as_dict"):
-        return plain(value.as_dict())
+        return to_jsonable(value.as_dict())
     if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
+        return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, Sequence):
-        return [plain(v) for v in value]
+        return [to_jsonable(v) for v in value]
     raise TypeError(f"{value!r} ({type(value).__name__}) cannot be recorded as a plain value")
 
 
@@ -63,7 +63,7 @@ def register_model(name: str, task: str) -> Callable[[Callable[..., nn.Module]],
             # The resolved statistics, not the preset name alone: readable without this project.
             if hasattr(model, "normalization"):
                 recorded["normalization"] = model.normalization.as_dict()
-            model.build_config = {"builder": name, "task": task, "args": plain(recorded)}
+            model.build_config = {"builder": name, "task": task, "args": to_jsonable(recorded)}
             return model
 
         BUILDERS[name] = (task, build)
