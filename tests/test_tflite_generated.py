@@ -30,6 +30,8 @@ from .test_tflite_import import _ours  # noqa: E402
 from .tflite_models import (  # noqa: E402
     VOC_LABELS,
     deeplab_v3_mobilenet_v2,
+    edgetpu_compiled,
+    mobilenet_v1_start,
     probe_images,
     sample_images,
     tf_slim_mobilenet_v2_classifier,
@@ -254,6 +256,96 @@ def test_quantised_deeplab_agrees_with_the_interpreter(converted, tmp_path):
         # 99.2% of those).
         agree, agree_where_sure, sure = _label_agreement(ours, quantised[DEEPLAB_LOGITS], quantised["ArgMax"])
         assert agree > 0.85 and agree_where_sure > 0.98 and sure > 0.4
+
+
+# --------------------------------------------------------------------------------------------------
+# Fully connected logits (the iNaturalist releases), and graphs the converter refuses
+
+# As mobilenet_v2_1.0_224_inat_bird_quant.tflite: 965 outputs, the background the last.
+INAT_CLASSES = 965
+FC_LOGITS = "Logits/MatMul;Logits/BiasAdd"
+FAMILIES = (
+    "Supported: TF-slim MobileNetV2 classifier (any width and input size; logits a 1x1 convolution or fully "
+    "connected); DeepLab v3 MobileNetV2 with the mobile head (output stride 8 or 16)"
+)
+
+
+@pytest.fixture(scope="module")
+def other_graphs(tmp_path_factory) -> dict[str, dict]:
+    """A fully connected classifier, an Edge TPU compiled file and a MobileNetV1-shaped graph, each
+    given to ``tools/convert.py`` as a user would (in subprocesses run together)."""
+    folder = tmp_path_factory.mktemp("other_graphs")
+    labels = folder / "inat_bird_labels.txt"
+    labels.write_text("\n".join([f"species {i}" for i in range(INAT_CLASSES - 1)] + ["background"]) + "\n")
+    files = {
+        "fully_connected": tf_slim_mobilenet_v2_classifier(
+            folder / "mobilenet_v2_0.35_96_inat_bird_quant.tflite",
+            **CLASSIFIER,
+            num_classes=INAT_CLASSES,
+            logits="fully_connected",
+        ),  # fmt: skip
+        "edgetpu": edgetpu_compiled(folder / "mobilenet_v2_0.35_96_quant_edgetpu.tflite", size=96),
+        "mobilenet_v1": mobilenet_v1_start(folder / "mobilenet_v1_0.25_96.tflite"),
+    }
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    processes = {}
+    for key, path in files.items():
+        command = [sys.executable, "tools/convert.py", str(path), "--labels", str(labels), "--output", str(folder / f"{key}.ckpt")]  # fmt: skip
+        processes[key] = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    results = {}
+    try:
+        for key, process in processes.items():
+            stdout, stderr = process.communicate(timeout=300)
+            results[key] = {"path": files[key], "checkpoint": folder / f"{key}.ckpt", "returncode": process.returncode, "stdout": stdout, "stderr": stderr}  # fmt: skip
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return results
+
+
+def test_fully_connected_logits_convert_and_agree_with_the_interpreter(other_graphs, tmp_path):
+    file = other_graphs["fully_connected"]
+    assert file["returncode"] == 0, file["stderr"]
+    assert f"(mobilenet_v2, width 0.35, {INAT_CLASSES} classes, input 96x96, normalization tf)" in file["stdout"]
+    model, meta = load_model(file["checkpoint"])
+    # Not TF-slim's 1001: no class dropped, the background keeps its place (the last).
+    assert meta.num_classes == INAT_CLASSES and meta.class_names[-1] == "background"
+    assert [op.op for op in read_tflite(file["path"]).operators[-2:]] == ["FULLY_CONNECTED", "SOFTMAX"]
+    exact = _float_copy(file["path"], tmp_path)
+    winners = set()
+    for image in probe_images(CLASSIFIER["size"]):
+        ours = _ours(model, image)
+        reference = _interpreter_tensors(exact, image, (FC_LOGITS,))[FC_LOGITS]
+        assert np.abs(ours - reference).max() < 1e-4 * max(1.0, np.abs(reference).max())
+        # The uint8 file itself: each probe image has a class of its own by a wide margin.
+        quantised = _interpreter_tensors(file["path"], image, (FC_LOGITS,))[FC_LOGITS]
+        assert quantised.argmax() == ours.argmax()
+        winners.add(int(ours.argmax()))
+    assert len(winners) == len(probe_images(CLASSIFIER["size"]))
+
+
+@pytest.mark.parametrize(
+    "key, message",
+    [
+        (
+            "edgetpu",
+            "{path}: compiled for the Edge TPU (custom operator 'edgetpu-custom-op'); use the CPU file of the same name without _edgetpu (mobilenet_v2_0.35_96_quant.tflite)",
+        ),  # fmt: skip
+        (
+            "mobilenet_v1",
+            "{path}: not a supported graph: at operator 2 (CONV_2D), tensor 'MobilenetV1/MobilenetV1/Conv2d_1_pointwise/Relu6': bottleneck 1 projection: expected fused activation NONE, found RELU6. "
+            + FAMILIES,
+        ),  # fmt: skip
+    ],
+)
+def test_refused_graphs_get_one_error_line_through_the_cli(other_graphs, key, message):
+    file = other_graphs[key]
+    assert file["returncode"] == 1 and "Traceback" not in file["stderr"]
+    errors = [line for line in file["stderr"].splitlines() if line.startswith("Error:")]
+    assert errors == ["Error: " + message.format(path=file["path"])], file["stderr"]
+    assert not file["checkpoint"].exists()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ here (exact references, without quantisation noise) including the narrow DeepLab
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vision_mnv2.convert import TFLiteImportError, dequantize, load_tflite, read_tflite
+from vision_mnv2.convert import TFLiteImportError, TFLiteUnsupportedGraph, dequantize, load_tflite, read_tflite
 from vision_mnv2.convert.tflite import tf_model_input
 from vision_mnv2.models import deeplabv3_mobilenet_v2, mobilenet_v2
 
@@ -139,8 +140,8 @@ def test_read_tflite_constants_and_options(tmp_path):
     assert [op.op for op in graph.operators] == ["CONV_2D", "DEPTHWISE_CONV_2D"]
     assert graph.operators[0].options == conv
     assert graph.operators[1].options["dilation"] == (2, 2) and graph.operators[1].options["depth_multiplier"] == 1
-    # Not a MobileNetV2: an error naming where the walk stopped.
-    with pytest.raises(TFLiteImportError, match=r"small\.tflite: tensor 'dw/out': expected the projection \(CONV_2D\)"):
+    # Not a MobileNetV2: an error naming where the walk stopped, and what the converter takes.
+    with pytest.raises(TFLiteUnsupportedGraph, match=r"small\.tflite: not a supported graph: at tensor 'dw/out': expected the projection \(CONV_2D\).*\. Supported: TF-slim MobileNetV2 classifier .*; DeepLab v3 MobileNetV2"):  # fmt: skip
         load_tflite(path, calibrate=False)
 
 
@@ -361,7 +362,7 @@ def test_unrecognised_graphs_name_the_operator_and_tensor(float_files, tmp_path)
     graph: Graph = float_files["classifier_graph"]
     stem = graph.operators[0]
     relu_stem = replace(graph, operators=[replace(stem, options={**stem.options, "activation": "RELU"}), *graph.operators[1:]])  # fmt: skip
-    with pytest.raises(TFLiteImportError, match=r"relu\.tflite: operator 0 \(CONV_2D\), tensor '.*Conv.*': stem: expected fused activation RELU6, found RELU"):  # fmt: skip
+    with pytest.raises(TFLiteImportError, match=r"relu\.tflite: not a supported graph: at operator 0 \(CONV_2D\), tensor '.*Conv.*': stem: expected fused activation RELU6, found RELU"):  # fmt: skip
         load_tflite(write_tflite(relu_stem, tmp_path / "relu.tflite"), calibrate=False)
 
     # An operator the walk does not know, after the logits.
@@ -375,3 +376,66 @@ def test_unrecognised_graphs_name_the_operator_and_tensor(float_files, tmp_path)
     labels.write_text("cat\ndog\n")
     with pytest.raises(TFLiteImportError, match=r"labels\.txt' has 2 names; the model has 1000 classes \(1001 with the background\)"):  # fmt: skip
         load_tflite(float_files["classifier"], labels=labels, calibrate=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Google's other releases: the iNaturalist classifier (fully connected logits), and the families
+# not converted yet, refused with the family message
+
+
+INAT_BIRDS = GOOGLE / "mobilenet_v2_1.0_224_inat_bird_quant.tflite"
+INAT_LOGITS = "Logits/MatMul;Logits/BiasAdd"
+
+
+@pytest.mark.skipif(not INAT_BIRDS.is_file(), reason=f"{INAT_BIRDS.name} is not in ../shared/models/google")
+def test_inat_birds_fully_connected_logits_agree_with_the_interpreter(tmp_path):
+    model, info = load_tflite(INAT_BIRDS, labels=GOOGLE / "inat_bird_labels.txt", calibrate=False)
+    # 965 outputs, the background the last: nothing dropped (only TF-slim's 1001 drop class 0).
+    assert info["builder_args"]["num_classes"] == 965 and len(info["class_names"]) == 965
+    assert info["class_names"][-1] == "background" and info["class_names"][3] == "Cyanocitta cristata (Blue Jay)"
+    for name in ("cat.bmp", "grace_hopper.bmp"):  # no bird in either: the background wins, by far
+        image = _photo(name, 224)
+        probabilities = _run_interpreter(INAT_BIRDS, image)["prediction"]
+        assert _ours(model, image).argmax() == probabilities.argmax() == 964, name
+    # The fully connected layer's weights against the interpreter without quantisation noise: on the
+    # bird photo (a jay-like bird, which the uint8 file is unsure about: 17/256 against 13/256) the
+    # float copy's logits are ours.
+    exact = write_tflite(float_copy(read_tflite(INAT_BIRDS), extra_outputs=(INAT_LOGITS,)), tmp_path / "inat_float.tflite")  # fmt: skip
+    for name in ("bird_segmentation.bmp", "cat.bmp"):
+        image = _photo(name, 224)
+        x = tf_model_input(torch.from_numpy(image).permute(2, 0, 1)).permute(1, 2, 0).numpy()
+        reference = _run_interpreter(exact, x)[INAT_LOGITS]
+        ours = _ours(model, image)
+        assert np.abs(ours - reference).max() < 1e-3 * max(1.0, np.abs(reference).max()), name
+        assert ours.argmax() == reference.argmax()
+
+
+@pytest.mark.parametrize(
+    "name, found",
+    [
+        # TF2 / Keras MobileNetV2: MEAN where TF-slim pools with AVERAGE_POOL_2D
+        (
+            "tf2_mobilenet_v2_1.0_224_ptq.tflite",
+            r"at operator 63 \(MEAN\), tensor 'MobileNetV2/Conv2d_18_1/relu6/Relu6': expected global average pooling",
+        ),  # fmt: skip
+        # TF-slim MobileNetV1: its pointwise conv has a ReLU6 where V2's projection is linear
+        (
+            "mobilenet_v1_0.25_128_quant.tflite",
+            r"at operator 2 \(CONV_2D\), tensor 'MobilenetV1/MobilenetV1/Conv2d_1_pointwise/Relu6': bottleneck 1 projection: expected fused activation NONE, found RELU6",
+        ),  # fmt: skip
+    ],
+    ids=["keras_v2", "slim_v1"],
+)
+def test_googles_files_of_other_families_get_the_family_message(name, found):
+    path = GOOGLE / name
+    if not path.is_file():
+        pytest.skip(f"{name} is not in ../shared/models/google")
+    with pytest.raises(TFLiteUnsupportedGraph) as refused:
+        load_tflite(path, calibrate=False)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: not a supported graph: ") and "\n" not in message
+    assert re.search(found, message), message
+    assert message.endswith(
+        "Supported: TF-slim MobileNetV2 classifier (any width and input size; logits a 1x1 convolution or fully "
+        "connected); DeepLab v3 MobileNetV2 with the mobile head (output stride 8 or 16)"
+    )

@@ -43,6 +43,8 @@ __all__ = [
     "VOC_LABELS",
     "deeplab_v3_mobilenet_v2",
     "deeplab_v3_mobilenet_v2_graph",
+    "edgetpu_compiled",
+    "mobilenet_v1_start",
     "probe_images",
     "sample_images",
     "tf_slim_mobilenet_v2_classifier",
@@ -297,6 +299,22 @@ class _Builder:
         self.logits_bias = b
         return y
 
+    def as_fully_connected(self, y: int, scope: str) -> int:
+        """The 1x1-conv logits just added (``y`` their output), rewritten as the fully connected
+        layer the iNaturalist releases have: the same weights as output x input, the output
+        1 x classes (TFLite's FULLY_CONNECTED flattens its 1 x 1 x 1 x C input itself)."""
+        conv = self.operators.pop()
+        assert conv.op == "CONV_2D" and conv.outputs == [y]
+        x, w, b = conv.inputs
+        weight = self.tensors[w]
+        data = np.ascontiguousarray(weight.data.reshape(weight.shape[0], -1))
+        self.tensors[w] = replace(weight, name=f"{scope}/MatMul;{scope}/weights_quant/FakeQuantWithMinMaxVars", shape=data.shape, data=data)  # fmt: skip
+        self.tensors[b] = replace(self.tensors[b], name=f"{scope}/biases")
+        self.tensors[y] = replace(self.tensors[y], name=f"{scope}/MatMul;{scope}/BiasAdd", shape=(1, data.shape[0]))
+        self.values[y] = self.values[y].flatten(1)
+        self.operators.append(Operator("FULLY_CONNECTED", [x, w, b], [y], {"activation": "NONE"}))
+        return y
+
     def add(self, a: int, b: int, name: str) -> int:
         y = self.activation(name, self.values[a] + self.values[b], self.graph_shape(a))
         self.operators.append(Operator("ADD", [a, b], [y], {"activation": "NONE"}))
@@ -452,7 +470,7 @@ def _quantize(graph: Graph, values: dict[int, torch.Tensor], requantize_before_c
         out = op.outputs[0]
         if op.op in ("CONV_2D", "DEPTHWISE_CONV_2D"):
             params[out] = (6.0 / 255.0, 0) if op.options["activation"] == "RELU6" else _activation_range(values[out])
-        elif op.op in ("ADD", "CONCATENATION"):
+        elif op.op in ("ADD", "CONCATENATION", "FULLY_CONNECTED"):
             params[out] = _activation_range(values[out])
         elif op.op in ("AVERAGE_POOL_2D", "RESHAPE", "RESIZE_BILINEAR"):
             params[out] = params[op.inputs[0]]
@@ -478,7 +496,7 @@ def _quantize(graph: Graph, values: dict[int, torch.Tensor], requantize_before_c
             quantized[index] = replace(t, dtype=np.dtype(np.uint8), scale=np.array([scale], np.float32), zero_point=np.array([zero_point]))  # fmt: skip
     operators = []
     for op in graph.operators:
-        if op.op in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+        if op.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
             weight, bias = tensors[op.inputs[1]], tensors[op.inputs[2]]
             q, w_scale, w_zero = _quantize_weights(weight.data)
             quantized[op.inputs[1]] = replace(weight, dtype=np.dtype(np.uint8), data=q, scale=np.array([w_scale], np.float32), zero_point=np.array([w_zero]))  # fmt: skip
@@ -506,13 +524,23 @@ def _probe(size: int, seed: int) -> torch.Tensor:
 
 
 def tf_slim_mobilenet_v2_classifier_graph(
-    width: float = 1.0, size: int = 224, num_classes: int = IMAGENET_CLASSES_WITH_BACKGROUND, quantized: bool = True, seed: int = 0
+    width: float = 1.0, size: int = 224, num_classes: int = IMAGENET_CLASSES_WITH_BACKGROUND, quantized: bool = True, seed: int = 0,
+    logits: str = "conv",
 ) -> Graph:  # fmt: skip
     """The graph that :func:`tf_slim_mobilenet_v2_classifier` writes (same arguments), to inspect
     or change before :func:`tests.tflite_writer.write_tflite`."""
+    if logits not in ("conv", "fully_connected"):
+        raise ValueError(f"logits is 'conv' or 'fully_connected', got {logits!r}")
     builder = _Builder(seed, "input", size, _probe(size, seed))
     x = builder.backbone(width, 8, output_stride=32)
     x = builder.conv(x, "MobilenetV2/Conv_1", make_divisible(_LAST_CHANNELS * max(1.0, width)))
+    if logits == "fully_connected":  # as mobilenet_v2_1.0_224_inat_bird_quant.tflite
+        x = builder.global_average_pool(x, "AvgPool/AvgPool")
+        x = builder.logits(x, "Logits", num_classes, spread=2.0, confident_margin=12.0)
+        x = builder.as_fully_connected(x, "Logits")
+        probabilities = builder.activation("prediction", builder.values[x].softmax(dim=1), (1, num_classes))
+        builder.operators.append(Operator("SOFTMAX", [x], [probabilities]))
+        return builder.finish([probabilities], quantized)
     x = builder.global_average_pool(x, "MobilenetV2/Logits/AvgPool")
     x = builder.logits(x, "MobilenetV2/Logits/Conv2d_1c_1x1", num_classes, spread=2.0, confident_margin=12.0)
     shape = builder.constant("MobilenetV2/Logits/Squeeze", np.array([1, num_classes], dtype=np.int32))
@@ -531,6 +559,7 @@ def tf_slim_mobilenet_v2_classifier(
     num_classes: int = IMAGENET_CLASSES_WITH_BACKGROUND,
     quantized: bool = True,
     seed: int = 0,
+    logits: str = "conv",
 ) -> Path:
     """Write a TF-slim MobileNetV2 ImageNet classifier as Google released it
     (``mobilenet_v2_{width}_{size}_quant.tflite``), with random folded weights.
@@ -544,13 +573,47 @@ def tf_slim_mobilenet_v2_classifier(
         quantized: uint8 as Google's ``*_quant.tflite`` (uint8 pixels in, uint8 probabilities out);
             ``False``: float32 throughout, the input ``(pixel - 128) / 128``.
         seed: the random weights (and the probe images their scaling is measured on).
+        logits: ``"conv"``, the ImageNet releases' 1x1 convolution; ``"fully_connected"``, the
+            iNaturalist releases' (``mobilenet_v2_1.0_224_inat_bird_quant.tflite``): after the
+            pool ``AvgPool/AvgPool``, FULLY_CONNECTED ``Logits/MatMul;Logits/BiasAdd`` (1 x classes)
+            and SOFTMAX ``prediction``.
 
     Operators: CONV_2D stem (3x3, stride 2, SAME, ReLU6), per bottleneck [CONV_2D expansion],
     DEPTHWISE_CONV_2D, CONV_2D projection, [ADD], then CONV_2D ``Conv_1``, AVERAGE_POOL_2D,
     CONV_2D logits, RESHAPE ``Logits/Squeeze1``, SOFTMAX ``Predictions/Softmax`` (the one output).
     Returns ``path``.
     """
-    return write_tflite(tf_slim_mobilenet_v2_classifier_graph(width, size, num_classes, quantized, seed), path)
+    graph = tf_slim_mobilenet_v2_classifier_graph(width, size, num_classes, quantized, seed, logits)
+    return write_tflite(graph, path)
+
+
+def mobilenet_v1_start(path: str | Path, size: int = 96, seed: int = 0) -> Path:
+    """A graph outside the converter's families, shaped as TF-slim's MobileNetV1 begins (float32):
+    CONV_2D stem, DEPTHWISE_CONV_2D, then a 1x1 CONV_2D *with* ReLU6 (V1's pointwise conv, where
+    MobileNetV2's projection is linear), global pool, 1x1 conv logits, RESHAPE, SOFTMAX. Its 8 and
+    16 channels make it no MobileNet one would train, only a graph the walk leaves at V1's place."""
+    builder = _Builder(seed, "input", size, _probe(size, seed))
+    x = builder.conv(builder.input, "MobilenetV1/MobilenetV1/Conv2d_0", 8, kernel=3, stride=2)
+    x = builder.conv(x, "MobilenetV1/MobilenetV1/Conv2d_1_depthwise", 0, kernel=3, depthwise=True)
+    x = builder.conv(x, "MobilenetV1/MobilenetV1/Conv2d_1_pointwise", 16)
+    x = builder.global_average_pool(x, "MobilenetV1/Logits/AvgPool_1a/AvgPool")
+    x = builder.logits(x, "MobilenetV1/Logits/Conv2d_1c_1x1", 11, spread=2.0)
+    shape = builder.constant("MobilenetV1/Logits/SpatialSqueeze", np.array([1, 11], dtype=np.int32))
+    squeezed = builder.activation("MobilenetV1/Logits/SpatialSqueeze1", builder.values[x], (1, 11))
+    builder.operators.append(Operator("RESHAPE", [x, shape], [squeezed]))
+    probabilities = builder.activation("MobilenetV1/Predictions/Reshape_1", builder.values[x].softmax(dim=1), (1, 11))  # fmt: skip
+    builder.operators.append(Operator("SOFTMAX", [squeezed], [probabilities]))
+    return write_tflite(builder.finish([probabilities], quantized=False), path)
+
+
+def edgetpu_compiled(path: str | Path, size: int = 224, num_classes: int = IMAGENET_CLASSES_WITH_BACKGROUND) -> Path:
+    """A file as the Edge TPU compiler writes one (``*_edgetpu.tflite``): uint8 image in, uint8
+    scores out, and between them one custom operator ``edgetpu-custom-op`` in place of every
+    layer (its weights are in the operator's opaque options, left empty here: nothing reads them)."""
+    image = Tensor("input", (1, size, size, 3), np.dtype(np.uint8), scale=np.array([1 / 128], np.float32), zero_point=np.array([128]))  # fmt: skip
+    scores = Tensor("MobilenetV2/Predictions/Softmax", (1, num_classes), np.dtype(np.uint8), scale=np.array([1 / 256], np.float32), zero_point=np.array([0]))  # fmt: skip
+    graph = Graph([image, scores], [Operator("CUSTOM:edgetpu-custom-op", [0], [1])], [0], [1])
+    return write_tflite(graph, path)
 
 
 def deeplab_v3_mobilenet_v2_graph(

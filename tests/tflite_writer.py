@@ -90,6 +90,7 @@ def _options(builder, op: Operator, tensors: list[Tensor]) -> tuple[int, int]:
     Concat = _module("ConcatenationOptions")
     Conv = _module("Conv2DOptions")
     Depthwise = _module("DepthwiseConv2DOptions")
+    FullyConnected = _module("FullyConnectedOptions")
     Pool = _module("Pool2DOptions")
     Resize = _module("ResizeBilinearOptions")
     Softmax = _module("SoftmaxOptions")
@@ -117,6 +118,11 @@ def _options(builder, op: Operator, tensors: list[Tensor]) -> tuple[int, int]:
         Pool.Pool2DOptionsAddFilterWidth(builder, o["filter"][1])
         Pool.Pool2DOptionsAddFusedActivationFunction(builder, _ACTIVATIONS[o["activation"]])
         return kinds.Pool2DOptions, Pool.Pool2DOptionsEnd(builder)
+    if op.op == "FULLY_CONNECTED":
+        FullyConnected.FullyConnectedOptionsStart(builder)
+        FullyConnected.FullyConnectedOptionsAddFusedActivationFunction(builder, _ACTIVATIONS[o["activation"]])
+        FullyConnected.FullyConnectedOptionsAddWeightsFormat(builder, o.get("weights_format", 0))
+        return kinds.FullyConnectedOptions, FullyConnected.FullyConnectedOptionsEnd(builder)
     if op.op == "ADD":
         Add.AddOptionsStart(builder)
         Add.AddOptionsAddFusedActivationFunction(builder, _ACTIVATIONS[o.get("activation", "NONE")])
@@ -194,10 +200,15 @@ def write_tflite(graph: Graph, path: str | Path) -> Path:
     codes = sorted({op.op for op in graph.operators})
     code_offsets = []
     for code in codes:
-        value = getattr(BuiltinOperator, code)
+        # "CUSTOM:<name>", as the reader names custom operators (the Edge TPU's edgetpu-custom-op)
+        builtin, _, custom = code.partition(":")
+        value = getattr(BuiltinOperator, builtin)
+        custom_name = builder.CreateString(custom) if custom else None
         OC.OperatorCodeStart(builder)
         OC.OperatorCodeAddDeprecatedBuiltinCode(builder, min(value, 127))
         OC.OperatorCodeAddBuiltinCode(builder, value)
+        if custom_name is not None:
+            OC.OperatorCodeAddCustomCode(builder, custom_name)
         OC.OperatorCodeAddVersion(builder, 1)
         code_offsets.append(OC.OperatorCodeEnd(builder))
 

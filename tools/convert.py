@@ -1,5 +1,7 @@
 """Convert Google's released MobileNetV2 models (TFLite, quantised or float) into checkpoints of this
-project that predict, evaluate, export and fine-tune like any other:
+project that predict, evaluate, export and fine-tune like any other. The graph families it reads: TF-slim
+MobileNetV2 classifiers (1x1-convolution or fully connected logits) and DeepLab v3 MobileNetV2 (mobile
+head); any other graph is refused with one line saying where it differs.
 
     python tools/convert.py mobilenet_v2_1.0_224_quant.tflite --labels imagenet_labels.txt --output mnv2.ckpt
     python tools/convert.py deeplabv3_mnv2_pascal_quant.tflite --labels pascal_voc_segmentation_labels.txt \\
@@ -17,7 +19,10 @@ from tasks.cli import run_tool
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("tflite", help="a TF-slim MobileNetV2 classifier or DeepLab v3 MobileNetV2 .tflite file")
+    parser.add_argument(
+        "tflite",
+        help="a TF-slim MobileNetV2 classifier (1x1-conv or fully connected logits) or DeepLab v3 MobileNetV2 .tflite file",
+    )
     parser.add_argument("--output", required=True, help="checkpoint to write (.ckpt)")
     parser.add_argument("--labels", help="label file, one class name per line (Google ships one with each model)")
     parser.add_argument(

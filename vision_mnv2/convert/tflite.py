@@ -1,18 +1,20 @@
 """Google's released MobileNetV2 models, read from their TFLite files into this project's networks.
 
-Two kinds of graph are recognised, quantised (uint8 / int8, per tensor or per output channel) or float
-(float32, float16):
+Two families of graph are recognised (:data:`SUPPORTED_FAMILIES`), quantised (uint8 / int8, per
+tensor or per output channel) or float (float32, float16):
 
-* TF-slim MobileNetV2 ImageNet classifiers, any width and input size: stem, 17 bottlenecks, the last
-  1x1 conv, global average pool, 1x1 conv logits (1001 outputs, index 0 = background).
+* TF-slim MobileNetV2 classifiers, any width, input size and class count: stem, 17 bottlenecks, the
+  last 1x1 conv, global average pool, logits as a 1x1 conv (Google's ImageNet releases: 1001
+  outputs, index 0 = background) or as a fully connected layer (the iNaturalist releases).
 * DeepLab v3 on MobileNetV2 with the mobile head (1x1 conv ``aspp0`` + image pooling, concatenated,
   ``concat_projection``, ``logits/semantic``, bilinear upsampling): this project's ``aspp=False``,
   output stride 16 or 8, width 1.0 or narrower.
 
 Everything the builder needs is read off the graph, not asked of the caller: widths from tensor
 shapes, output stride from strides and dilations, input size from the input, classes from the
-logits. The graph is walked operator by operator from the input; anything not recognised is an
-error naming the operator and the tensor.
+logits. The graph is walked operator by operator from the input; a graph outside the families is
+refused with one message (:class:`TFLiteUnsupportedGraph`) naming the operator and tensor where the
+walk left them, and the families that are supported.
 
 TensorFlow conventions (tensorflow/models: ``research/slim/nets/mobilenet``,
 ``research/deeplab/core/feature_extractor.py``), and how they are reproduced:
@@ -44,8 +46,10 @@ from .batch_norm import calibrate_batch_norm, calibration_images
 __all__ = [
     "TFLiteGraph",
     "TFLiteImportError",
+    "SUPPORTED_FAMILIES",
     "TFLiteOperator",
     "TFLiteTensor",
+    "TFLiteUnsupportedGraph",
     "dequantize",
     "load_tflite",
     "read_tflite",
@@ -74,8 +78,23 @@ IMAGENET_WITH_BACKGROUND = 1001
 _KNOWN_WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 
 
+# Named in every refusal of a graph, so that a user learns what the converter takes, not only where
+# their file differs from it.
+SUPPORTED_FAMILIES = (
+    "TF-slim MobileNetV2 classifier (any width and input size; logits a 1x1 convolution or fully connected)",
+    "DeepLab v3 MobileNetV2 with the mobile head (output stride 8 or 16)",
+)
+# The Edge TPU compiler replaces the network by one custom operator that only the Edge TPU runs.
+_EDGETPU_OPERATOR = "CUSTOM:edgetpu-custom-op"
+
+
 class TFLiteImportError(ValueError):
     """A TFLite file that cannot be read, or a graph that is not one this module recognises."""
+
+
+class TFLiteUnsupportedGraph(TFLiteImportError):
+    """A readable TFLite model whose graph is outside :data:`SUPPORTED_FAMILIES` (or compiled for the
+    Edge TPU): the message says where the graph leaves them, and lists them."""
 
 
 @dataclass
@@ -192,6 +211,14 @@ def _options(op, options_type: int) -> dict:
             "axis": o.Axis(),
             "activation": _ACTIVATION.get(o.FusedActivationFunction(), o.FusedActivationFunction()),
         }
+    if options_type == kinds.FullyConnectedOptions:
+        o = tflite.FullyConnectedOptions()
+        o.Init(table.Bytes, table.Pos)
+        return {
+            "activation": _ACTIVATION.get(o.FusedActivationFunction(), o.FusedActivationFunction()),
+            # 0 = DEFAULT (output x input); the shuffled int8 layout is a different arrangement
+            "weights_format": o.WeightsFormat(),
+        }
     if options_type == kinds.ResizeBilinearOptions:
         o = tflite.ResizeBilinearOptions()
         o.Init(table.Bytes, table.Pos)
@@ -305,13 +332,19 @@ class _Walker:
         self.g = graph
         self.visited: set[int] = set()
 
-    def error(self, op: TFLiteOperator | None, tensor: int | None, problem: str) -> TFLiteImportError:
+    def error(self, op: TFLiteOperator | None, tensor: int | None, problem: str) -> TFLiteUnsupportedGraph:
+        """The graph is outside the supported families: where, what was found, and what is supported."""
         where = []
         if op is not None:
             where.append(f"operator {op.index} ({op.op})")
         if tensor is not None and tensor >= 0:
-            where.append(f"tensor {self.g.tensors[tensor].name!r}")
-        return TFLiteImportError(f"{self.g.path}: {', '.join(where) or 'graph'}: {problem}")
+            # TF's converter names a tensor after every op fused into it, joined by ';' (hundreds of
+            # characters); the first name says where it is in the network.
+            where.append(f"tensor {self.g.tensors[tensor].name.split(';')[0]!r}")
+        return TFLiteUnsupportedGraph(
+            f"{self.g.path}: not a supported graph: at {', '.join(where) or 'the graph'}: {problem}. "
+            f"Supported: {'; '.join(SUPPORTED_FAMILIES)}"
+        )
 
     # Activation re-quantisations (QUANTIZE between two activations) change no value the float
     # network computes: the walk looks through them.
@@ -377,6 +410,23 @@ class _Walker:
             raise self.error(op, op.outputs[0], f"{what}: expected SAME padding, found {op.options.get('padding')}")
         has_bias = len(op.inputs) > 2 and op.inputs[2] >= 0
         if bias and not has_bias:
+            raise self.error(op, op.outputs[0], f"{what}: expected a bias")
+        self.visited.add(op.index)
+
+    def fully_connected(self, op: TFLiteOperator, tensor: int, what: str) -> None:
+        """Check that ``op`` is a linear layer (no activation, with bias) on the ``tensor`` it reads
+        (its channels flattened: the pooled features); mark it as used."""
+        weight = op.inputs[1]
+        shape, channels = self.shape(weight), self.shape(tensor)[-1]
+        if len(shape) != 2 or shape[1] != channels:
+            raise self.error(
+                op, weight, f"{what}: expected fully connected weights of shape (classes, {channels}), found {shape}"
+            )
+        if op.options.get("activation") != "NONE":
+            raise self.error(op, op.outputs[0], f"{what}: expected no fused activation, found {op.options.get('activation')}")  # fmt: skip
+        if op.options.get("weights_format", 0) != 0:
+            raise self.error(op, weight, f"{what}: weights in the shuffled layout {op.options['weights_format']}")
+        if not (len(op.inputs) > 2 and op.inputs[2] >= 0):
             raise self.error(op, op.outputs[0], f"{what}: expected a bias")
         self.visited.add(op.index)
 
@@ -601,8 +651,14 @@ def _classifier(walker, stem, blocks, tensor, keep_background: bool, labels):
     walker.conv(last, "last conv", kernel=1, activation="RELU6")
     pool = walker.next(last.outputs[0], ("AVERAGE_POOL_2D",), "global average pooling")
     walker.global_pool(pool, last.outputs[0], "global pool")
-    logits = walker.next(pool.outputs[0], ("CONV_2D",), "the logits (1x1 convolution)")
-    walker.conv(logits, "logits", kernel=1, activation="NONE", bias=True)
+    # TF-slim's ImageNet releases compute the logits with a 1x1 conv, its fine-tuned ones (the
+    # iNaturalist files) with a fully connected layer: on the pooled 1x1 map both are the same
+    # linear layer, this network's classifier.
+    logits = walker.next(pool.outputs[0], ("CONV_2D", "FULLY_CONNECTED"), "the logits (1x1 convolution or fully connected)")  # fmt: skip
+    if logits.op == "CONV_2D":
+        walker.conv(logits, "logits", kernel=1, activation="NONE", bias=True)
+    else:
+        walker.fully_connected(logits, pool.outputs[0], "logits")
     walker.check_all_used()
 
     width, round_nearest = _infer_width(walker, stem, blocks, last)
@@ -622,7 +678,10 @@ def _classifier(walker, stem, blocks, tensor, keep_background: bool, labels):
     _check_strides(walker, blocks, model.backbone)
     _load_backbone(walker, stem, blocks, model.backbone)
     _load_conv_bn(walker, last, model.backbone.features[-1][0], model.backbone.features[-1][1])
-    weight = _weights(walker, logits).flatten(1)
+    if logits.op == "CONV_2D":
+        weight = _weights(walker, logits).flatten(1)
+    else:  # FULLY_CONNECTED: already output x input, as nn.Linear stores it
+        weight = torch.from_numpy(np.ascontiguousarray(_constant(walker, logits, logits.inputs[1])))
     bias = _bias(walker, logits, outputs)
     if drop:
         weight, bias = weight[1:], bias[1:]
@@ -746,6 +805,20 @@ def _deeplab(walker, stem, blocks, tensor, labels):
     return model, info
 
 
+def _refuse_edgetpu(graph: TFLiteGraph) -> None:
+    """Google publishes each Coral model twice: for the CPU and compiled for the Edge TPU, where the
+    network's layers are one opaque custom operator (no weights to read). Which file to take instead
+    is the useful answer, not where the walk would stop."""
+    if any(op.op == _EDGETPU_OPERATOR for op in graph.operators):
+        path = Path(graph.path)
+        cpu = path.with_name(path.name.replace("_edgetpu", "")) if "_edgetpu" in path.name else None
+        instead = f" ({cpu.name})" if cpu is not None else ""
+        raise TFLiteUnsupportedGraph(
+            f"{graph.path}: compiled for the Edge TPU (custom operator {_EDGETPU_OPERATOR.split(':')[1]!r}); "
+            f"use the CPU file of the same name without _edgetpu{instead}"
+        )
+
+
 def tf_model_input(pixels: torch.Tensor) -> torch.Tensor:
     """What TF's float graphs take: RGB pixels 0..255 as ``(x - 128) / 128``. (This project's networks
     take ``pixels / 255`` and apply that normalisation themselves: their ``normalization="tf"``.)"""
@@ -765,8 +838,9 @@ def load_tflite(
     """Read one of Google's MobileNetV2 TFLite files into this project's network, weights loaded.
 
     Args:
-        path: a ``.tflite`` file: a TF-slim MobileNetV2 classifier or DeepLab v3 MobileNetV2 (mobile
-            head), quantised or float.
+        path: a ``.tflite`` file of one of :data:`SUPPORTED_FAMILIES`: a TF-slim MobileNetV2
+            classifier (1x1-conv or fully connected logits) or DeepLab v3 MobileNetV2 (mobile head),
+            quantised or float. Any other graph raises :class:`TFLiteUnsupportedGraph`.
         labels: optional label file, one name per line (up to the first empty line).
         keep_background: classifiers with 1001 outputs: keep TF's background logit at index 0.
             By default it is dropped, so that index i is torchvision's ImageNet class i.
@@ -784,6 +858,7 @@ def load_tflite(
         ``pixel / 255`` input as ``(pixel - 128) / 128``) and ``input_size`` ([H, W] the graph was made for).
     """
     graph = read_tflite(path)
+    _refuse_edgetpu(graph)
     walker = _Walker(graph)
     stem, blocks, tensor = walker.backbone()
     following = [op for op in walker.consumers(tensor) if op.op != "ADD"]
