@@ -22,7 +22,7 @@ from vision_mnv2.files import atomic_write_text
 from vision_mnv2.pipelines import EXPORT_FORMATS
 from vision_mnv2.visualize import save_picture
 
-from .checkpoints import open_pipeline
+from .checkpoint_config import open_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def calibration_images(cfg: DictConfig, pipeline: Any, overrides: list[str] | No
         return
     from hydra.utils import instantiate  # noqa: PLC0415
 
-    from .checkpoints import evaluation_data  # noqa: PLC0415
+    from .checkpoint_config import evaluation_data  # noqa: PLC0415
 
     missing = "give int8 calibration images: export.calibration=IMAGES (a folder of photos like those it will see)"
     datamodule = instantiate(evaluation_data(cfg, pipeline.meta, overrides, missing=missing))

@@ -17,7 +17,7 @@ from vision_mnv2.pipelines import OnnxRunner
 from vision_mnv2.quantize import quantize_static_onnx
 from vision_mnv2.reports import command_line, publish, report_header
 
-from .checkpoints import evaluation_data, open_pipeline
+from .checkpoint_config import evaluation_data, open_pipeline
 
 __all__ = ["run_quantize"]
 

@@ -19,8 +19,8 @@ from omegaconf import DictConfig, open_dict
 from vision_mnv2.checkpoint import read_checkpoint
 from vision_mnv2.files import atomic_write_text
 
-from .checkpoint_io import AtomicCheckpointIO
-from .checkpoints import checkpoint_model, evaluation_data, inherit_from_init, run_info, task_of_config
+from .atomic_checkpoint_io import AtomicCheckpointIO
+from .checkpoint_config import checkpoint_model, evaluation_data, inherit_from_init, run_info, task_of_config
 from .quiet import quiet_lightning
 from .resume import RunStart, is_lead_process, record_settings, start_point
 
@@ -181,7 +181,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, f
     """Validate the checkpoint ``cfg.ckpt_path`` on a validation split; print and write the metrics.
 
     The checkpoint gives the task, the network and, when it was trained here, the data; explicit
-    ``overrides`` (Hydra's, by default) are checked against it (:mod:`tasks.checkpoints`)."""
+    ``overrides`` (Hydra's, by default) are checked against it (:mod:`tasks.checkpoint_config`)."""
     if not cfg.get("ckpt_path"):
         raise ValueError("evaluation needs ckpt_path=PATH (a checkpoint written by tools/train.py)")
     ckpt = Path(cfg.ckpt_path).expanduser()

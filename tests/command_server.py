@@ -46,7 +46,7 @@ WARM_IMPORTS = (
     "tasks.quantize",
     "tools.benchmarks.against_torchvision",
     "vision_mnv2.pipelines",
-    "vision_mnv2.convert.checkpoint",
+    "vision_mnv2.convert.tflite_checkpoint",
 )
 
 

@@ -31,7 +31,7 @@ def _photo(name: str) -> np.ndarray:
 @needs_google
 def test_converted_classifier_is_a_complete_checkpoint(tmp_path):
     pytest.importorskip("tflite")
-    from vision_mnv2.convert.checkpoint import convert_tflite
+    from vision_mnv2.convert.tflite_checkpoint import convert_tflite
 
     path, _ = convert_tflite(CLASSIFIER, tmp_path / "mnv2.ckpt", labels=GOOGLE / "imagenet_labels.txt", calibrate=False)
     _, meta = read_checkpoint(path)
@@ -51,7 +51,7 @@ def test_converted_classifier_is_a_complete_checkpoint(tmp_path):
 def test_converted_deeplab_predicts_the_interpreters_labels_through_its_checkpoint(tmp_path):
     pytest.importorskip("tflite")
     interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
-    from vision_mnv2.convert.checkpoint import convert_tflite
+    from vision_mnv2.convert.tflite_checkpoint import convert_tflite
 
     labels = GOOGLE / "pascal_voc_segmentation_labels.txt"
     path, meta = convert_tflite(DEEPLAB, tmp_path / "deeplab.ckpt", labels=labels, calibrate=False)
@@ -104,6 +104,6 @@ def test_init_from_a_checkpoint_takes_its_input_conventions(tmp_path, caplog):
     # Chosen explicitly, a setting stays as given.
     caplog.clear()
     explicit = compose_config("train", overrides + ["model.normalization=imagenet"], tmp_path / "run2")
-    from tasks.checkpoints import inherit_from_init
+    from tasks.checkpoint_config import inherit_from_init
 
     assert inherit_from_init(explicit) == {"tf_padding": True}

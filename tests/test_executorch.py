@@ -18,7 +18,7 @@ import vision_mnv2
 from tasks.cli import with_task_from_checkpoint
 from tasks.inference import export
 from vision_mnv2.checkpoint import save_model
-from vision_mnv2.mobile import sidecar_path, write_executorch
+from vision_mnv2.executorch_export import sidecar_path, write_executorch
 from vision_mnv2.models import mobilenet_v2
 from vision_mnv2.pipelines import ExecuTorchRunner, describe
 

@@ -92,7 +92,7 @@ def test_builders_and_configs_take_expansion_groups(tmp_path):
 
 
 def test_folded_batch_norm_gives_the_same_outputs_on_both_paths():
-    from vision_mnv2.export import fold_batch_norm  # noqa: PLC0415
+    from vision_mnv2.onnx_export import fold_batch_norm  # noqa: PLC0415
 
     torch.manual_seed(0)
     model = realistic_batch_norm(deeplabv3_mobilenet_v2(num_classes=4, width_mult=0.5))

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from tasks import cli
-from tasks.checkpoint_io import AtomicCheckpointIO
+from tasks.atomic_checkpoint_io import AtomicCheckpointIO
 from tasks.segmentation import check_training_batch_size
 from vision_mnv2 import files
 from vision_mnv2.checkpoint import save_model
@@ -170,7 +170,7 @@ def program(tiny):
     network (a 1x1 convolution on 8 x 8 images)."""
     pytest.importorskip("executorch", reason="ExecuTorch programs need the optional extra: pip install '.[mobile]'")
     import vision_mnv2
-    from vision_mnv2.mobile import write_executorch
+    from vision_mnv2.executorch_export import write_executorch
 
     pte = vision_mnv2.load(tiny["checkpoint"]).export_executorch(tiny["folder"] / "tiny.pte")
     other = write_executorch(torch.nn.Conv2d(3, 2, 1), tiny["folder"] / "conv.pte", torch.rand(1, 3, 8, 8), {})
@@ -196,7 +196,7 @@ def test_the_runtimes_other_lines_are_passed_on(capfd):
 
 
 def test_a_description_of_another_program_is_refused(program, tiny):
-    from vision_mnv2.mobile import sidecar_path
+    from vision_mnv2.executorch_export import sidecar_path
 
     swapped = tiny["folder"] / "swapped.pte"
     shutil.copy(program["other"], swapped)
@@ -211,7 +211,7 @@ def test_a_description_of_another_program_is_refused(program, tiny):
 def test_an_older_description_is_taken_and_a_failing_input_is_named(program, tiny):
     """A description written before programs were identified is not checked; the runtime's failure on
     the image (this program takes 8 x 8) then names the file, the shape and the runtime's reason."""
-    from vision_mnv2.mobile import sidecar_path
+    from vision_mnv2.executorch_export import sidecar_path
 
     older = tiny["folder"] / "older.pte"
     shutil.copy(program["other"], older)

@@ -104,7 +104,7 @@ def test_image_size_sets_the_working_size_and_says_so(segmenter, caplog):
 def test_googles_deeplab_segments_a_small_photo_as_it_segments_the_large_one(tmp_path):
     """The converted DeepLab on the bird photo shrunk to 128 px: resized to its 513 working size first
     (DeepLab's demo), it finds the bird as on the full photo; pasted small into the 513 canvas, it did not."""
-    from vision_mnv2.convert.checkpoint import convert_tflite
+    from vision_mnv2.convert.tflite_checkpoint import convert_tflite
 
     path, _ = convert_tflite(
         GOOGLE_DEEPLAB, tmp_path / "deeplab.ckpt", labels=GOOGLE_MODELS / "pascal_voc_segmentation_labels.txt"

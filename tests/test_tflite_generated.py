@@ -72,7 +72,7 @@ def converted(tmp_path_factory) -> dict[str, dict]:
     """The four files, each converted by ``tools/convert.py`` in a subprocess (the README's
     commands: ImageNet-style labels for the classifiers, VOC labels and ``--calibration photos/``
     for DeepLab) and by :func:`convert_tflite` with the same arguments."""
-    from vision_mnv2.convert.checkpoint import convert_tflite  # noqa: PLC0415
+    from vision_mnv2.convert.tflite_checkpoint import convert_tflite  # noqa: PLC0415
 
     folder = tmp_path_factory.mktemp("generated_tflite")
     imagenet_labels = write_imagenet_labels(folder / "imagenet_labels.txt")

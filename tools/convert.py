@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from vision_mnv2.convert.checkpoint import convert_tflite  # noqa: PLC0415  (torch loads after argparse's --help)
+    from vision_mnv2.convert.tflite_checkpoint import convert_tflite  # noqa: PLC0415  (torch loads after argparse's --help)
 
     try:
         path, meta = convert_tflite(

@@ -3,7 +3,7 @@ process and run, so that ratios are meaningful on a shared or noisy machine.
 
 Every network is measured as a function of a float image batch in [0, 1]: in eager PyTorch (eval,
 no grad) and exported to ONNX and run in onnxruntime. Detection is timed without NMS in both (the
-exported graph has none; :mod:`vision_mnv2.export`) so the two columns time the same work.
+exported graph has none; :mod:`vision_mnv2.onnx_export`) so the two columns time the same work.
 """
 
 from __future__ import annotations

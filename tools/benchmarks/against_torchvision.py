@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from tasks.checkpoints import checkpoint_model, evaluation_data, open_pipeline, task_of_config
+from tasks.checkpoint_config import checkpoint_model, evaluation_data, open_pipeline, task_of_config
 from vision_mnv2.benchmark import Measurement, measure
 from vision_mnv2.complexity import count_parameters
 from vision_mnv2.pipelines import PIPELINES, Pipeline, describe

@@ -33,7 +33,7 @@ __all__ = ["split_expansion_forward", "set_expansion_groups", "memory_efficient_
 
 def _bn_slice(x: Tensor, bn: nn.Module, start: int, end: int) -> Tensor:
     if not isinstance(bn, nn.BatchNorm2d):
-        return x  # folded into the convolution (vision_mnv2.export.fold_batch_norm)
+        return x  # folded into the convolution (vision_mnv2.onnx_export.fold_batch_norm)
     return F.batch_norm(
         x, bn.running_mean[start:end], bn.running_var[start:end],
         bn.weight[start:end] if bn.weight is not None else None,

@@ -138,7 +138,7 @@ def load(
         return PIPELINES[meta.task](meta, runner=runner, **{**export, **options})
 
     from ..checkpoint import read_checkpoint  # noqa: PLC0415
-    from ..export import fold_batch_norm  # noqa: PLC0415
+    from ..onnx_export import fold_batch_norm  # noqa: PLC0415
 
     _, stored = read_checkpoint(path, task)
     found = contradictions(stored, changes)

@@ -301,7 +301,7 @@ class Pipeline:
     def export_onnx(self, path: str | os.PathLike, opset: int = 17, **options: Any) -> Path:
         """Write the network as ONNX with dynamic batch (and the sizes :meth:`dynamic_axes` gives)
         and the model's description in ``metadata_props``. Returns the path."""
-        from ..export import write_onnx  # noqa: PLC0415
+        from ..onnx_export import write_onnx  # noqa: PLC0415
 
         if self.model is None:
             raise ValueError("export needs the PyTorch model; this pipeline runs an exported file")
@@ -316,7 +316,7 @@ class Pipeline:
             opset,
         )
 
-    # -- on-device export (ExecuTorch, vision_mnv2.mobile) ---------------------------------------
+    # -- on-device export (ExecuTorch, vision_mnv2.executorch_export) ---------------------------------------
 
     def fixed_size_options(self, height: int, width: int) -> dict[str, Any]:
         """Export options of a program that takes ``height`` x ``width`` images only (another
@@ -357,7 +357,7 @@ class Pipeline:
         """Write the network as an ExecuTorch program lowered to XNNPACK (batch 1), in float32 or
         (``quantize="int8"``) int8 calibrated on ``calibration`` (input batches, as
         :meth:`calibration_batches` gives), with the model's description in ``<path>.json``."""
-        from ..mobile import write_executorch  # noqa: PLC0415
+        from ..executorch_export import write_executorch  # noqa: PLC0415
 
         if self.model is None:
             raise ValueError("export needs the PyTorch model; this pipeline runs an exported file")

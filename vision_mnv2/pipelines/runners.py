@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import ModelMeta, read_checkpoint
-from ..mobile import ExecuTorchError, read_executorch_meta, require_executorch, sidecar_path
+from ..executorch_export import ExecuTorchError, read_executorch_meta, require_executorch, sidecar_path
 
 __all__ = [
     "EXPORT_FORMATS",

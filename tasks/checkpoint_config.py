@@ -213,7 +213,7 @@ def open_pipeline(cfg: DictConfig, overrides: Sequence[str] | None = None, **pip
     if meta.builder is None:
         model = _legacy_model(cfg, path)
         if cfg.get("fold_bn", True):
-            from vision_mnv2.export import fold_batch_norm  # noqa: PLC0415
+            from vision_mnv2.onnx_export import fold_batch_norm  # noqa: PLC0415
 
             fold_batch_norm(model)
         legacy = describe(
