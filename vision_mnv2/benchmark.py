@@ -20,7 +20,7 @@ from torch import nn
 
 from .complexity import count_macs
 
-__all__ = ["Measurement", "measure", "time_call", "peak_rss_delta_mb"]
+__all__ = ["Measurement", "cpu_peak_tensor_mb", "cuda_peak_mb", "measure", "peak_rss_delta_mb", "time_call"]
 
 
 @dataclass
@@ -142,7 +142,7 @@ def measure(
     )
 
 
-def _cuda_peak_mb(function: nn.Module, images: torch.Tensor) -> float:
+def cuda_peak_mb(function: nn.Module, images: torch.Tensor) -> float:
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -179,56 +179,3 @@ def cpu_peak_tensor_mb(function: nn.Module, images: torch.Tensor) -> float:
         os.unlink(path)
     totals = [sum(step) for step in sizes]
     return (max(totals) - totals[0]) / 2**20 if totals else 0.0
-
-
-@torch.no_grad()
-def compare_memory_efficient(
-    model: nn.Module,
-    image_size: int,
-    groups,
-    device: str = "cpu",
-    iters: int = 10,
-    repeats: int = 3,
-    label: str | None = None,
-) -> dict[str, dict[str, float]]:
-    """``groups``: as :func:`set_expansion_groups` takes it. Batch-1 peak memory added by a forward
-    (CPU: live tensors by the profiler, and the resident set in a fresh process; CUDA: the
-    allocator's peak) and median latency, standard path against ``groups``-way split expansion,
-    alternating the two to share machine noise. Also checks that both give the same output."""
-    from .models.memory_efficient import set_expansion_groups  # noqa: PLC0415
-
-    model = model.eval().to(device)
-    images = torch.rand(1, 3, image_size, image_size, device=device)
-    set_expansion_groups(model, 1)
-    reference = model(images)
-    result: dict[str, dict[str, float]] = {}
-    paths = (("standard", 1), (label or f"memory-efficient k={groups}", groups))
-    for name, k in paths:
-        set_expansion_groups(model, k)
-        output = model(images)
-        error = float((output - reference).abs().max())
-        if device == "cuda":
-            peak = _cuda_peak_mb(model, images)
-        else:
-            peak = cpu_peak_tensor_mb(model, images)
-        output_mb = output.numel() * output.element_size() / 2**20
-        rss = peak_rss_delta_mb(model.cpu(), image_size, torch.get_num_threads()) if device == "cpu" else None
-        result[name] = {
-            "peak_mb": peak,
-            "rss_mb": rss,
-            "output_mb": output_mb,
-            "max_abs_diff": error,
-            "latency_ms": float("inf"),
-        }
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    for _ in range(repeats):
-        for name, k in paths:
-            set_expansion_groups(model, k)
-
-            def call():
-                model(images)
-                sync()
-
-            result[name]["latency_ms"] = min(result[name]["latency_ms"], time_call(call, 2, iters) * 1000)
-    set_expansion_groups(model, 1)
-    return result

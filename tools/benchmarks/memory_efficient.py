@@ -9,11 +9,63 @@ difference. Writes the tables into docs/BENCHMARKS.md with this command."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from tasks.cli import run_tool
-from vision_mnv2.benchmark import compare_memory_efficient
+from vision_mnv2.benchmark import cpu_peak_tensor_mb, cuda_peak_mb, peak_rss_delta_mb, time_call
 from vision_mnv2.models import deeplabv3_mobilenet_v2, largest_activations, mobilenet_v2, set_expansion_groups
 from vision_mnv2.reports import argument_parser, command_line, publish, report_header
+
+
+@torch.no_grad()
+def compare_memory_efficient(
+    model: nn.Module,
+    image_size: int,
+    groups,
+    device: str = "cpu",
+    iters: int = 10,
+    repeats: int = 3,
+    label: str | None = None,
+) -> dict[str, dict[str, float]]:
+    """``groups``: as :func:`set_expansion_groups` takes it. Batch-1 peak memory added by a forward
+    (CPU: live tensors by the profiler, and the resident set in a fresh process; CUDA: the
+    allocator's peak) and median latency, standard path against ``groups``-way split expansion,
+    alternating the two to share machine noise. Also checks that both give the same output."""
+    model = model.eval().to(device)
+    images = torch.rand(1, 3, image_size, image_size, device=device)
+    set_expansion_groups(model, 1)
+    reference = model(images)
+    result: dict[str, dict[str, float]] = {}
+    paths = (("standard", 1), (label or f"memory-efficient k={groups}", groups))
+    for name, k in paths:
+        set_expansion_groups(model, k)
+        output = model(images)
+        error = float((output - reference).abs().max())
+        if device == "cuda":
+            peak = cuda_peak_mb(model, images)
+        else:
+            peak = cpu_peak_tensor_mb(model, images)
+        output_mb = output.numel() * output.element_size() / 2**20
+        rss = peak_rss_delta_mb(model.cpu(), image_size, torch.get_num_threads()) if device == "cpu" else None
+        result[name] = {
+            "peak_mb": peak,
+            "rss_mb": rss,
+            "output_mb": output_mb,
+            "max_abs_diff": error,
+            "latency_ms": float("inf"),
+        }
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(repeats):
+        for name, k in paths:
+            set_expansion_groups(model, k)
+
+            def call():
+                model(images)
+                sync()
+
+            result[name]["latency_ms"] = min(result[name]["latency_ms"], time_call(call, 2, iters) * 1000)
+    set_expansion_groups(model, 1)
+    return result
 
 
 def main(argv=None) -> int:
