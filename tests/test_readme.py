@@ -165,31 +165,10 @@ def _check_what_it_promises(world: UserWorld, command: Command, outcome) -> None
         pytest.fail(f"{command.source}:{command.line}: no check for {tool}; say here what it promises")
 
 
-def _same_outputs_as_the_checkpoint(world: UserWorld, outcome, program: Path) -> None:
-    """A float32 program computes what the checkpoint's network computes, on a photo the pipeline
-    prepares (raw outputs: the detection program has no NMS; ExecuTorch's XNNPACK kernels differ from
-    PyTorch's in float rounding only)."""
-    import vision_mnv2
-    from vision_mnv2.data import read_rgb
-
-    checkpoint = world.cwd / next(w.split("=", 1)[1] for w in outcome.command if w.startswith("ckpt_path="))
-    exported, original = vision_mnv2.load(program), vision_mnv2.load(checkpoint)
-    network = original.export_module(**exported.export_options)
-    for photo in sorted((world.cwd / "photos").glob("*.jpg")):  # of several sizes: any size is taken
-        tensor, _ = exported.preprocess(read_rgb(photo))
-        theirs = exported.run(tensor[None])
-        with torch.no_grad():
-            ours = network(tensor[None])
-        ours = ours if isinstance(ours, tuple) else (ours,)
-        assert len(theirs) == len(ours)
-        for a, b in zip(theirs, ours):
-            if b.is_floating_point():
-                torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
-
-
-def _int8_near_the_checkpoint(world: UserWorld, outcome, program: Path) -> None:
-    """An int8 program computes what the checkpoint's float network computes, to int8's precision,
-    and decides as it does wherever the float network's decision is clear of that error."""
+def _program_and_checkpoint_outputs(world: UserWorld, outcome, program: Path):
+    """For each of the world's photos (of several sizes: a program takes any size), prepared by the
+    program's pipeline: the photo, the program's raw outputs and those of the checkpoint it was
+    exported from (the detection program has no NMS)."""
     import vision_mnv2
     from vision_mnv2.data import read_rgb
 
@@ -198,10 +177,27 @@ def _int8_near_the_checkpoint(world: UserWorld, outcome, program: Path) -> None:
     network = original.export_module(**exported.export_options)
     for photo in sorted((world.cwd / "photos").glob("*.jpg")):
         tensor, _ = exported.preprocess(read_rgb(photo))
-        int8_outputs = exported.run(tensor[None])
+        theirs = exported.run(tensor[None])
         with torch.no_grad():
-            float_outputs = network(tensor[None])
-        float_outputs = float_outputs if isinstance(float_outputs, tuple) else (float_outputs,)
+            ours = network(tensor[None])
+        ours = ours if isinstance(ours, tuple) else (ours,)
+        assert len(theirs) == len(ours), program.name
+        yield photo, theirs, ours
+
+
+def _same_outputs_as_the_checkpoint(world: UserWorld, outcome, program: Path) -> None:
+    """A float32 program computes what the checkpoint's network computes (ExecuTorch's XNNPACK
+    kernels differ from PyTorch's in float rounding only)."""
+    for _, theirs, ours in _program_and_checkpoint_outputs(world, outcome, program):
+        for a, b in zip(theirs, ours):
+            if b.is_floating_point():
+                torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+
+
+def _int8_near_the_checkpoint(world: UserWorld, outcome, program: Path) -> None:
+    """An int8 program computes what the checkpoint's float network computes, to int8's precision,
+    and decides as it does wherever the float network's decision is clear of that error."""
+    for photo, int8_outputs, float_outputs in _program_and_checkpoint_outputs(world, outcome, program):
         for theirs, ours in zip(int8_outputs, float_outputs):
             if not ours.is_floating_point():
                 continue
