@@ -191,9 +191,17 @@ def _preprocessing_hints(cfg: DictConfig) -> dict[str, Any]:
     data = cfg.get("data") or {}
     return {
         "image_size": data.get("image_size"),
+        "mode": data.get("eval_preprocessing"),
         "crop_fraction": data.get("crop_fraction", 0.875),
         "pad_to": data.get("eval_pad_size"),
     }
+
+
+def _preprocessing_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The command's ``preprocessing.*`` settings (predict, export): how photos are fitted to the
+    network, in place of what the checkpoint records."""
+    settings = cfg.get("preprocessing") or {}
+    return dict(OmegaConf.to_container(settings, resolve=True)) if OmegaConf.is_config(settings) else dict(settings)
 
 
 def open_pipeline(cfg: DictConfig, overrides: Sequence[str] | None = None, **pipeline_options: Any) -> Pipeline:
@@ -205,8 +213,11 @@ def open_pipeline(cfg: DictConfig, overrides: Sequence[str] | None = None, **pip
         raise ValueError("needs ckpt_path=PATH (a checkpoint written by tools/train.py or tools/convert.py)")
     path = Path(cfg.ckpt_path).expanduser()
     expected = _expected_task(cfg, overrides)
+    preprocessing = _preprocessing_settings(cfg)
     if export_format(path) is not None:
-        return load(path, expected, threads=cfg.get("threads"), pipeline_options=pipeline_options)
+        return load(
+            path, expected, threads=cfg.get("threads"), pipeline_options=pipeline_options, preprocessing=preprocessing
+        )
     _, meta = read_checkpoint(path, expected)
     if "module" in cfg and meta.task in PIPELINES:
         pipeline_options = {**PIPELINES[meta.task].options_from_training(cfg.module), **pipeline_options}
@@ -231,6 +242,7 @@ def open_pipeline(cfg: DictConfig, overrides: Sequence[str] | None = None, **pip
         image_size=_image_size(cfg, overrides),
         fold_bn=bool(cfg.get("fold_bn", True)),
         pipeline_options=pipeline_options,
+        preprocessing=preprocessing,
         **changes,
     )
     if cfg.get("module") is not None and cfg.module.get("channels_last", False) and pipeline.model is not None:
@@ -278,7 +290,8 @@ def evaluation_data(
         if meta.num_classes is not None and "data.num_classes" not in keys:
             data.num_classes = int(meta.num_classes)
         if meta.task in PIPELINES and "data.image_size" not in keys:
-            data.update(PIPELINES[meta.task].evaluation_data_settings(meta.preprocessing, data))
+            settings = PIPELINES[meta.task].evaluation_data_settings(meta.preprocessing, data)
+            data.update({key: value for key, value in settings.items() if f"data.{key}" not in keys})
     return data
 
 
@@ -308,6 +321,14 @@ def run_info(cfg: DictConfig) -> dict[str, Any]:
 INHERITED = ("normalization", "tf_padding", "round_nearest")
 # ... and, between networks of the same builder, these too (DeepLab's corner-aligned upsampling).
 INHERITED_SAME_BUILDER = ("align_corners",)
+# ... and, between networks on the same backbone (any task), the backbone's width: its weights fit no
+# other (a converted MobileNetV1 0.25 starts a MobileNetV1 0.25 classifier, detector or segmenter).
+INHERITED_SAME_BACKBONE = ("width_mult", "min_depth")
+BACKBONES = ("mobilenet_v1", "mobilenet_v2")
+
+
+def _backbone_of(builder: str) -> str | None:
+    return next((name for name in BACKBONES if builder.endswith(name)), None)
 
 
 def _builder_defaults(name: str) -> dict[str, Any]:
@@ -323,8 +344,8 @@ def _builder_defaults(name: str) -> dict[str, Any]:
 
 def inherit_from_init(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """For ``init_from=<checkpoint of this project>``: set the model's input conventions
-    (:data:`INHERITED`) to the checkpoint's, unless the command sets them explicitly; returns what
-    was set. Torchvision files and names carry no description and need none (ImageNet statistics,
+    (:data:`INHERITED`) and, on the same backbone, its width (:data:`INHERITED_SAME_BACKBONE`) to
+    the checkpoint's, unless the command sets them explicitly; returns what was set. Torchvision files and names carry no description and need none (ImageNet statistics,
     PyTorch padding: the defaults)."""
     source = cfg.get("init_from")
     if not source or "model" not in cfg or export_format(str(source)) is not None:
@@ -342,10 +363,12 @@ def inherit_from_init(cfg: DictConfig, overrides: Sequence[str] | None = None) -
     target = str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1]
     defaults = _builder_defaults(target)
     keys = INHERITED + (INHERITED_SAME_BUILDER if target == meta.builder else ())
+    if _backbone_of(target) is not None and _backbone_of(target) == _backbone_of(meta.builder):
+        keys += INHERITED_SAME_BACKBONE
     taken = {}
     with open_dict(cfg):
         for key in keys:
-            if key not in meta.builder_args or f"model.{key}" in explicit:
+            if key not in meta.builder_args or f"model.{key}" in explicit or f"backbone.{key}" in explicit:
                 continue
             value = meta.builder_args[key]
             current = cfg.model.get(key, defaults.get(key))  # what the model would be built with
@@ -353,10 +376,12 @@ def inherit_from_init(cfg: DictConfig, overrides: Sequence[str] | None = None) -
             if not contradictions(ModelMeta(builder_args={key: value}), {key: current}):
                 continue
             cfg.model[key] = value
+            if key in INHERITED_SAME_BACKBONE and key in (cfg.get("backbone") or {}):
+                cfg.backbone[key] = value  # what the run's configuration shows, and heads read
             taken[key] = value
     if taken:
         log.info(
-            "init_from %s: its weights expect %s, so the new model takes them (set model.<key> to choose otherwise)",
+            "init_from %s: its weights expect %s, so the new model takes them (set model.<key> or backbone.<key> to choose otherwise)",
             path,
             ", ".join(f"{k}={v if not isinstance(v, dict) else v.get('name') or v}" for k, v in taken.items()),
         )

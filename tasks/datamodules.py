@@ -287,6 +287,8 @@ class ClassificationDataModule(_DataModuleBase):
         image_size: network input resolution; the eval resize scales with it.
         train_crop_scale: area range of the random resized crop.
         crop_fraction: eval centre-crop fraction (0.875 = 224 of 256).
+        eval_preprocessing: ``crop`` (resize and centre crop by ``crop_fraction``) or ``resize``
+            (the whole image to ``image_size``, as Google's label_image feeds its models).
         num_classes: expected number of classes; checked against the class folders.
         options: loader and checking options shared by every datamodule (:class:`_DataModuleBase`).
     """
@@ -302,6 +304,7 @@ class ClassificationDataModule(_DataModuleBase):
         train_crop_scale: tuple[float, float] = (0.08, 1.0),
         hflip: float = 0.5,
         crop_fraction: float = 0.875,
+        eval_preprocessing: str = "crop",
         **options,
     ) -> None:
         super().__init__(root, num_classes, image_size, batch_size, **options)
@@ -310,6 +313,7 @@ class ClassificationDataModule(_DataModuleBase):
         self.train_crop_scale = tuple(train_crop_scale)
         self.hflip = hflip
         self.crop_fraction = crop_fraction
+        self.eval_preprocessing = eval_preprocessing
 
     @property
     def class_names(self) -> list[str]:
@@ -320,7 +324,11 @@ class ClassificationDataModule(_DataModuleBase):
         self.setup("validate")
         return {
             "class_names": list(self.val_set.classes),
-            "hints": {"image_size": self.image_size, "crop_fraction": self.crop_fraction},
+            "hints": {
+                "image_size": self.image_size,
+                "crop_fraction": self.crop_fraction,
+                "mode": self.eval_preprocessing,
+            },
         }
 
     def setup(self, stage: str | None = None) -> None:
@@ -343,7 +351,7 @@ class ClassificationDataModule(_DataModuleBase):
             self.val_set = ImageFolderClassification(
                 self.root,
                 self.val_split,
-                classification_eval_transform(self.image_size, self.crop_fraction),
+                classification_eval_transform(self.image_size, self.crop_fraction, self.eval_preprocessing),
                 classes=expected,
                 skip_bad=self.skip_bad,
                 check_images=self.check_images,

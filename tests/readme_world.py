@@ -57,6 +57,8 @@ TORCHVISION_FILES = {"IMAGENET1K_V1": "mobilenet_v2-b0353104.pth", "IMAGENET1K_V
 # The world's datasets: classes (without background for segmentation) and sizes.
 SEGMENTATION_SIZE = (96, 128)
 DETECTION_SIZE = (96, 128)
+# Classes of Google's iNaturalist birds classifier (its background the last).
+INAT_BIRDS = 965
 
 
 @dataclass
@@ -401,12 +403,21 @@ class UserWorld:
                 continue
             # Google's graphs at a small width and input size: the converter reads any (the files'
             # names do not decide what they hold), and these convert and run in seconds.
+            # The family is that of Google's file of this name (docs/google-models.md).
             if word.endswith(".tflite") and "deeplab" in word:
                 tflite_models.deeplab_v3_mobilenet_v2(target, width=0.5, size=129, quantized=True)
+            elif word.endswith(".tflite") and "mobilenet_v1" in word:
+                tflite_models.tf_slim_mobilenet_v1_classifier(target, width=0.25, size=96)
+            elif word.endswith(".tflite") and "tf2" in word:  # 1001 outputs, as Google's Keras file
+                tflite_models.keras_mobilenet_v2_classifier(target, width=0.35, size=96, num_classes=1001)
+            elif word.endswith(".tflite") and "inat" in word:
+                tflite_models.tf_slim_mobilenet_v2_classifier(target, width=0.35, size=96, num_classes=INAT_BIRDS, logits="fully_connected")  # fmt: skip
             elif word.endswith(".tflite"):
                 tflite_models.tf_slim_mobilenet_v2_classifier(target, width=0.35, size=96, quantized=True)
             elif word == "imagenet_labels.txt":
                 tflite_models.write_imagenet_labels(target)
+            elif word == "inat_bird_labels.txt":  # the background the last, as Google's
+                target.write_text("\n".join([f"species {i}" for i in range(INAT_BIRDS - 1)] + ["background"]) + "\n")
             elif word == "pascal_voc_segmentation_labels.txt":
                 tflite_models.write_voc_labels(target)
 
@@ -452,7 +463,7 @@ class UserWorld:
                 word = self._produced(word, command, earlier)
             elif key in ("init_from",) and value in TORCHVISION_FILES:
                 pass  # read from torch hub's cache in the world's home
-            elif key == "ckpt_path" and value and not (self.cwd / value).exists():
+            elif key in ("ckpt_path", "init_from") and value and not (self.cwd / value).exists():
                 self._make_file(value, earlier)  # a file an earlier command writes (--output mnv2.ckpt)
             out.append(word)
         if command.tool.endswith(".tflite") or command.words[:2] == ["python", "tools/convert.py"]:

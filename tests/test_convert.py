@@ -107,3 +107,29 @@ def test_init_from_a_checkpoint_takes_its_input_conventions(tmp_path, caplog):
     from tasks.checkpoint_config import inherit_from_init
 
     assert inherit_from_init(explicit) == {"tf_padding": True}
+
+
+def test_a_mobilenet_v1_checkpoint_starts_a_v1_model_of_its_width(tiny_cls_root, tmp_path, caplog):
+    """A converted TF-slim MobileNetV1 (here width 0.25, TF's conventions) fine-tunes through
+    init_from as a V2 one does: ``backbone=mobilenet_v1`` takes its width and conventions from the
+    checkpoint (the width unless given: no other width fits its weights), and its backbone's weights."""
+    from tasks.checkpoint_config import inherit_from_init
+    from vision_mnv2.models import mobilenet_v1
+
+    torch.manual_seed(0)
+    source = mobilenet_v1(num_classes=7, width_mult=0.25, normalization="tf", tf_padding=True)
+    ckpt = save_model(tmp_path / "v1.ckpt", source, describe("classification", source, {"image_size": 64}))
+    overrides = [o for o in tiny_task_overrides("classification", tiny_cls_root, 4, 64, quiet_callbacks=True) if not o.startswith("backbone.width_mult")]  # fmt: skip
+    overrides += ["backbone=mobilenet_v1", f"init_from={ckpt}", "trainer.max_epochs=1", "optimizer.lr=0"]
+    with caplog.at_level(logging.INFO):
+        result = train(compose_config("train", overrides, tmp_path / "run"))
+    assert "its weights expect normalization=tf, tf_padding=True, width_mult=0.25" in caplog.text
+    model, meta = vision_mnv2.checkpoint.load_model(result["last_checkpoint"])
+    assert meta.builder == "mobilenet_v1" and meta.builder_args["width_mult"] == 0.25 and meta.num_classes == 4
+    # lr 0: the backbone is the checkpoint's (batch-norm statistics aside, which training measures).
+    trained = {k: v for k, v in model.backbone.state_dict().items() if "running" not in k and "num_batches" not in k}
+    for key, value in trained.items():
+        torch.testing.assert_close(value, source.backbone.state_dict()[key], msg=key)
+    # A width given on the command line is the user's: kept, and the weights then do not fit.
+    explicit = compose_config("train", overrides + ["backbone.width_mult=0.5"], tmp_path / "run2")
+    assert "width_mult" not in inherit_from_init(explicit) and explicit.model.width_mult == 0.5

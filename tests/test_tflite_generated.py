@@ -31,9 +31,11 @@ from .tflite_models import (  # noqa: E402
     VOC_LABELS,
     deeplab_v3_mobilenet_v2,
     edgetpu_compiled,
+    keras_mobilenet_v2_classifier,
     mobilenet_v1_start,
     probe_images,
     sample_images,
+    tf_slim_mobilenet_v1_classifier,
     tf_slim_mobilenet_v2_classifier,
     write_imagenet_labels,
     write_voc_labels,
@@ -113,15 +115,19 @@ def converted(tmp_path_factory) -> dict[str, dict]:
     return files
 
 
-def _interpreter_tensors(path: Path, image: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _interpreter_tensors(
+    path: Path, image: np.ndarray, names: tuple[str, ...], float_input: tuple[float, int] = (1 / 128, 128)
+) -> dict[str, np.ndarray]:
     """Tensors of one run of the interpreter by name (dequantised where quantised); ``image`` is
-    uint8 H x W x 3, given to float graphs as TF's ``(pixel - 128) / 128``."""
+    uint8 H x W x 3, given to float graphs as ``scale * (pixel - zero_point)`` of ``float_input``
+    (TF's ``(pixel - 128) / 128`` unless said)."""
     with warnings.catch_warnings():  # keeping every tensor is "for debugging": what this is
         warnings.simplefilter("ignore", UserWarning)
         runner = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
     runner.allocate_tensors()
     (entry,) = runner.get_input_details()
-    value = image[None] if entry["dtype"] == np.uint8 else (image[None].astype(np.float32) - 128.0) / 128.0
+    scale, zero_point = float_input
+    value = image[None] if entry["dtype"] == np.uint8 else (image[None].astype(np.float32) - zero_point) * scale
     runner.set_tensor(entry["index"], value.astype(entry["dtype"]))
     runner.invoke()
     found = {}
@@ -160,7 +166,10 @@ def test_the_readme_command_converts_the_file_as_the_api_does(converted, key):
         torch.testing.assert_close(value, api_state[name], rtol=1e-5, atol=1e-6, msg=name)
     assert cli_meta.training["converted_from"] == file["path"].name and cli_meta.normalization["name"] == "tf"
     if key.startswith("classifier"):
-        assert "(mobilenet_v2, width 0.35, 1000 classes, input 96x96, normalization tf)" in file["stdout"]
+        assert (
+            "(mobilenet_v2, width 0.35, 1000 classes, input 96x96, normalization tf, photos fed by crop 0.875)"
+            in file["stdout"]
+        )
         expected = {
             "width_mult": 0.35,
             "num_classes": 1000,
@@ -265,18 +274,28 @@ def test_quantised_deeplab_agrees_with_the_interpreter(converted, tmp_path):
 INAT_CLASSES = 965
 FC_LOGITS = "Logits/MatMul;Logits/BiasAdd"
 FAMILIES = (
-    "Supported: TF-slim MobileNetV2 classifier (any width and input size; logits a 1x1 convolution or fully "
-    "connected); DeepLab v3 MobileNetV2 with the mobile head (output stride 8 or 16)"
+    "Supported: MobileNetV2 classifier, TF-slim or TF2/Keras (any width and input size; average pool or MEAN; "
+    "logits a 1x1 convolution or fully connected); TF-slim MobileNetV1 classifier (any width and input size); "
+    "DeepLab v3 MobileNetV2 with the mobile head (output stride 8 or 16)"
 )
+# Keras' Dense layer and TF-slim's MobileNetV1 logits, as the generators name them.
+KERAS_LOGITS = "predictions/MatMul;predictions/BiasAdd"
+V1_LOGITS = "MobilenetV1/Logits/Conv2d_1c_1x1/BiasAdd;MobilenetV1/Logits/Conv2d_1c_1x1/Conv2D;MobilenetV1/Logits/Conv2d_1c_1x1/biases1"
 
 
 @pytest.fixture(scope="module")
 def other_graphs(tmp_path_factory) -> dict[str, dict]:
-    """A fully connected classifier, an Edge TPU compiled file and a MobileNetV1-shaped graph, each
-    given to ``tools/convert.py`` as a user would (in subprocesses run together)."""
+    """A fully connected classifier, a Keras MobileNetV2 (PAD + VALID convolutions, MEAN, Dense;
+    input (pixel - 127) / 127.5), a TF-slim MobileNetV1, an Edge TPU compiled file and a graph that
+    stops after MobileNetV1's first layer, each given to ``tools/convert.py`` as a user would (in
+    subprocesses run together)."""
     folder = tmp_path_factory.mktemp("other_graphs")
-    labels = folder / "inat_bird_labels.txt"
-    labels.write_text("\n".join([f"species {i}" for i in range(INAT_CLASSES - 1)] + ["background"]) + "\n")
+    inat_labels = folder / "inat_bird_labels.txt"
+    inat_labels.write_text("\n".join([f"species {i}" for i in range(INAT_CLASSES - 1)] + ["background"]) + "\n")
+    keras_labels = folder / "keras_labels.txt"  # Keras' 1000 classes, no background
+    keras_labels.write_text("\n".join(f"class {i}" for i in range(1000)) + "\n")
+    imagenet_labels = write_imagenet_labels(folder / "imagenet_labels.txt")
+    labels = {"fully_connected": inat_labels, "keras": keras_labels}
     files = {
         "fully_connected": tf_slim_mobilenet_v2_classifier(
             folder / "mobilenet_v2_0.35_96_inat_bird_quant.tflite",
@@ -284,13 +303,17 @@ def other_graphs(tmp_path_factory) -> dict[str, dict]:
             num_classes=INAT_CLASSES,
             logits="fully_connected",
         ),  # fmt: skip
+        "keras": keras_mobilenet_v2_classifier(folder / "keras_mobilenet_v2_0.35_96_ptq.tflite", **CLASSIFIER),
+        "mobilenet_v1": tf_slim_mobilenet_v1_classifier(
+            folder / "mobilenet_v1_0.25_96_quant.tflite", width=0.25, size=96
+        ),  # fmt: skip
         "edgetpu": edgetpu_compiled(folder / "mobilenet_v2_0.35_96_quant_edgetpu.tflite", size=96),
-        "mobilenet_v1": mobilenet_v1_start(folder / "mobilenet_v1_0.25_96.tflite"),
+        "mobilenet_v1_start": mobilenet_v1_start(folder / "mobilenet_v1_start.tflite"),
     }
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     processes = {}
     for key, path in files.items():
-        command = [sys.executable, "tools/convert.py", str(path), "--labels", str(labels), "--output", str(folder / f"{key}.ckpt")]  # fmt: skip
+        command = [sys.executable, "tools/convert.py", str(path), "--labels", str(labels.get(key, imagenet_labels)), "--output", str(folder / f"{key}.ckpt")]  # fmt: skip
         processes[key] = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     results = {}
     try:
@@ -308,7 +331,10 @@ def other_graphs(tmp_path_factory) -> dict[str, dict]:
 def test_fully_connected_logits_convert_and_agree_with_the_interpreter(other_graphs, tmp_path):
     file = other_graphs["fully_connected"]
     assert file["returncode"] == 0, file["stderr"]
-    assert f"(mobilenet_v2, width 0.35, {INAT_CLASSES} classes, input 96x96, normalization tf)" in file["stdout"]
+    assert (
+        f"(mobilenet_v2, width 0.35, {INAT_CLASSES} classes, input 96x96, normalization tf, photos fed by crop 0.875)"
+        in file["stdout"]
+    )
     model, meta = load_model(file["checkpoint"])
     # Not TF-slim's 1001: no class dropped, the background keeps its place (the last).
     assert meta.num_classes == INAT_CLASSES and meta.class_names[-1] == "background"
@@ -327,6 +353,39 @@ def test_fully_connected_logits_convert_and_agree_with_the_interpreter(other_gra
 
 
 @pytest.mark.parametrize(
+    "key, builder, normalization, logits",
+    [
+        ("keras", "mobilenet_v2", {"name": None, "mean": [127 / 255] * 3, "std": [0.5] * 3}, KERAS_LOGITS),
+        ("mobilenet_v1", "mobilenet_v1", {"name": "tf", "mean": [128 / 255] * 3, "std": [128 / 255] * 3}, V1_LOGITS),
+    ],
+    ids=["keras_v2", "slim_v1"],
+)
+def test_keras_and_v1_graphs_convert_and_agree_with_the_interpreter(other_graphs, tmp_path, key, builder, normalization, logits):  # fmt: skip
+    """The converter's other families through the CLI: the builder and input scaling read off the
+    graph and recorded, the float copy's logits to 1e-4, the uint8 file's top-1 on every probe image."""
+    file = other_graphs[key]
+    assert file["returncode"] == 0, file["stderr"]
+    model, meta = load_model(file["checkpoint"])
+    assert meta.builder == builder and meta.num_classes == 1000 and meta.class_names[0] != "background"
+    assert meta.normalization["name"] == normalization["name"]
+    for statistic in ("mean", "std"):
+        assert meta.normalization[statistic] == pytest.approx(normalization[statistic])
+    assert meta.training["input"].startswith("(pixel - 127) * 0.00784314" if key == "keras" else "(pixel - 128) * 0.0078125")  # fmt: skip
+    exact = _float_copy(file["path"], tmp_path)
+    float_input = (1 / 127.5, 127) if key == "keras" else (1 / 128, 128)
+    winners = set()
+    for image in probe_images(CLASSIFIER["size"]):
+        ours = _ours(model, image)
+        reference = _interpreter_tensors(exact, image, (logits,), float_input)[logits].reshape(-1)
+        reference = reference[1:] if reference.size == 1001 else reference
+        assert np.abs(ours - reference).max() < 1e-4 * max(1.0, np.abs(reference).max())
+        quantised = _interpreter_tensors(file["path"], image, (logits,))[logits].reshape(-1)
+        assert quantised[quantised.size - 1000 :].argmax() == ours.argmax()
+        winners.add(int(ours.argmax()))
+    assert len(winners) == len(probe_images(CLASSIFIER["size"]))
+
+
+@pytest.mark.parametrize(
     "key, message",
     [
         (
@@ -334,8 +393,8 @@ def test_fully_connected_logits_convert_and_agree_with_the_interpreter(other_gra
             "{path}: compiled for the Edge TPU (custom operator 'edgetpu-custom-op'); use the CPU file of the same name without _edgetpu (mobilenet_v2_0.35_96_quant.tflite)",
         ),  # fmt: skip
         (
-            "mobilenet_v1",
-            "{path}: not a supported graph: at operator 2 (CONV_2D), tensor 'MobilenetV1/MobilenetV1/Conv2d_1_pointwise/Relu6': bottleneck 1 projection: expected fused activation NONE, found RELU6. "
+            "mobilenet_v1_start",
+            "{path}: not a supported graph: at operator 3 (AVERAGE_POOL_2D), tensor 'MobilenetV1/MobilenetV1/Conv2d_1_pointwise/Relu6': found 1 MobileNetV1 separable layers where there are 13; the walk stopped here. "
             + FAMILIES,
         ),  # fmt: skip
     ],

@@ -4,7 +4,6 @@ here (exact references, without quantisation noise) including the narrow DeepLab
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+import vision_mnv2
 from vision_mnv2.convert import TFLiteImportError, TFLiteUnsupportedGraph, dequantize, load_tflite, read_tflite
 from vision_mnv2.convert.tflite import tf_model_input
 from vision_mnv2.models import deeplabv3_mobilenet_v2, mobilenet_v2
@@ -141,7 +141,7 @@ def test_read_tflite_constants_and_options(tmp_path):
     assert graph.operators[0].options == conv
     assert graph.operators[1].options["dilation"] == (2, 2) and graph.operators[1].options["depth_multiplier"] == 1
     # Not a MobileNetV2: an error naming where the walk stopped, and what the converter takes.
-    with pytest.raises(TFLiteUnsupportedGraph, match=r"small\.tflite: not a supported graph: at tensor 'dw/out': expected the projection \(CONV_2D\).*\. Supported: TF-slim MobileNetV2 classifier .*; DeepLab v3 MobileNetV2"):  # fmt: skip
+    with pytest.raises(TFLiteUnsupportedGraph, match=r"small\.tflite: not a supported graph: at tensor 'dw/out': expected the projection \(CONV_2D\).*\. Supported: MobileNetV2 classifier, TF-slim or TF2/Keras .*; TF-slim MobileNetV1 classifier .*; DeepLab v3 MobileNetV2"):  # fmt: skip
         load_tflite(path, calibrate=False)
 
 
@@ -179,6 +179,7 @@ def test_classifier_agrees_with_the_interpreter_on_photos():
         },  # fmt: skip
         "class_names": None,
         "normalization": "tf",
+        "input_scaling": "(pixel - 128) * 0.0078125, inputs in [-1, 0.992] (the input's quantisation)",
         "input_size": [224, 224],
     }
     for name, expected in (("cat.bmp", 285), ("grace_hopper.bmp", 652), ("bird_segmentation.bmp", 21)):
@@ -410,32 +411,74 @@ def test_inat_birds_fully_connected_logits_agree_with_the_interpreter(tmp_path):
         assert ours.argmax() == reference.argmax()
 
 
-@pytest.mark.parametrize(
-    "name, found",
-    [
-        # TF2 / Keras MobileNetV2: MEAN where TF-slim pools with AVERAGE_POOL_2D
-        (
-            "tf2_mobilenet_v2_1.0_224_ptq.tflite",
-            r"at operator 63 \(MEAN\), tensor 'MobileNetV2/Conv2d_18_1/relu6/Relu6': expected global average pooling",
-        ),  # fmt: skip
-        # TF-slim MobileNetV1: its pointwise conv has a ReLU6 where V2's projection is linear
-        (
-            "mobilenet_v1_0.25_128_quant.tflite",
-            r"at operator 2 \(CONV_2D\), tensor 'MobilenetV1/MobilenetV1/Conv2d_1_pointwise/Relu6': bottleneck 1 projection: expected fused activation NONE, found RELU6",
-        ),  # fmt: skip
-    ],
-    ids=["keras_v2", "slim_v1"],
-)
-def test_googles_files_of_other_families_get_the_family_message(name, found):
+# The TF2 / Keras MobileNetV2 (MEAN pooling; input scaled as (pixel - 127) / 127.5) and TF-slim's
+# MobileNetV1 0.25 at 128 px: the converted network at its size (parameters and MACs as TF-slim's
+# tables give them: V2 1.0 at 224 3.47M with 1001 classes / 300M MACs; V1 0.25 at 128 0.47M / 14M),
+# the interpreter's top-1 on every photo fed the same pixels (the whole photo resized, as Google's
+# label_image feeds it), and the logits of the file's float copy to 1e-4.
+OTHER_FAMILIES = {
+    "keras_v2": (
+        "tf2_mobilenet_v2_1.0_224_ptq.tflite",
+        "mobilenet_v2",
+        224,
+        (3_504_872, 300_774_272),
+        {"mean": [127 / 255] * 3, "std": [0.5] * 3},
+    ),
+    "slim_v1": (
+        "mobilenet_v1_0.25_128_quant.tflite",
+        "mobilenet_v1",
+        128,
+        (470_072, 13_570_048),
+        "tf",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("key", list(OTHER_FAMILIES))
+def test_googles_keras_and_v1_files_agree_with_the_interpreter(key, tmp_path):
+    from vision_mnv2.complexity import count_macs, count_parameters  # noqa: PLC0415
+
+    name, builder, size, (params, macs), normalization = OTHER_FAMILIES[key]
     path = GOOGLE / name
     if not path.is_file():
         pytest.skip(f"{name} is not in ../shared/models/google")
-    with pytest.raises(TFLiteUnsupportedGraph) as refused:
-        load_tflite(path, calibrate=False)
-    message = str(refused.value)
-    assert message.startswith(f"{path}: not a supported graph: ") and "\n" not in message
-    assert re.search(found, message), message
-    assert message.endswith(
-        "Supported: TF-slim MobileNetV2 classifier (any width and input size; logits a 1x1 convolution or fully "
-        "connected); DeepLab v3 MobileNetV2 with the mobile head (output stride 8 or 16)"
-    )
+    model, info = load_tflite(path, labels=GOOGLE / "imagenet_labels.txt", calibrate=False)
+    assert info["builder"] == builder and info["input_size"] == [size, size]
+    assert info["normalization"] == normalization and info["builder_args"]["normalization"] == normalization
+    assert info["class_names"][0].startswith("tench") and len(info["class_names"]) == 1000
+    assert (count_parameters(model), count_macs(model, (size, size))) == (params, macs)
+    for photo in ("cat.bmp", "grace_hopper.bmp", "bird_segmentation.bmp"):
+        image = _photo(photo, size)
+        probabilities = next(iter(_run_interpreter(path, image).values()))
+        assert _ours(model, image).argmax() == probabilities[1:].argmax(), photo
+    # The float copy takes the float network's input: the scaling the checkpoint records.
+    graph = read_tflite(path)
+    logits_name = graph.tensors[[op for op in graph.operators if op.op == "CONV_2D"][-1].outputs[0]].name
+    exact = write_tflite(float_copy(graph, extra_outputs=(logits_name,)), tmp_path / "float.tflite")
+    statistics = model.normalize.normalization
+    for photo in ("cat.bmp", "grace_hopper.bmp"):
+        image = _photo(photo, size)
+        x = ((image / 255.0 - np.array(statistics.mean)) / np.array(statistics.std)).astype(np.float32)
+        reference = _run_interpreter(exact, x)[logits_name].reshape(-1)[1:]
+        assert np.abs(_ours(model, image) - reference).max() < 1e-4 * max(1.0, np.abs(reference).max()), photo
+
+
+@needs_google
+def test_the_preprocessing_choice_is_googles_either_way(tmp_path):
+    """Grace Hopper through the converted classifier's pipeline: fed as TF-slim evaluates (the
+    central 87.5%) or as label_image feeds it (the whole photo), top-1 is the interpreter's fed the
+    same pixels; the two feeds answer differently (mortarboard against military uniform)."""
+    from vision_mnv2.convert.tflite_checkpoint import convert_tflite  # noqa: PLC0415
+
+    image = np.array(Image.open(GOOGLE / "grace_hopper.bmp").convert("RGB"))
+    answers = {}
+    for mode in ("crop", "resize"):
+        path, meta = convert_tflite(CLASSIFIER, tmp_path / f"{mode}.ckpt", labels=GOOGLE / "imagenet_labels.txt", preprocessing=mode)  # fmt: skip
+        assert meta.preprocessing["mode"] == mode
+        pipeline = vision_mnv2.load(path)
+        pixels = (pipeline.preprocess(image)[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        probabilities = _run_interpreter(CLASSIFIER, pixels)["MobilenetV2/Predictions/Softmax"][1:]
+        top = pipeline(image)[0]["top"][0]
+        assert top["label"] == probabilities.argmax(), mode
+        answers[mode] = top["class"]
+    assert answers == {"crop": "mortarboard", "resize": "military uniform"}

@@ -44,9 +44,13 @@ __all__ = [
     "deeplab_v3_mobilenet_v2",
     "deeplab_v3_mobilenet_v2_graph",
     "edgetpu_compiled",
+    "keras_mobilenet_v2_classifier",
+    "keras_mobilenet_v2_classifier_graph",
     "mobilenet_v1_start",
     "probe_images",
     "sample_images",
+    "tf_slim_mobilenet_v1_classifier",
+    "tf_slim_mobilenet_v1_classifier_graph",
     "tf_slim_mobilenet_v2_classifier",
     "tf_slim_mobilenet_v2_classifier_graph",
     "write_imagenet_labels",
@@ -75,6 +79,11 @@ _LAST_CHANNELS = 1280
 _DEEPLAB_CHANNELS = 256  # aspp0, image pooling, concat_projection: not scaled by the width
 # Google's quantised graphs read uint8 pixels with scale 1/128 and zero point 128: (pixel - 128) / 128.
 _INPUT_QUANTIZATION = (1.0 / 128.0, 128)
+# Keras' MobileNetV2 takes pixel / 127.5 - 1; its uint8 files: scale 1/127.5, zero point 127.
+_KERAS_INPUT_QUANTIZATION = (1.0 / 127.5, 127)
+# TF-slim's MobileNetV1 after the stem (32 channels, stride 2): (stride, channels) of the 13
+# depthwise-separable layers (mobilenet_v1.py's _CONV_DEFS).
+_V1_LAYERS = ((1, 64), (2, 128), (1, 128), (2, 256), (1, 256), (2, 512), *[(1, 512)] * 5, (2, 1024), (1, 1024))
 # Activation statistics barely depend on the image size (every layer is a convolution), so the
 # probe images that set the weights and the quantisation ranges stay small whatever the file's size.
 _PROBE_SIZE = 96
@@ -140,15 +149,17 @@ def write_voc_labels(path: str | Path) -> Path:
 # The float network, built layer by layer on probe images
 
 
+def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TF's "SAME" padding of one side: the output is ceil(input / stride), the padding split with
+    the extra pixel after (at stride 2 on even sizes (0, 1), where PyTorch's is (1, 1))."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
 def _tf_same_conv(x: torch.Tensor, weight: torch.Tensor, bias, stride: int, dilation: int, groups: int) -> torch.Tensor:
-    """TF's "SAME" padding: the output is ceil(input / stride), the padding split with the extra
-    pixel after (at stride 2 on even sizes (0, 1), where PyTorch's symmetric padding is (1, 1))."""
     kernel = weight.shape[-1]
-    pads = []
-    for size in x.shape[2:]:
-        out = -(-size // stride)
-        total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
-        pads.append((total // 2, total - total // 2))
+    pads = [_same_pads(size, kernel, stride, dilation) for size in x.shape[2:]]
     x = F.pad(x, (*pads[1], *pads[0]))
     return F.conv2d(x, weight, bias, stride, 0, dilation, groups)
 
@@ -210,10 +221,12 @@ class _Builder:
         dilation: int = 1,
         depthwise: bool = False,
         activation: str = "RELU6",
+        explicit_pad: bool = False,
     ) -> int:
         """A folded conv + batch norm + activation: random weights, rescaled per output channel so
         that on the probe images its pre-activation has the mean and spread a trained batch norm
-        would give (mostly inside ReLU6's linear range)."""
+        would give (mostly inside ReLU6's linear range). ``explicit_pad`` (strided convs): as Keras
+        builds them, a PAD of TF's SAME pads (ZeroPadding2D) and a VALID convolution."""
         value = self.values[x]
         c_in = value.shape[1]
         groups = c_in if depthwise else 1
@@ -241,6 +254,14 @@ class _Builder:
         _, height, width, _ = self.graph_shape(x)
         y = self.activation("", out, (1, -(-height // stride), -(-width // stride), out_channels))
         options = {"padding": "SAME", "stride": (stride, stride), "dilation": (dilation, dilation), "activation": activation}  # fmt: skip
+        if explicit_pad and stride > 1:
+            pads = [_same_pads(length, kernel, stride, dilation) for length in (height, width)]
+            paddings = self.constant(f"{scope}_pad/Pad/paddings", np.array([(0, 0), *pads, (0, 0)], dtype=np.int32))
+            padded_shape = (1, height + sum(pads[0]), width + sum(pads[1]), c_in)
+            probe_pads = [_same_pads(length, kernel, stride, dilation) for length in value.shape[2:]]
+            padded = self.activation(f"{scope}_pad/Pad", F.pad(value, (*probe_pads[1], *probe_pads[0])), padded_shape)
+            self.operators.append(Operator("PAD", [x, paddings], [padded]))
+            x, options = padded, {**options, "padding": "VALID"}
         self.operators.append(Operator("DEPTHWISE_CONV_2D" if depthwise else "CONV_2D", [x, w, b], [y], options))
         kernel_op = "depthwise_Fold" if depthwise else "Conv2D_Fold"
         self.folded.append(_FoldedConv(scope, kernel_op, out_channels, activation, w, b, y))
@@ -327,6 +348,15 @@ class _Builder:
         self.operators.append(Operator("AVERAGE_POOL_2D", [x], [y], options))
         return y
 
+    def mean(self, x: int, name: str, keep_dims: bool) -> int:
+        """TF2 / Keras' global pool: MEAN over axes 1 and 2 (``keep_dims`` False: 1 x C, Keras'
+        GlobalAveragePooling2D; the value kept for the next layer is 4-d either way)."""
+        channels = self.graph_shape(x)[3]
+        axes = self.constant(f"{name}/reduction_indices", np.array([1, 2], dtype=np.int32))
+        y = self.activation(name, self.values[x].mean(dim=(2, 3), keepdim=True), (1, 1, 1, channels) if keep_dims else (1, channels))  # fmt: skip
+        self.operators.append(Operator("MEAN", [x, axes], [y], {"keep_dims": keep_dims}))
+        return y
+
     def constant(self, name: str, data: np.ndarray) -> int:
         return self.tensor(name, data.shape, data.dtype, data)
 
@@ -339,11 +369,12 @@ class _Builder:
         self.operators.append(Operator("RESIZE_BILINEAR", [x, size], [y], {"align_corners": True, "half_pixel_centers": False}))  # fmt: skip
         return y
 
-    def backbone(self, width: float, round_to: int, output_stride: int) -> int:
+    def backbone(self, width: float, round_to: int, output_stride: int, explicit_pad: bool = False) -> int:
         """Stem and the 17 bottlenecks with TF-slim's scopes; DeepLab's output stride as TF's
         ``mobilenet_base(output_stride=...)`` builds it: once the stride is reached, a stride-2
-        depthwise conv keeps stride 1 and every later one dilates by the stride it skipped."""
-        x = self.conv(self.input, "MobilenetV2/Conv", make_divisible(_STEM_CHANNELS * width, round_to), kernel=3, stride=2)  # fmt: skip
+        depthwise conv keeps stride 1 and every later one dilates by the stride it skipped.
+        ``explicit_pad``: strided convs padded by PAD operators, as Keras builds them."""
+        x = self.conv(self.input, "MobilenetV2/Conv", make_divisible(_STEM_CHANNELS * width, round_to), kernel=3, stride=2, explicit_pad=explicit_pad)  # fmt: skip
         current_stride, dilation, number = 2, 1, 0
         for expansion, channels, repeats, first_stride in _BOTTLENECKS:
             out_channels = make_divisible(channels * width, round_to)
@@ -359,7 +390,7 @@ class _Builder:
                 c_in = self.graph_shape(x)[3]
                 if expansion != 1:  # TF-slim's expand_input_by_factor: multiples of 8 whatever the width rounding
                     h = self.conv(h, f"{scope}/expand", make_divisible(c_in * expansion, 8))
-                h = self.conv(h, f"{scope}/depthwise", 0, kernel=3, stride=stride, dilation=block_dilation, depthwise=True)  # fmt: skip
+                h = self.conv(h, f"{scope}/depthwise", 0, kernel=3, stride=stride, dilation=block_dilation, depthwise=True, explicit_pad=explicit_pad)  # fmt: skip
                 h = self.conv(h, f"{scope}/project", out_channels, activation="NONE")
                 if stride == 1 and c_in == out_channels:
                     h = self.add(h, block_input, f"{scope}/add")
@@ -367,13 +398,19 @@ class _Builder:
                 number += 1
         return x
 
-    def finish(self, outputs: list[int], quantized: bool, requantize_before_concat: bool = False) -> Graph:
+    def finish(
+        self,
+        outputs: list[int],
+        quantized: bool,
+        requantize_before_concat: bool = False,
+        input_quantization: tuple[float, int] = _INPUT_QUANTIZATION,
+    ) -> Graph:
         """Name the folded convs' tensors, quantise if asked, order the tensor table as TF's
         converter does."""
         _name_folded(self.tensors, self.folded)
         graph = Graph(self.tensors, self.operators, [self.input], outputs)
         if quantized:
-            graph = _quantize(graph, self.values, requantize_before_concat)
+            graph = _quantize(graph, self.values, requantize_before_concat, input_quantization)
         # Google's files list the constants the operators' options refer to first, then the logits'
         # bias, the projections' biases from the last block down, the other folded biases by name
         # from Z to A, and only then the rest in the order the operators use them.
@@ -457,14 +494,19 @@ def _quantize_weights(data: np.ndarray) -> tuple[np.ndarray, float, int]:
     return q, scale, zero_point
 
 
-def _quantize(graph: Graph, values: dict[int, torch.Tensor], requantize_before_concat: bool) -> Graph:
+def _quantize(
+    graph: Graph,
+    values: dict[int, torch.Tensor],
+    requantize_before_concat: bool,
+    input_quantization: tuple[float, int] = _INPUT_QUANTIZATION,
+) -> Graph:
     """The float graph as Google's uint8 files are: activations uint8 (ReLU6 outputs on [0, 6],
     others on their measured range), weights uint8 per tensor, biases int32 at input scale x weight
     scale; pools, reshapes and resizes keep their input's parameters; softmax outputs 1/256.
     ``requantize_before_concat``: DeepLab's concatenation has one scale for its inputs and output;
     the image-pooling branch (a resize, which keeps its input's scale) gets a QUANTIZE to it, the
     aspp0 conv writes at it directly."""
-    params: dict[int, tuple[float, int]] = {graph.inputs[0]: _INPUT_QUANTIZATION}
+    params: dict[int, tuple[float, int]] = {graph.inputs[0]: input_quantization}
     producer = {out: op for op in graph.operators for out in op.outputs}
     for op in graph.operators:
         out = op.outputs[0]
@@ -472,7 +514,7 @@ def _quantize(graph: Graph, values: dict[int, torch.Tensor], requantize_before_c
             params[out] = (6.0 / 255.0, 0) if op.options["activation"] == "RELU6" else _activation_range(values[out])
         elif op.op in ("ADD", "CONCATENATION", "FULLY_CONNECTED"):
             params[out] = _activation_range(values[out])
-        elif op.op in ("AVERAGE_POOL_2D", "RESHAPE", "RESIZE_BILINEAR"):
+        elif op.op in ("AVERAGE_POOL_2D", "MEAN", "PAD", "RESHAPE", "RESIZE_BILINEAR"):
             params[out] = params[op.inputs[0]]
         elif op.op == "SOFTMAX":
             params[out] = (1.0 / 256.0, 0)
@@ -518,9 +560,10 @@ def _quantize(graph: Graph, values: dict[int, torch.Tensor], requantize_before_c
 # The two networks
 
 
-def _probe(size: int, seed: int) -> torch.Tensor:
-    """The probe images as the float graph takes them, N x 3 x H x W."""
-    return (torch.from_numpy(probe_images(size, seed)).permute(0, 3, 1, 2).float() - 128.0) / 128.0
+def _probe(size: int, seed: int, input_quantization: tuple[float, int] = _INPUT_QUANTIZATION) -> torch.Tensor:
+    """The probe images as the float graph takes them, N x 3 x H x W: ``scale * (pixel - zero_point)``."""
+    scale, zero_point = input_quantization
+    return (torch.from_numpy(probe_images(size, seed)).permute(0, 3, 1, 2).float() - zero_point) * scale
 
 
 def tf_slim_mobilenet_v2_classifier_graph(
@@ -585,6 +628,63 @@ def tf_slim_mobilenet_v2_classifier(
     """
     graph = tf_slim_mobilenet_v2_classifier_graph(width, size, num_classes, quantized, seed, logits)
     return write_tflite(graph, path)
+
+
+def keras_mobilenet_v2_classifier_graph(
+    width: float = 1.0, size: int = 224, num_classes: int = 1000, quantized: bool = True, seed: int = 0
+) -> Graph:
+    """``tf.keras.applications.MobileNetV2`` through TF2's TFLite converter, as far as the converter
+    can tell: every strided convolution a PAD of TF's SAME pads (ZeroPadding2D) and a VALID
+    convolution, the pool a MEAN over axes 1 and 2 to 1 x C (GlobalAveragePooling2D), the logits a
+    FULLY_CONNECTED layer (Dense) with ``num_classes`` outputs (Keras: 1000, no background), then
+    SOFTMAX ``predictions``. uint8 files take pixels as Keras' preprocessing gives them,
+    ``pixel / 127.5 - 1``: scale 1/127.5, zero point 127. Tensor names are TF-slim's."""
+    builder = _Builder(seed, "input_1", size, _probe(size, seed, _KERAS_INPUT_QUANTIZATION))
+    x = builder.backbone(width, 8, output_stride=32, explicit_pad=True)
+    x = builder.conv(x, "MobilenetV2/Conv_1", make_divisible(_LAST_CHANNELS * max(1.0, width)))
+    x = builder.mean(x, "global_average_pooling2d/Mean", keep_dims=False)
+    x = builder.logits(x, "predictions", num_classes, spread=2.0, confident_margin=12.0)
+    x = builder.as_fully_connected(x, "predictions")
+    probabilities = builder.activation("Identity", builder.values[x].softmax(dim=1), (1, num_classes))
+    builder.operators.append(Operator("SOFTMAX", [x], [probabilities]))
+    return builder.finish([probabilities], quantized, input_quantization=_KERAS_INPUT_QUANTIZATION)
+
+
+def keras_mobilenet_v2_classifier(path: str | Path, **arguments) -> Path:
+    """Write :func:`keras_mobilenet_v2_classifier_graph` (same keyword arguments) to ``path``."""
+    return write_tflite(keras_mobilenet_v2_classifier_graph(**arguments), path)
+
+
+def tf_slim_mobilenet_v1_classifier_graph(
+    width: float = 0.25, size: int = 128, num_classes: int = IMAGENET_CLASSES_WITH_BACKGROUND, quantized: bool = True, seed: int = 0
+) -> Graph:  # fmt: skip
+    """TF-slim's MobileNetV1 classifier as Google released it (``mobilenet_v1_{width}_{size}_quant.tflite``):
+    CONV_2D stem ``Conv2d_0`` (3x3, stride 2, ReLU6), 13 x [DEPTHWISE_CONV_2D ``Conv2d_i_depthwise``,
+    CONV_2D ``Conv2d_i_pointwise``] both with ReLU6, AVERAGE_POOL_2D, CONV_2D logits, RESHAPE,
+    SOFTMAX. Channels ``max(int(c * width), 8)`` (TF-slim's depth multiplier, cut off)."""
+
+    def depth(channels: int) -> int:
+        return max(int(channels * width), 8)
+
+    builder = _Builder(seed, "input", size, _probe(size, seed))
+    scope = "MobilenetV1/MobilenetV1"
+    x = builder.conv(builder.input, f"{scope}/Conv2d_0", depth(_STEM_CHANNELS), kernel=3, stride=2)
+    for number, (stride, channels) in enumerate(_V1_LAYERS, start=1):
+        x = builder.conv(x, f"{scope}/Conv2d_{number}_depthwise", 0, kernel=3, stride=stride, depthwise=True)
+        x = builder.conv(x, f"{scope}/Conv2d_{number}_pointwise", depth(channels))
+    x = builder.global_average_pool(x, "MobilenetV1/Logits/AvgPool_1a/AvgPool")
+    x = builder.logits(x, "MobilenetV1/Logits/Conv2d_1c_1x1", num_classes, spread=2.0, confident_margin=12.0)
+    shape = builder.constant("MobilenetV1/Logits/SpatialSqueeze", np.array([1, num_classes], dtype=np.int32))
+    squeezed = builder.activation("MobilenetV1/Logits/SpatialSqueeze1", builder.values[x], (1, num_classes))
+    builder.operators.append(Operator("RESHAPE", [x, shape], [squeezed]))
+    probabilities = builder.activation("MobilenetV1/Predictions/Reshape_1", builder.values[x].softmax(dim=1), (1, num_classes))  # fmt: skip
+    builder.operators.append(Operator("SOFTMAX", [squeezed], [probabilities]))
+    return builder.finish([probabilities], quantized)
+
+
+def tf_slim_mobilenet_v1_classifier(path: str | Path, **arguments) -> Path:
+    """Write :func:`tf_slim_mobilenet_v1_classifier_graph` (same keyword arguments) to ``path``."""
+    return write_tflite(tf_slim_mobilenet_v1_classifier_graph(**arguments), path)
 
 
 def mobilenet_v1_start(path: str | Path, size: int = 96, seed: int = 0) -> Path:

@@ -92,6 +92,7 @@ def _options(builder, op: Operator, tensors: list[Tensor]) -> tuple[int, int]:
     Depthwise = _module("DepthwiseConv2DOptions")
     FullyConnected = _module("FullyConnectedOptions")
     Pool = _module("Pool2DOptions")
+    Reducer = _module("ReducerOptions")
     Resize = _module("ResizeBilinearOptions")
     Softmax = _module("SoftmaxOptions")
 
@@ -118,6 +119,10 @@ def _options(builder, op: Operator, tensors: list[Tensor]) -> tuple[int, int]:
         Pool.Pool2DOptionsAddFilterWidth(builder, o["filter"][1])
         Pool.Pool2DOptionsAddFusedActivationFunction(builder, _ACTIVATIONS[o["activation"]])
         return kinds.Pool2DOptions, Pool.Pool2DOptionsEnd(builder)
+    if op.op == "MEAN":
+        Reducer.ReducerOptionsStart(builder)
+        Reducer.ReducerOptionsAddKeepDims(builder, bool(o.get("keep_dims", False)))
+        return kinds.ReducerOptions, Reducer.ReducerOptionsEnd(builder)
     if op.op == "FULLY_CONNECTED":
         FullyConnected.FullyConnectedOptionsStart(builder)
         FullyConnected.FullyConnectedOptionsAddFusedActivationFunction(builder, _ACTIVATIONS[o["activation"]])

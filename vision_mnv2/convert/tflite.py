@@ -1,11 +1,16 @@
-"""Google's released MobileNetV2 models, read from their TFLite files into this project's networks.
+"""Google's released MobileNet models, read from their TFLite files into this project's networks.
 
-Two families of graph are recognised (:data:`SUPPORTED_FAMILIES`), quantised (uint8 / int8, per
+These families of graph are recognised (:data:`SUPPORTED_FAMILIES`), quantised (uint8 / int8, per
 tensor or per output channel) or float (float32, float16):
 
-* TF-slim MobileNetV2 classifiers, any width, input size and class count: stem, 17 bottlenecks, the
-  last 1x1 conv, global average pool, logits as a 1x1 conv (Google's ImageNet releases: 1001
-  outputs, index 0 = background) or as a fully connected layer (the iNaturalist releases).
+* MobileNetV2 classifiers, any width, input size and class count: stem, 17 bottlenecks, the last
+  1x1 conv, global average pool, logits as a 1x1 conv (Google's ImageNet releases: 1001 outputs,
+  index 0 = background) or as a fully connected layer (the iNaturalist releases). TF-slim's graphs
+  pool with AVERAGE_POOL_2D; TF2 / Keras graphs with MEAN, and ``tf.keras.applications`` pads the
+  stride-2 convolutions with explicit PAD operators (ZeroPadding2D) before VALID convolutions,
+  which is TF's "SAME" at the graph's size.
+* TF-slim MobileNetV1 classifiers, any width and input size: stem and 13 depthwise-separable
+  layers (both convolutions with ReLU6), global average pool, logits: ``backbone=mobilenet_v1``.
 * DeepLab v3 on MobileNetV2 with the mobile head (1x1 conv ``aspp0`` + image pooling, concatenated,
   ``concat_projection``, ``logits/semantic``, bilinear upsampling): this project's ``aspp=False``,
   output stride 16 or 8, width 1.0 or narrower.
@@ -28,6 +33,10 @@ TensorFlow conventions (tensorflow/models: ``research/slim/nets/mobilenet``,
 * Batch norm is folded into the convolutions: the weights go into the convs, and the batch norms
   get statistics measured on calibration images with the output unchanged
   (:func:`vision_mnv2.convert.calibrate_batch_norm`), so that the network fine-tunes.
+* The input scaling is read from the input's quantisation: a uint8 input of scale ``s`` and zero
+  point ``z`` means the float network sees ``s * (pixel - z)`` (TF-slim: ``(pixel - 128) / 128``,
+  Keras: ``(pixel - 127) / 127.5``), which becomes the model's ``normalization``. A float input says
+  nothing about it: TF's convention, ``(pixel - 128) / 128`` (inputs in [-1, 1]), is assumed.
 """
 
 from __future__ import annotations
@@ -73,15 +82,19 @@ _ACTIVATION = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6", 4: "TANH", 5
 # Operators that may sit after the network's last layer without changing what it computes.
 _OUTPUT_OPS = {"RESHAPE", "SQUEEZE", "SOFTMAX", "ARG_MAX", "QUANTIZE", "DEQUANTIZE"}
 NUM_BLOCKS = 17
+NUM_SEPARABLE_LAYERS = 13  # MobileNetV1
 IMAGENET_WITH_BACKGROUND = 1001
 # Widths Google released; tried first when the graph's widths are matched to a builder width.
 _KNOWN_WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+_KNOWN_V1_WIDTHS = (0.25, 0.5, 0.75, 1.0)
 
 
 # Named in every refusal of a graph, so that a user learns what the converter takes, not only where
 # their file differs from it.
 SUPPORTED_FAMILIES = (
-    "TF-slim MobileNetV2 classifier (any width and input size; logits a 1x1 convolution or fully connected)",
+    "MobileNetV2 classifier, TF-slim or TF2/Keras (any width and input size; average pool or MEAN; "
+    "logits a 1x1 convolution or fully connected)",
+    "TF-slim MobileNetV1 classifier (any width and input size)",
     "DeepLab v3 MobileNetV2 with the mobile head (output stride 8 or 16)",
 )
 # The Edge TPU compiler replaces the network by one custom operator that only the Edge TPU runs.
@@ -219,6 +232,10 @@ def _options(op, options_type: int) -> dict:
             # 0 = DEFAULT (output x input); the shuffled int8 layout is a different arrangement
             "weights_format": o.WeightsFormat(),
         }
+    if options_type == kinds.ReducerOptions:  # MEAN
+        o = tflite.ReducerOptions()
+        o.Init(table.Bytes, table.Pos)
+        return {"keep_dims": bool(o.KeepDims())}
     if options_type == kinds.ResizeBilinearOptions:
         o = tflite.ResizeBilinearOptions()
         o.Init(table.Bytes, table.Pos)
@@ -331,6 +348,8 @@ class _Walker:
     def __init__(self, graph: TFLiteGraph) -> None:
         self.g = graph
         self.visited: set[int] = set()
+        # operator index -> the PAD operator in front of it (Keras' ZeroPadding2D before a VALID conv)
+        self.padded: dict[int, TFLiteOperator] = {}
 
     def error(self, op: TFLiteOperator | None, tensor: int | None, problem: str) -> TFLiteUnsupportedGraph:
         """The graph is outside the supported families: where, what was found, and what is supported."""
@@ -347,16 +366,30 @@ class _Walker:
         )
 
     # Activation re-quantisations (QUANTIZE between two activations) change no value the float
-    # network computes: the walk looks through them.
+    # network computes: the walk looks through them. A zero PAD is looked through too and kept with
+    # the operator it feeds, whose padding (:meth:`conv`) it is.
     def consumers(self, tensor: int) -> list[TFLiteOperator]:
         found = []
         for op in self.g.consumers(tensor):
             if op.op == "QUANTIZE" and not self._is_constant(op.inputs[0]):
                 self.visited.add(op.index)
                 found += self.consumers(op.outputs[0])
+            elif op.op == "PAD" and self._spatial_pads(op) is not None:
+                for following in self.consumers(op.outputs[0]):
+                    self.padded[following.index] = op
+                    found.append(following)
             else:
                 found.append(op)
         return found
+
+    def _spatial_pads(self, pad: TFLiteOperator) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """(top, bottom), (left, right) of a PAD that pads only height and width, else ``None``."""
+        if len(pad.inputs) < 2 or not self._is_constant(pad.inputs[1]):
+            return None
+        pads = np.asarray(self.g.tensors[pad.inputs[1]].data).reshape(-1, 2)
+        if pads.shape != (4, 2) or pads[0].any() or pads[3].any():
+            return None
+        return (int(pads[1][0]), int(pads[1][1])), (int(pads[2][0]), int(pads[2][1]))
 
     def source(self, tensor: int) -> int:
         op = self.g.producer(tensor)
@@ -406,8 +439,16 @@ class _Walker:
             )
         if stride is not None and op.options.get("stride") != (stride, stride):
             raise self.error(op, op.outputs[0], f"{what}: expected stride {stride}, found {op.options.get('stride')}")
-        if kernel > 1 and op.options.get("padding") != "SAME":
-            raise self.error(op, op.outputs[0], f"{what}: expected SAME padding, found {op.options.get('padding')}")
+        pad = self.padded.get(op.index)
+        if kernel > 1 and not (op.options.get("padding") == "SAME" and pad is None):
+            # Keras pads explicitly (ZeroPadding2D) and convolves VALID: the same as TF's SAME
+            # when the pads are SAME's at this size.
+            source = pad.inputs[0] if pad is not None else op.inputs[0]
+            same = _same_pads(self.shape(source)[1:3], kernel, op.options.get("stride", (1, 1)), op.options.get("dilation", (1, 1)))  # fmt: skip
+            if pad is None or op.options.get("padding") != "VALID" or self._spatial_pads(pad) != same:
+                found = f"{op.options.get('padding')}" + (f" after PAD {self._spatial_pads(pad)}" if pad else "")
+                raise self.error(op, op.outputs[0], f"{what}: expected SAME padding (or a PAD of {same} and VALID), found {found}")  # fmt: skip
+            self.visited.add(pad.index)
         has_bias = len(op.inputs) > 2 and op.inputs[2] >= 0
         if bias and not has_bias:
             raise self.error(op, op.outputs[0], f"{what}: expected a bias")
@@ -430,8 +471,8 @@ class _Walker:
             raise self.error(op, op.outputs[0], f"{what}: expected a bias")
         self.visited.add(op.index)
 
-    def backbone(self) -> tuple[TFLiteOperator, list[_Block], int]:
-        """Stem and the 17 bottlenecks; returns them and the tensor the head reads."""
+    def stem(self) -> TFLiteOperator:
+        """The first convolution, on the one image input."""
         if len(self.g.inputs) != 1:
             raise self.error(None, None, f"expected one input image, the graph has {len(self.g.inputs)} inputs")
         image = self.g.inputs[0]
@@ -440,6 +481,45 @@ class _Walker:
             raise self.error(None, image, f"expected an N x H x W x 3 image input, found shape {shape}")
         stem = self.next(image, ("CONV_2D",), "the stem convolution")
         self.conv(stem, "stem", kernel=3, activation="RELU6", stride=2)
+        return stem
+
+    def is_mobilenet_v1(self, stem: TFLiteOperator) -> bool:
+        """MobileNetV1 and V2 begin alike (stem, depthwise conv, 1x1 conv); V1's 1x1 conv has a
+        ReLU6 where V2's first projection is linear."""
+        first = self.consumers(stem.outputs[0])
+        if len(first) != 1 or first[0].op != "DEPTHWISE_CONV_2D":
+            return False
+        second = self.consumers(first[0].outputs[0])
+        return len(second) == 1 and second[0].op == "CONV_2D" and second[0].options.get("activation") == "RELU6"
+
+    def separable_layers(self, stem: TFLiteOperator) -> tuple[list[tuple[TFLiteOperator, TFLiteOperator]], int]:
+        """MobileNetV1's 13 depthwise-separable layers after the stem: (depthwise, pointwise) pairs
+        and the tensor the head reads."""
+        tensor, layers = stem.outputs[0], []
+        while True:
+            ops = self.consumers(tensor)
+            if len(ops) != 1 or ops[0].op != "DEPTHWISE_CONV_2D":
+                break
+            depthwise = ops[0]
+            number = len(layers) + 1
+            self.conv(depthwise, f"separable layer {number} depthwise", kernel=3, activation="RELU6", stride=None)
+            if depthwise.options.get("stride") not in ((1, 1), (2, 2)):
+                raise self.error(depthwise, depthwise.outputs[0], f"unsupported stride {depthwise.options['stride']}")
+            pointwise = self.next(depthwise.outputs[0], ("CONV_2D",), "the pointwise convolution")
+            self.conv(pointwise, f"separable layer {number} pointwise", kernel=1, activation="RELU6")
+            layers.append((depthwise, pointwise))
+            tensor = pointwise.outputs[0]
+        if len(layers) != NUM_SEPARABLE_LAYERS:
+            following = self.consumers(tensor)
+            raise self.error(
+                following[0] if following else None,
+                tensor,
+                f"found {len(layers)} MobileNetV1 separable layers where there are {NUM_SEPARABLE_LAYERS}; the walk stopped here",
+            )  # fmt: skip
+        return layers, tensor
+
+    def backbone(self, stem: TFLiteOperator) -> tuple[list[_Block], int]:
+        """MobileNetV2's 17 bottlenecks after the stem; returns them and the tensor the head reads."""
         tensor = stem.outputs[0]
         blocks: list[_Block] = []
         while True:
@@ -482,15 +562,33 @@ class _Walker:
                 tensor,
                 f"found {len(blocks)} MobileNetV2 bottlenecks where there are {NUM_BLOCKS}; the walk stopped here",
             )
-        return stem, blocks, tensor
+        return blocks, tensor
 
     def global_pool(self, op: TFLiteOperator, tensor: int, what: str) -> None:
+        """An average over the whole map: TF-slim's AVERAGE_POOL_2D or TF2 / Keras' MEAN."""
         size = self.shape(tensor)[1:3]
-        if op.options.get("filter") != size or op.options.get("padding") != "VALID":
+        if op.op == "MEAN":
+            axes = self.g.tensors[op.inputs[1]].data if len(op.inputs) > 1 and self._is_constant(op.inputs[1]) else None
+            if axes is None or sorted(int(a) % 4 for a in np.asarray(axes).reshape(-1)) != [1, 2]:
+                raise self.error(op, tensor, f"{what}: expected a MEAN over height and width (axes 1, 2), found axes {axes}")  # fmt: skip
+        elif op.options.get("filter") != size or op.options.get("padding") != "VALID":
             raise self.error(
                 op, tensor, f"{what}: expected a VALID average pool over the whole {size} map, found {op.options}"
             )
         self.visited.add(op.index)
+
+    def flattened(self, tensor: int) -> int:
+        """The tensor after RESHAPE / SQUEEZE operators that only drop sizes of 1 (a pooled
+        1 x 1 x 1 x C map to 1 x C, before a fully connected layer)."""
+        while True:
+            ops = self.consumers(tensor)
+            if len(ops) != 1 or ops[0].op not in ("RESHAPE", "SQUEEZE"):
+                return tensor
+            shape, out = self.shape(tensor), self.shape(ops[0].outputs[0])
+            if [d for d in shape if d != 1] != [d for d in out if d != 1]:
+                return tensor
+            self.visited.add(ops[0].index)
+            tensor = ops[0].outputs[0]
 
     def check_all_used(self) -> None:
         """Every operator is part of the recognised network or an output-side reshape/softmax/argmax."""
@@ -499,6 +597,38 @@ class _Walker:
                 raise self.error(
                     op, op.outputs[0] if op.outputs else None, "operator not part of a recognised MobileNetV2 graph"
                 )
+
+
+def _same_pads(size: Sequence[int], kernel: int, stride: Sequence[int], dilation: Sequence[int]):
+    """TF's "SAME" padding of a ``size`` map: (before, after) per side, the extra pixel after."""
+    pads = []
+    for length, s, d in zip(size, stride, dilation):
+        out = -(-length // s)
+        total = max((out - 1) * s + (kernel - 1) * d + 1 - length, 0)
+        pads.append((total // 2, total - total // 2))
+    return tuple(pads)
+
+
+def _input_normalization(walker: _Walker) -> tuple[str | dict, str]:
+    """The model's ``normalization`` from the input's quantisation, and a sentence that says what
+    the float network sees. uint8 pixels ``p`` with scale ``s`` and zero point ``z`` are the float
+    input ``s * (p - z)``; an int8 input is fed ``p - 128``. A float input records no scaling: TF's
+    convention, ``(p - 128) / 128``."""
+    tensor = walker.g.tensors[walker.g.inputs[0]]
+    if tensor.scale is None or np.size(tensor.scale) != 1 or tensor.type_name not in ("uint8", "int8"):
+        return "tf", "(pixel - 128) / 128, inputs in [-1, 1] (a float input: TF's convention, the graph does not say)"
+    scale = float(np.asarray(tensor.scale).reshape(-1)[0])
+    # float32 holds 1 / 127.5 as 0.00784314: the scale meant is a reciprocal of half-units
+    reciprocal = round(2 / scale) / 2
+    if abs(reciprocal * scale - 1) < 1e-6:
+        scale = 1 / reciprocal
+    zero = int(np.asarray(tensor.zero_point if tensor.zero_point is not None else [0]).reshape(-1)[0])
+    offset = zero + (128 if tensor.type_name == "int8" else 0)
+    low, high = scale * (0 - offset), scale * (255 - offset)
+    said = f"(pixel - {offset}) * {scale:.6g}, inputs in [{low:.3g}, {high:.3g}] (the input's quantisation)"
+    if offset == 128 and abs(scale - 1 / 128) < 1e-9:
+        return "tf", said
+    return {"mean": [offset / 255] * 3, "std": [1 / (255 * scale)] * 3}, said
 
 
 # --------------------------------------------------------------------------------------------------
@@ -644,68 +774,144 @@ def _read_labels(path: str | os.PathLike) -> list[str]:
     return names
 
 
-def _classifier(walker, stem, blocks, tensor, keep_background: bool, labels):
+def _classifier_head(walker: _Walker, tensor: int) -> TFLiteOperator:
+    """Global average pool and logits after ``tensor``; returns the logits operator."""
+    pool = walker.next(tensor, ("AVERAGE_POOL_2D", "MEAN"), "global average pooling")
+    walker.global_pool(pool, tensor, "global pool")
+    pooled = walker.flattened(pool.outputs[0])
+    # TF-slim's ImageNet releases compute the logits with a 1x1 conv, its fine-tuned ones (the
+    # iNaturalist files) and Keras with a fully connected layer: on the pooled 1x1 map both are the
+    # same linear layer, this network's classifier.
+    logits = walker.next(pooled, ("CONV_2D", "FULLY_CONNECTED"), "the logits (1x1 convolution or fully connected)")  # fmt: skip
+    if logits.op == "CONV_2D":
+        walker.conv(logits, "logits", kernel=1, activation="NONE", bias=True)
+    else:
+        walker.fully_connected(logits, pooled, "logits")
+    walker.check_all_used()
+    return logits
+
+
+def _load_logits(walker: _Walker, logits: TFLiteOperator, linear: nn.Linear, drop_background: bool) -> None:
+    if logits.op == "CONV_2D":
+        weight = _weights(walker, logits).flatten(1)
+    else:  # FULLY_CONNECTED: already output x input, as nn.Linear stores it
+        weight = torch.from_numpy(np.ascontiguousarray(_constant(walker, logits, logits.inputs[1])))
+    bias = _bias(walker, logits, weight.shape[0])
+    if drop_background:
+        weight, bias = weight[1:], bias[1:]
+    _copy(walker, logits, linear.weight, weight, logits.inputs[1])
+    _copy(walker, logits, linear.bias, bias, logits.inputs[2])
+
+
+def _classifier_classes(walker: _Walker, logits: TFLiteOperator, keep_background: bool) -> tuple[int, bool]:
+    """Classes of the converted model, and whether TF-slim's background logit is dropped: its
+    ImageNet classifiers have 1001 outputs, 0 the background; without it, index i is torchvision's
+    ImageNet class i (same order: the label files agree name by name)."""
+    outputs = walker.shape(logits.inputs[1])[0]
+    drop = outputs == IMAGENET_WITH_BACKGROUND and not keep_background
+    return outputs - int(drop), drop
+
+
+def _class_names(labels, num_classes: int, drop: bool) -> list[str] | None:
+    if labels is None:
+        return None
+    names = _read_labels(labels)
+    if drop and len(names) == num_classes + 1:
+        names = names[1:]
+    if len(names) != num_classes:
+        raise TFLiteImportError(
+            f"label file {str(labels)!r} has {len(names)} names; the model has {num_classes} classes"
+            + (f" ({num_classes + 1} with the background)" if drop else "")
+        )
+    return names
+
+
+def _classifier(walker, stem, blocks, tensor, keep_background: bool, labels, normalization):
     from vision_mnv2.models import mobilenet_v2  # noqa: PLC0415
 
     last = walker.next(tensor, ("CONV_2D",), "the last 1x1 convolution")
     walker.conv(last, "last conv", kernel=1, activation="RELU6")
-    pool = walker.next(last.outputs[0], ("AVERAGE_POOL_2D",), "global average pooling")
-    walker.global_pool(pool, last.outputs[0], "global pool")
-    # TF-slim's ImageNet releases compute the logits with a 1x1 conv, its fine-tuned ones (the
-    # iNaturalist files) with a fully connected layer: on the pooled 1x1 map both are the same
-    # linear layer, this network's classifier.
-    logits = walker.next(pool.outputs[0], ("CONV_2D", "FULLY_CONNECTED"), "the logits (1x1 convolution or fully connected)")  # fmt: skip
-    if logits.op == "CONV_2D":
-        walker.conv(logits, "logits", kernel=1, activation="NONE", bias=True)
-    else:
-        walker.fully_connected(logits, pool.outputs[0], "logits")
-    walker.check_all_used()
-
+    logits = _classifier_head(walker, last.outputs[0])
     width, round_nearest = _infer_width(walker, stem, blocks, last)
-    outputs = walker.shape(logits.inputs[1])[0]
-    # TF-slim's ImageNet classifiers have 1001 outputs, 0 the background; without it, index i is
-    # torchvision's ImageNet class i (same order: the label files agree name by name).
-    drop = outputs == IMAGENET_WITH_BACKGROUND and not keep_background
+    num_classes, drop = _classifier_classes(walker, logits, keep_background)
     args = {
         "width_mult": width,
-        "num_classes": outputs - int(drop),
+        "num_classes": num_classes,
         "output_stride": _output_stride(blocks),
         "round_nearest": round_nearest,
         "tf_padding": True,
-        "normalization": "tf",
+        "normalization": normalization,
     }
     model = mobilenet_v2(**args)
     _check_strides(walker, blocks, model.backbone)
     _load_backbone(walker, stem, blocks, model.backbone)
     _load_conv_bn(walker, last, model.backbone.features[-1][0], model.backbone.features[-1][1])
-    if logits.op == "CONV_2D":
-        weight = _weights(walker, logits).flatten(1)
-    else:  # FULLY_CONNECTED: already output x input, as nn.Linear stores it
-        weight = torch.from_numpy(np.ascontiguousarray(_constant(walker, logits, logits.inputs[1])))
-    bias = _bias(walker, logits, outputs)
-    if drop:
-        weight, bias = weight[1:], bias[1:]
-    _copy(walker, logits, model.classifier[1].weight, weight, logits.inputs[1])
-    _copy(walker, logits, model.classifier[1].bias, bias, logits.inputs[2])
-
-    names = None
-    if labels is not None:
-        names = _read_labels(labels)
-        if drop and len(names) == outputs:
-            names = names[1:]
-        if len(names) != args["num_classes"]:
-            raise TFLiteImportError(
-                f"label file {str(labels)!r} has {len(names)} names; the model has {args['num_classes']} classes"
-                + (f" ({outputs} with the background)" if drop else "")
-            )
+    _load_logits(walker, logits, model.classifier[1], drop)
+    names = _class_names(labels, num_classes, drop)
     return model, {"task": "classification", "builder": "mobilenet_v2", "builder_args": args, "class_names": names}
 
 
-def _deeplab(walker, stem, blocks, tensor, labels):
+def _infer_v1_width(walker: _Walker, stem: TFLiteOperator, layers) -> tuple[float, int]:
+    """TF-slim's depth multiplier and ``min_depth`` that give every layer width of a MobileNetV1 graph."""
+    from vision_mnv2.models.mobilenetv1 import SEPARABLE_SETTINGS, STEM_CHANNELS, tf_slim_depth  # noqa: PLC0415
+
+    observed = [walker.shape(stem.inputs[1])[0]] + [walker.shape(pointwise.inputs[1])[0] for _, pointwise in layers]
+    estimate = observed[-1] / SEPARABLE_SETTINGS[-1][1]
+    candidates = sorted({round(estimate, 4), *_KNOWN_V1_WIDTHS}, key=lambda w: abs(w - estimate))
+    for min_depth in (8, 16):  # TF-slim's classifier; the Object Detection API's feature extractor
+        for width in candidates:
+            built = [tf_slim_depth(c, width, min_depth) for c in (STEM_CHANNELS, *(c for _, c in SEPARABLE_SETTINGS))]
+            if built == observed:
+                return width, min_depth
+    raise walker.error(
+        layers[-1][1],
+        layers[-1][1].outputs[0],
+        f"layer widths {observed} match no MobileNetV1 depth multiplier (tried {candidates})",
+    )
+
+
+def _classifier_v1(walker, stem, layers, tensor, keep_background: bool, labels, normalization):
+    from vision_mnv2.models import mobilenet_v1  # noqa: PLC0415
+
+    logits = _classifier_head(walker, tensor)
+    width, min_depth = _infer_v1_width(walker, stem, layers)
+    num_classes, drop = _classifier_classes(walker, logits, keep_background)
+    stride = 2
+    for depthwise, _ in layers:
+        stride *= depthwise.options["stride"][0]
+    args = {
+        "width_mult": width,
+        "num_classes": num_classes,
+        "output_stride": stride,
+        "min_depth": min_depth,
+        "tf_padding": True,
+        "normalization": normalization,
+    }
+    model = mobilenet_v1(**args)
+    backbone = model.backbone
+    _load_conv_bn(walker, stem, backbone.features[0][0], backbone.features[0][1])
+    for index, (depthwise, pointwise) in enumerate(layers, start=1):
+        layer = backbone.features[index]
+        conv = layer.depthwise[0]
+        graph = (depthwise.options["stride"][0], depthwise.options["dilation"][0])
+        if graph != (conv.stride[0], conv.dilation[0]):
+            raise walker.error(
+                depthwise,
+                depthwise.outputs[0],
+                f"stride {graph[0]} / dilation {graph[1]} where MobileNetV1 has {conv.stride[0]} / {conv.dilation[0]}",
+            )
+        _load_conv_bn(walker, depthwise, layer.depthwise[0], layer.depthwise[1])
+        _load_conv_bn(walker, pointwise, layer.pointwise[0], layer.pointwise[1])
+    _load_logits(walker, logits, model.classifier[1], drop)
+    names = _class_names(labels, num_classes, drop)
+    return model, {"task": "classification", "builder": "mobilenet_v1", "builder_args": args, "class_names": names}
+
+
+def _deeplab(walker, stem, blocks, tensor, labels, normalization):
     from vision_mnv2.models import deeplabv3_mobilenet_v2  # noqa: PLC0415
 
     ops = [op for op in walker.consumers(tensor) if op.op != "ADD"]
-    pools = [op for op in ops if op.op == "AVERAGE_POOL_2D"]
+    pools = [op for op in ops if op.op in ("AVERAGE_POOL_2D", "MEAN")]
     convs = [op for op in ops if op.op == "CONV_2D"]
     if len(pools) != 1 or len(convs) != 1 or len(ops) != 2:
         found = ", ".join(f"{op.op} (operator {op.index})" for op in ops) or "nothing"
@@ -777,7 +983,7 @@ def _deeplab(walker, stem, blocks, tensor, labels):
         "round_nearest": round_nearest,
         "tf_padding": True,
         "align_corners": align_corners,
-        "normalization": "tf",
+        "normalization": normalization,
     }
     model = deeplabv3_mobilenet_v2(**args)
     _check_strides(walker, blocks, model.backbone)
@@ -835,12 +1041,12 @@ def load_tflite(
     num_calibration_images: int = 32,
     seed: int = 0,
 ) -> tuple[nn.Module, dict]:
-    """Read one of Google's MobileNetV2 TFLite files into this project's network, weights loaded.
+    """Read one of Google's MobileNet TFLite files into this project's network, weights loaded.
 
     Args:
-        path: a ``.tflite`` file of one of :data:`SUPPORTED_FAMILIES`: a TF-slim MobileNetV2
-            classifier (1x1-conv or fully connected logits) or DeepLab v3 MobileNetV2 (mobile head),
-            quantised or float. Any other graph raises :class:`TFLiteUnsupportedGraph`.
+        path: a ``.tflite`` file of one of :data:`SUPPORTED_FAMILIES`: a MobileNetV2 classifier
+            (TF-slim or TF2 / Keras), a TF-slim MobileNetV1 classifier or DeepLab v3 MobileNetV2
+            (mobile head), quantised or float. Any other graph raises :class:`TFLiteUnsupportedGraph`.
         labels: optional label file, one name per line (up to the first empty line).
         keep_background: classifiers with 1001 outputs: keep TF's background logit at index 0.
             By default it is dropped, so that index i is torchvision's ImageNet class i.
@@ -854,23 +1060,32 @@ def load_tflite(
     Returns:
         The network in eval mode, and a plain dict: ``task``, ``builder``, ``builder_args`` (every
         keyword argument that builder needs to rebuild the same network), ``class_names`` (from
-        ``labels``, else ``None``), ``normalization`` (``"tf"``: the network normalises its
-        ``pixel / 255`` input as ``(pixel - 128) / 128``) and ``input_size`` ([H, W] the graph was made for).
+        ``labels``, else ``None``), ``normalization`` (read from the input's quantisation: ``"tf"``
+        for ``(pixel - 128) / 128``, else ``{mean, std}``; the network applies it to its
+        ``pixel / 255`` input), ``input_scaling`` (that scaling in words, with the input range) and
+        ``input_size`` ([H, W] the graph was made for).
     """
     graph = read_tflite(path)
     _refuse_edgetpu(graph)
     walker = _Walker(graph)
-    stem, blocks, tensor = walker.backbone()
-    following = [op for op in walker.consumers(tensor) if op.op != "ADD"]
-    if len(following) == 1 and following[0].op == "CONV_2D":
-        model, info = _classifier(walker, stem, blocks, tensor, keep_background, labels)
+    normalization, input_scaling = _input_normalization(walker)
+    stem = walker.stem()
+    if walker.is_mobilenet_v1(stem):
+        layers, tensor = walker.separable_layers(stem)
+        model, info = _classifier_v1(walker, stem, layers, tensor, keep_background, labels, normalization)
     else:
-        model, info = _deeplab(walker, stem, blocks, tensor, labels)
+        blocks, tensor = walker.backbone(stem)
+        following = [op for op in walker.consumers(tensor) if op.op != "ADD"]
+        if len(following) == 1 and following[0].op == "CONV_2D":
+            model, info = _classifier(walker, stem, blocks, tensor, keep_background, labels, normalization)
+        else:
+            model, info = _deeplab(walker, stem, blocks, tensor, labels, normalization)
     input_size = list(walker.shape(graph.inputs[0])[1:3])
-    info["normalization"] = "tf"
+    info["normalization"] = normalization
+    info["input_scaling"] = input_scaling
     info["input_size"] = input_size
     model.eval()
     if calibrate:
         pixels = calibration_images(calibration, num_calibration_images, tuple(input_size), seed=seed)
-        calibrate_batch_norm(model, pixels.float() / 255.0)  # the networks normalise inside (normalization="tf")
+        calibrate_batch_norm(model, pixels.float() / 255.0)  # the networks normalise inside
     return model, info

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import albumentations as A
 from albumentations.pytorch import ToTensorV2
 
-__all__ = ["classification_train_transform", "classification_eval_transform", "to_unit_tensor"]
+__all__ = ["EVAL_MODES", "classification_train_transform", "classification_eval_transform", "to_unit_tensor"]
 
 
 def to_unit_tensor() -> list:
@@ -33,14 +33,25 @@ def classification_train_transform(
     )
 
 
+# How a classifier's evaluation fits a photo to its input: ``crop`` the central fraction (torchvision's
+# and TF-slim's evaluation, which published accuracies use) or ``resize`` the whole photo, its
+# aspect ratio not kept (as TF's label_image and the Coral examples feed Google's models).
+EVAL_MODES = ("crop", "resize")
+
+
 def classification_eval_transform(
     image_size: int,
     crop_fraction: float = 0.875,
+    mode: str = "crop",
 ) -> A.Compose:
-    """Resize the short side to ``image_size / crop_fraction`` and take the central square.
-
-    At 224 this is the usual 256 resize + 224 centre crop; it scales with the input resolution.
+    """``mode="crop"``: resize the short side to ``image_size / crop_fraction`` and take the
+    central square (at 224 the usual 256 resize + 224 centre crop; it scales with the input
+    resolution). ``mode="resize"``: the whole image resized to ``image_size`` square.
     """
+    if mode not in EVAL_MODES:
+        raise ValueError(f"the evaluation preprocessing is one of {EVAL_MODES}, got {mode!r}")
+    if mode == "resize":
+        return A.Compose([A.Resize(height=image_size, width=image_size), *to_unit_tensor()])
     if not 0 < crop_fraction <= 1:
         raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
     return A.Compose(

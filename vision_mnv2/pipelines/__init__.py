@@ -107,6 +107,7 @@ def load(
     fold_bn: bool = True,
     threads: int | None = None,
     pipeline_options: dict[str, Any] | None = None,
+    preprocessing: dict[str, Any] | None = None,
     **changes: Any,
 ) -> Pipeline:
     """Load a checkpoint (or an ONNX export) of this project into a ready :class:`Pipeline`.
@@ -120,6 +121,8 @@ def load(
         fold_bn: fold batch norm into the convolutions (same outputs, faster; PyTorch only).
         pipeline_options: options of the task's pipeline (segmentation: ``scales``, ``flip``;
             detection: ``nms`` for the export module).
+        preprocessing: preprocessing settings other than the recorded ones (classification:
+            ``mode`` ``crop`` or ``resize``, ``crop_fraction``; logged); exports take them too.
         changes: builder arguments to change (post-processing thresholds, ``expansion_groups``);
             an argument that contradicts the trained network (``num_classes``, ``width_mult``, ...)
             is an error naming both values.
@@ -134,6 +137,7 @@ def load(
         if task is not None and meta.task != task:
             raise CheckpointError(f"this export is a {meta.task} model; you asked for {task}: {path}")
         export.pop("outputs", None)
+        PIPELINES[meta.task].with_preprocessing(meta, preprocessing or {}, str(path))
         runner = exported.open_runner(path, threads)
         return PIPELINES[meta.task](meta, runner=runner, **{**export, **options})
 
@@ -164,6 +168,7 @@ def load(
         meta.preprocessing = pipeline_class.preprocessing(
             meta.builder_args, pipeline_class.hints_of(meta.preprocessing, size)
         )
+    pipeline_class.with_preprocessing(meta, preprocessing or {}, str(path))
     if fold_bn:
         fold_batch_norm(model)
     return pipeline_class(meta, model, device=device, **options)

@@ -93,6 +93,9 @@ class Pipeline:
     # for benchmarks, which time the network's own work.
     export_option_names: ClassVar[tuple[str, ...]] = ()
     benchmark_options: ClassVar[dict[str, Any]] = {}
+    # Preprocessing a user may choose at inference (``preprocessing.<key>=``), with what each means;
+    # they change how a photo is fitted to the network, not the network.
+    preprocessing_settings: ClassVar[dict[str, str]] = {}
 
     def __init__(
         self,
@@ -153,9 +156,28 @@ class Pipeline:
         """The :meth:`preprocessing` hints that give back ``preprocessing`` at working size ``size``."""
         return {
             "image_size": size,
+            "mode": preprocessing.get("mode"),
             "crop_fraction": preprocessing.get("crop_fraction", 0.875),
             "pad_to": preprocessing.get("pad_to"),
         }
+
+    @classmethod
+    def with_preprocessing(cls, meta: ModelMeta, settings: Mapping[str, Any], source: str) -> None:
+        """Change ``meta.preprocessing`` by ``settings`` (keys of :attr:`preprocessing_settings`;
+        ``None`` values keep the recorded one), logging what changed; unknown keys are an error."""
+        settings = {key: value for key, value in settings.items() if value is not None}
+        unknown = sorted(set(settings) - set(cls.preprocessing_settings))
+        if unknown:
+            known = ", ".join(f"{k} ({v})" for k, v in cls.preprocessing_settings.items()) or "none"
+            raise ValueError(f"preprocessing.{unknown[0]} is not a {cls.task} setting; settings: {known}")
+        if not settings:
+            return
+        recorded = meta.preprocessing
+        changed = cls.preprocessing(meta.builder_args, {**cls.hints_of(recorded, cls.working_size_of(recorded)), **settings})  # fmt: skip
+        said = [f"preprocessing.{k}={v} (recorded: {recorded.get(k)})" for k, v in settings.items() if recorded.get(k) != changed.get(k)]  # fmt: skip
+        if said:
+            log.info("%s: %s", source, ", ".join(said))
+        meta.preprocessing = changed
 
     def __repr__(self) -> str:
         return (

@@ -1,4 +1,4 @@
-"""Image classification outside training: centre crop, logits, top-k, accuracy."""
+"""Image classification outside training: centre crop (or the whole photo resized), logits, top-k, accuracy."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ from torch import Tensor, nn
 
 from ..complexity import count_parameters
 from ..data import read_rgb
-from ..data.transforms import classification_eval_transform
+from ..data.transforms import EVAL_MODES, classification_eval_transform
 from .base import ExportedNetwork, Normalized, Pipeline, iterate
 
 __all__ = ["ClassificationPipeline"]
 
 
 class ClassificationPipeline(Pipeline):
-    """Resize the shorter side to ``crop_size / crop_fraction``, centre crop, the network's logits,
+    """Resize the shorter side to ``crop_size / crop_fraction`` and centre crop (``mode`` ``crop``),
+    or resize the whole photo to the input size (``mode`` ``resize``); the network's logits,
     softmax; predictions hold ``probabilities`` and the ``top`` k classes."""
 
     task = "classification"
@@ -26,6 +27,10 @@ class ClassificationPipeline(Pipeline):
     top_k = 5
     reference_size = 224
     reference_classes = 1000
+    preprocessing_settings = {
+        "mode": f"one of {EVAL_MODES}: the central crop_fraction of the photo, or the whole photo resized",
+        "crop_fraction": "the central fraction mode=crop keeps, in (0, 1]",
+    }
 
     @classmethod
     def reference(cls, image_size: int | None = None) -> tuple[str, nn.Module, int, int]:
@@ -37,8 +42,23 @@ class ClassificationPipeline(Pipeline):
     @classmethod
     def preprocessing(cls, builder_args: dict[str, Any], hints: dict[str, Any]) -> dict[str, Any]:
         size = int(hints.get("image_size") or 224)
-        fraction = float(hints.get("crop_fraction", 0.875))
+        fraction = float(hints.get("crop_fraction") or 0.875)
+        mode = hints.get("mode") or "crop"
+        if mode not in EVAL_MODES:
+            raise ValueError(f"preprocessing mode is one of {EVAL_MODES}, got {mode!r}")
+        if not 0 < fraction <= 1:
+            raise ValueError(f"preprocessing crop_fraction must be in (0, 1], got {fraction}")
+        if mode == "resize":  # the whole photo, aspect ratio not kept
+            return {
+                "mode": "resize",
+                "resize": "whole",
+                "resize_size": [size, size],
+                "crop": None,
+                "input_size": [size, size],
+                "interpolation": "bilinear",
+            }
         return {
+            "mode": "crop",
             "resize": "shorter_side",
             "resize_size": int(round(size / fraction)),
             "crop": "center",
@@ -54,13 +74,20 @@ class ClassificationPipeline(Pipeline):
         if not size:
             return {}
         fraction = preprocessing.get("crop_fraction", data.get("crop_fraction", 0.875))
-        return {"image_size": int(size[0]), "crop_fraction": float(fraction)}
+        return {
+            "image_size": int(size[0]),
+            "crop_fraction": float(fraction),
+            "eval_preprocessing": preprocessing.get("mode", "crop"),
+        }
 
     @property
     def transform(self):
         if not hasattr(self, "_transform"):
             size = int(self.meta.input_size[0])
-            self._transform = classification_eval_transform(size, self.meta.preprocessing.get("crop_fraction", 0.875))
+            preprocessing = self.meta.preprocessing
+            self._transform = classification_eval_transform(
+                size, preprocessing.get("crop_fraction", 0.875), preprocessing.get("mode", "crop")
+            )
         return self._transform
 
     def preprocess(self, image: np.ndarray) -> tuple[Tensor, dict[str, Any]]:
