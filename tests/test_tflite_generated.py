@@ -295,7 +295,7 @@ def other_graphs(tmp_path_factory) -> dict[str, dict]:
     keras_labels = folder / "keras_labels.txt"  # Keras' 1000 classes, no background
     keras_labels.write_text("\n".join(f"class {i}" for i in range(1000)) + "\n")
     imagenet_labels = write_imagenet_labels(folder / "imagenet_labels.txt")
-    labels = {"fully_connected": inat_labels, "keras": keras_labels}
+    labels = {"fully_connected": inat_labels, "keras": keras_labels, "keras_rescaling": keras_labels}
     files = {
         "fully_connected": tf_slim_mobilenet_v2_classifier(
             folder / "mobilenet_v2_0.35_96_inat_bird_quant.tflite",
@@ -304,6 +304,9 @@ def other_graphs(tmp_path_factory) -> dict[str, dict]:
             logits="fully_connected",
         ),  # fmt: skip
         "keras": keras_mobilenet_v2_classifier(folder / "keras_mobilenet_v2_0.35_96_ptq.tflite", **CLASSIFIER),
+        "keras_rescaling": keras_mobilenet_v2_classifier(
+            folder / "keras_mobilenet_v2_0.35_96.tflite", **CLASSIFIER, quantized=False, rescaling=True
+        ),  # fmt: skip
         "mobilenet_v1": tf_slim_mobilenet_v1_classifier(
             folder / "mobilenet_v1_0.25_96_quant.tflite", width=0.25, size=96
         ),  # fmt: skip
@@ -352,17 +355,39 @@ def test_fully_connected_logits_convert_and_agree_with_the_interpreter(other_gra
     assert len(winners) == len(probe_images(CLASSIFIER["size"]))
 
 
-@pytest.mark.parametrize(
-    "key, builder, normalization, logits",
-    [
-        ("keras", "mobilenet_v2", {"name": None, "mean": [127 / 255] * 3, "std": [0.5] * 3}, KERAS_LOGITS),
-        ("mobilenet_v1", "mobilenet_v1", {"name": "tf", "mean": [128 / 255] * 3, "std": [128 / 255] * 3}, V1_LOGITS),
-    ],
-    ids=["keras_v2", "slim_v1"],
-)
-def test_keras_and_v1_graphs_convert_and_agree_with_the_interpreter(other_graphs, tmp_path, key, builder, normalization, logits):  # fmt: skip
+# Per file: builder, normalization recorded, the input scaling in words (its start), the float
+# network's input (scale, zero point) and the logits tensor.
+OTHER_FAMILIES = {
+    "keras": (
+        "mobilenet_v2",
+        {"name": None, "mean": [127 / 255] * 3, "std": [0.5] * 3},
+        "(pixel - 127) * 0.00784314",
+        (1 / 127.5, 127),
+        KERAS_LOGITS,
+    ),  # fmt: skip
+    # A float Keras file with its preprocessing in the graph (Rescaling: MUL, ADD): pixels 0..255 in.
+    "keras_rescaling": (
+        "mobilenet_v2",
+        {"name": None, "mean": [0.5] * 3, "std": [0.5] * 3},
+        "(pixel - 127.5) * 0.00784314",
+        (1.0, 0),
+        KERAS_LOGITS,
+    ),  # fmt: skip
+    "mobilenet_v1": (
+        "mobilenet_v1",
+        {"name": "tf", "mean": [128 / 255] * 3, "std": [128 / 255] * 3},
+        "(pixel - 128) * 0.0078125",
+        (1 / 128, 128),
+        V1_LOGITS,
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("key", list(OTHER_FAMILIES))
+def test_keras_and_v1_graphs_convert_and_agree_with_the_interpreter(other_graphs, tmp_path, key):
     """The converter's other families through the CLI: the builder and input scaling read off the
-    graph and recorded, the float copy's logits to 1e-4, the uint8 file's top-1 on every probe image."""
+    graph and recorded, the float copy's logits to 1e-4, a uint8 file's top-1 on every probe image."""
+    builder, normalization, said, float_input, logits = OTHER_FAMILIES[key]
     file = other_graphs[key]
     assert file["returncode"] == 0, file["stderr"]
     model, meta = load_model(file["checkpoint"])
@@ -370,17 +395,19 @@ def test_keras_and_v1_graphs_convert_and_agree_with_the_interpreter(other_graphs
     assert meta.normalization["name"] == normalization["name"]
     for statistic in ("mean", "std"):
         assert meta.normalization[statistic] == pytest.approx(normalization[statistic])
-    assert meta.training["input"].startswith("(pixel - 127) * 0.00784314" if key == "keras" else "(pixel - 128) * 0.0078125")  # fmt: skip
+    assert meta.training["input"].startswith(said)
+    graph = read_tflite(file["path"])
+    quantized = graph.tensors[graph.inputs[0]].type_name == "uint8"
     exact = _float_copy(file["path"], tmp_path)
-    float_input = (1 / 127.5, 127) if key == "keras" else (1 / 128, 128)
     winners = set()
     for image in probe_images(CLASSIFIER["size"]):
         ours = _ours(model, image)
         reference = _interpreter_tensors(exact, image, (logits,), float_input)[logits].reshape(-1)
         reference = reference[1:] if reference.size == 1001 else reference
         assert np.abs(ours - reference).max() < 1e-4 * max(1.0, np.abs(reference).max())
-        quantised = _interpreter_tensors(file["path"], image, (logits,))[logits].reshape(-1)
-        assert quantised[quantised.size - 1000 :].argmax() == ours.argmax()
+        if quantized:
+            quantised = _interpreter_tensors(file["path"], image, (logits,))[logits].reshape(-1)
+            assert quantised[quantised.size - 1000 :].argmax() == ours.argmax()
         winners.add(int(ours.argmax()))
     assert len(winners) == len(probe_images(CLASSIFIER["size"]))
 

@@ -196,6 +196,20 @@ class _Builder:
         self.logits_bias: int | None = None
         self.input = self.tensor(input_name, (1, size, size, 3), np.float32)
         self.values[self.input] = probe
+        self.image = self.input  # what the stem reads: the input, or the graph's rescaling of it
+
+    def rescale(self, pixels: torch.Tensor, scale: float, offset: float) -> int:
+        """A Keras ``Rescaling(scale, offset)`` layer in the graph: the input takes ``pixels``
+        (0..255) and MUL + ADD give the stem ``pixels * scale + offset``."""
+        shape = self.graph_shape(self.input)
+        self.values[self.input] = pixels
+        factor = self.constant("rescaling/Cast/x", np.array(scale, dtype=np.float32))
+        shift = self.constant("rescaling/Cast_1/x", np.array(offset, dtype=np.float32))
+        scaled = self.activation("rescaling/mul", pixels * scale, shape)
+        self.operators.append(Operator("MUL", [self.input, factor], [scaled], {"activation": "NONE"}))
+        self.image = self.activation("rescaling/add", pixels * scale + offset, shape)
+        self.operators.append(Operator("ADD", [scaled, shift], [self.image], {"activation": "NONE"}))
+        return self.image
 
     def tensor(self, name: str, shape: tuple[int, ...], dtype, data: np.ndarray | None = None) -> int:
         self.tensors.append(Tensor(name, tuple(int(s) for s in shape), np.dtype(dtype), data))
@@ -374,7 +388,7 @@ class _Builder:
         ``mobilenet_base(output_stride=...)`` builds it: once the stride is reached, a stride-2
         depthwise conv keeps stride 1 and every later one dilates by the stride it skipped.
         ``explicit_pad``: strided convs padded by PAD operators, as Keras builds them."""
-        x = self.conv(self.input, "MobilenetV2/Conv", make_divisible(_STEM_CHANNELS * width, round_to), kernel=3, stride=2, explicit_pad=explicit_pad)  # fmt: skip
+        x = self.conv(self.image, "MobilenetV2/Conv", make_divisible(_STEM_CHANNELS * width, round_to), kernel=3, stride=2, explicit_pad=explicit_pad)  # fmt: skip
         current_stride, dilation, number = 2, 1, 0
         for expansion, channels, repeats, first_stride in _BOTTLENECKS:
             out_channels = make_divisible(channels * width, round_to)
@@ -631,15 +645,26 @@ def tf_slim_mobilenet_v2_classifier(
 
 
 def keras_mobilenet_v2_classifier_graph(
-    width: float = 1.0, size: int = 224, num_classes: int = 1000, quantized: bool = True, seed: int = 0
+    width: float = 1.0,
+    size: int = 224,
+    num_classes: int = 1000,
+    quantized: bool = True,
+    seed: int = 0,
+    rescaling: bool = False,
 ) -> Graph:
     """``tf.keras.applications.MobileNetV2`` through TF2's TFLite converter, as far as the converter
     can tell: every strided convolution a PAD of TF's SAME pads (ZeroPadding2D) and a VALID
     convolution, the pool a MEAN over axes 1 and 2 to 1 x C (GlobalAveragePooling2D), the logits a
     FULLY_CONNECTED layer (Dense) with ``num_classes`` outputs (Keras: 1000, no background), then
     SOFTMAX ``predictions``. uint8 files take pixels as Keras' preprocessing gives them,
-    ``pixel / 127.5 - 1``: scale 1/127.5, zero point 127. Tensor names are TF-slim's."""
+    ``pixel / 127.5 - 1``: scale 1/127.5, zero point 127. ``rescaling`` (float files): that
+    preprocessing inside the graph, as a ``Rescaling(1/127.5, -1)`` layer (MUL, ADD), the input
+    pixels 0..255. Tensor names are TF-slim's."""
+    if rescaling and quantized:
+        raise ValueError("rescaling is for float files (a uint8 input carries its scaling)")
     builder = _Builder(seed, "input_1", size, _probe(size, seed, _KERAS_INPUT_QUANTIZATION))
+    if rescaling:
+        builder.rescale(_probe(size, seed, (1.0, 0)), 1 / 127.5, -1.0)
     x = builder.backbone(width, 8, output_stride=32, explicit_pad=True)
     x = builder.conv(x, "MobilenetV2/Conv_1", make_divisible(_LAST_CHANNELS * max(1.0, width)))
     x = builder.mean(x, "global_average_pooling2d/Mean", keep_dims=False)

@@ -86,6 +86,7 @@ def _options(builder, op: Operator, tensors: list[Tensor]) -> tuple[int, int]:
     import tflite  # noqa: PLC0415
 
     Add = _module("AddOptions")
+    Mul = _module("MulOptions")
     ArgMax = _module("ArgMaxOptions")
     Concat = _module("ConcatenationOptions")
     Conv = _module("Conv2DOptions")
@@ -132,6 +133,10 @@ def _options(builder, op: Operator, tensors: list[Tensor]) -> tuple[int, int]:
         Add.AddOptionsStart(builder)
         Add.AddOptionsAddFusedActivationFunction(builder, _ACTIVATIONS[o.get("activation", "NONE")])
         return kinds.AddOptions, Add.AddOptionsEnd(builder)
+    if op.op == "MUL":
+        Mul.MulOptionsStart(builder)
+        Mul.MulOptionsAddFusedActivationFunction(builder, _ACTIVATIONS[o.get("activation", "NONE")])
+        return kinds.MulOptions, Mul.MulOptionsEnd(builder)
     if op.op == "CONCATENATION":
         Concat.ConcatenationOptionsStart(builder)
         Concat.ConcatenationOptionsAddAxis(builder, o["axis"])

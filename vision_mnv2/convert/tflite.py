@@ -35,8 +35,10 @@ TensorFlow conventions (tensorflow/models: ``research/slim/nets/mobilenet``,
   (:func:`vision_mnv2.convert.calibrate_batch_norm`), so that the network fine-tunes.
 * The input scaling is read from the input's quantisation: a uint8 input of scale ``s`` and zero
   point ``z`` means the float network sees ``s * (pixel - z)`` (TF-slim: ``(pixel - 128) / 128``,
-  Keras: ``(pixel - 127) / 127.5``), which becomes the model's ``normalization``. A float input says
-  nothing about it: TF's convention, ``(pixel - 128) / 128`` (inputs in [-1, 1]), is assumed.
+  Keras: ``(pixel - 127) / 127.5``), which becomes the model's ``normalization``; a rescaling in the
+  graph (a Keras ``Rescaling`` layer: MUL, ADD by constants) is read too, its input pixels 0..255.
+  A float input without one says nothing: TF's convention, ``(pixel - 128) / 128`` (inputs in
+  [-1, 1]), is assumed.
 """
 
 from __future__ import annotations
@@ -213,8 +215,9 @@ def _options(op, options_type: int) -> dict:
             "filter": (o.FilterHeight(), o.FilterWidth()),
             "activation": _ACTIVATION.get(o.FusedActivationFunction(), o.FusedActivationFunction()),
         }
-    if options_type == kinds.AddOptions:
-        o = tflite.AddOptions()
+    if options_type in (kinds.AddOptions, kinds.MulOptions, kinds.SubOptions):
+        cls = {kinds.AddOptions: tflite.AddOptions, kinds.MulOptions: tflite.MulOptions, kinds.SubOptions: tflite.SubOptions}[options_type]  # fmt: skip
+        o = cls()
         o.Init(table.Bytes, table.Pos)
         return {"activation": _ACTIVATION.get(o.FusedActivationFunction(), o.FusedActivationFunction())}
     if options_type == kinds.ConcatenationOptions:
@@ -350,6 +353,8 @@ class _Walker:
         self.visited: set[int] = set()
         # operator index -> the PAD operator in front of it (Keras' ZeroPadding2D before a VALID conv)
         self.padded: dict[int, TFLiteOperator] = {}
+        # The graph's own input rescaling (a Keras Rescaling layer): the stem reads a * input + b.
+        self.rescaling: tuple[float, float] | None = None
 
     def error(self, op: TFLiteOperator | None, tensor: int | None, problem: str) -> TFLiteUnsupportedGraph:
         """The graph is outside the supported families: where, what was found, and what is supported."""
@@ -479,9 +484,36 @@ class _Walker:
         shape = self.shape(image)
         if len(shape) != 4 or shape[3] != 3:
             raise self.error(None, image, f"expected an N x H x W x 3 image input, found shape {shape}")
-        stem = self.next(image, ("CONV_2D",), "the stem convolution")
+        stem = self.next(self._rescaled(image), ("CONV_2D",), "the stem convolution")
         self.conv(stem, "stem", kernel=3, activation="RELU6", stride=2)
         return stem
+
+    def _rescaled(self, image: int) -> int:
+        """Through the operators that scale and shift the image by constants before the stem (a
+        Keras ``Rescaling`` layer: MUL, then ADD or SUB); records them as :attr:`rescaling`."""
+        tensor, a, b = image, 1.0, 0.0
+        while True:
+            ops = self.consumers(tensor)
+            if len(ops) != 1 or ops[0].op not in ("MUL", "ADD", "SUB") or len(ops[0].inputs) != 2:
+                break
+            op = ops[0]
+            constants = [t for t in op.inputs if self._is_constant(t) and np.size(self.g.tensors[t].data) == 1]
+            if len(constants) != 1 or op.options.get("activation", "NONE") != "NONE":
+                break
+            value = float(dequantize(self.g.tensors[constants[0]].data, self.g.tensors[constants[0]].scale, self.g.tensors[constants[0]].zero_point).reshape(-1)[0])  # fmt: skip
+            if op.op == "MUL":
+                a, b = a * value, b * value
+            elif op.op == "ADD":
+                b += value
+            elif op.inputs[1] == constants[0]:  # x - c
+                b -= value
+            else:
+                break  # c - x flips the image: not a rescaling
+            self.visited.add(op.index)
+            tensor = op.outputs[0]
+        if tensor != image:
+            self.rescaling = (a, b)
+        return tensor
 
     def is_mobilenet_v1(self, stem: TFLiteOperator) -> bool:
         """MobileNetV1 and V2 begin alike (stem, depthwise conv, 1x1 conv); V1's 1x1 conv has a
@@ -609,23 +641,39 @@ def _same_pads(size: Sequence[int], kernel: int, stride: Sequence[int], dilation
     return tuple(pads)
 
 
+def _snap(value: float, step: float) -> float:
+    """``value`` on the grid of ``step`` when it is there to float32's precision."""
+    snapped = round(value / step) * step
+    return snapped if abs(snapped - value) <= 1e-6 * max(1.0, abs(value)) else value
+
+
 def _input_normalization(walker: _Walker) -> tuple[str | dict, str]:
-    """The model's ``normalization`` from the input's quantisation, and a sentence that says what
-    the float network sees. uint8 pixels ``p`` with scale ``s`` and zero point ``z`` are the float
-    input ``s * (p - z)``; an int8 input is fed ``p - 128``. A float input records no scaling: TF's
-    convention, ``(p - 128) / 128``."""
+    """The model's ``normalization``, and a sentence saying what the float network sees, from the
+    input's quantisation and the graph's own rescaling (:meth:`_Walker._rescaled`; call after
+    :meth:`_Walker.stem`). uint8 pixels ``p`` with scale ``s`` and zero point ``z`` are the float
+    input ``s * (p - z)`` (an int8 input is fed ``p - 128``); a float input with a rescaling in the
+    graph takes pixels 0..255; a float input without one says nothing: TF's convention,
+    ``(p - 128) / 128``, is assumed."""
     tensor = walker.g.tensors[walker.g.inputs[0]]
-    if tensor.scale is None or np.size(tensor.scale) != 1 or tensor.type_name not in ("uint8", "int8"):
+    quantized = tensor.scale is not None and np.size(tensor.scale) == 1 and tensor.type_name in ("uint8", "int8")
+    if not quantized and walker.rescaling is None:
         return "tf", "(pixel - 128) / 128, inputs in [-1, 1] (a float input: TF's convention, the graph does not say)"
-    scale = float(np.asarray(tensor.scale).reshape(-1)[0])
+    scale, offset, sources = 1.0, 0.0, []
+    if quantized:
+        scale = float(np.asarray(tensor.scale).reshape(-1)[0])
+        zero = int(np.asarray(tensor.zero_point if tensor.zero_point is not None else [0]).reshape(-1)[0])
+        offset = zero + (128 if tensor.type_name == "int8" else 0)
+        sources.append("the input's quantisation")
+    if walker.rescaling is not None:
+        a, b = walker.rescaling
+        # a * (scale * (p - offset)) + b = (a * scale) * (p - (offset - b / (a * scale)))
+        scale, offset = a * scale, offset - b / (a * scale)
+        sources.append("the graph's rescaling of the input" + ("" if quantized else ", pixels 0..255"))
     # float32 holds 1 / 127.5 as 0.00784314: the scale meant is a reciprocal of half-units
-    reciprocal = round(2 / scale) / 2
-    if abs(reciprocal * scale - 1) < 1e-6:
-        scale = 1 / reciprocal
-    zero = int(np.asarray(tensor.zero_point if tensor.zero_point is not None else [0]).reshape(-1)[0])
-    offset = zero + (128 if tensor.type_name == "int8" else 0)
+    scale = 1 / _snap(1 / scale, 0.5)
+    offset = _snap(offset, 0.5)
     low, high = scale * (0 - offset), scale * (255 - offset)
-    said = f"(pixel - {offset}) * {scale:.6g}, inputs in [{low:.3g}, {high:.3g}] (the input's quantisation)"
+    said = f"(pixel - {offset:g}) * {scale:.6g}, inputs in [{low:.3g}, {high:.3g}] ({' and '.join(sources)})"
     if offset == 128 and abs(scale - 1 / 128) < 1e-9:
         return "tf", said
     return {"mean": [offset / 255] * 3, "std": [1 / (255 * scale)] * 3}, said
@@ -1068,8 +1116,8 @@ def load_tflite(
     graph = read_tflite(path)
     _refuse_edgetpu(graph)
     walker = _Walker(graph)
-    normalization, input_scaling = _input_normalization(walker)
     stem = walker.stem()
+    normalization, input_scaling = _input_normalization(walker)
     if walker.is_mobilenet_v1(stem):
         layers, tensor = walker.separable_layers(stem)
         model, info = _classifier_v1(walker, stem, layers, tensor, keep_background, labels, normalization)
