@@ -522,3 +522,23 @@ def test_float_files_are_the_quantised_graphs_in_float(converted, key):
     )
     assert operators(float_graph) == operators(copy)
     assert [op.op for op in quantised.operators if op.op == "QUANTIZE"] == (["QUANTIZE"] if key == "deeplab" else [])
+
+
+def test_an_int8_input_is_fed_pixels_minus_128(tmp_path):
+    """int8 files take pixel - 128: the input's zero point counts from there (scale 1/128, zero
+    point 0 is TF's (pixel - 128) / 128; scale 1/127.5, zero point -1 is Keras' (pixel - 127) / 127.5)."""
+    from dataclasses import replace  # noqa: PLC0415
+
+    from vision_mnv2.convert import load_tflite  # noqa: PLC0415
+
+    from .tflite_models import tf_slim_mobilenet_v2_classifier_graph  # noqa: PLC0415
+
+    graph = tf_slim_mobilenet_v2_classifier_graph(**CLASSIFIER, quantized=True)
+    image = graph.inputs[0]
+    for (scale, zero_point), expected in (((1 / 128, 0), "(pixel - 128) * 0.0078125"), ((1 / 127.5, -1), "(pixel - 127) * 0.00784314")):  # fmt: skip
+        tensors = list(graph.tensors)
+        tensors[image] = replace(tensors[image], dtype=np.dtype(np.int8), scale=np.array([scale], np.float32), zero_point=np.array([zero_point]))  # fmt: skip
+        path = write_tflite(replace(graph, tensors=tensors), tmp_path / "int8_input.tflite")
+        _, info = load_tflite(path, calibrate=False)
+        assert info["input_scaling"].startswith(expected)
+        assert (info["normalization"] == "tf") == (zero_point == 0)
