@@ -68,7 +68,19 @@ def _sum_over_processes(trainer: L.Trainer, value: float) -> float:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True))
+    """Strict JSON: an undefined score (NaN: a class in neither the ground truth nor the predictions
+    has no IoU) is written as null, which every JSON reader takes; Python's NaN token is not JSON."""
+    atomic_write_text(path, json.dumps(_nan_as_null(payload), indent=2, sort_keys=True, allow_nan=False))
+
+
+def _nan_as_null(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _nan_as_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_as_null(item) for item in value]
+    return value
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

@@ -80,20 +80,35 @@ def test_make_test_is_the_test_command():
     assert 'pip install -e ".[dev]"' in done.stdout and "-m pytest" in done.stdout
 
 
-# Two halves that can run on two test workers at once (pytest-xdist's loadgroup), each in a world of
-# its own that makes what its commands need: deployment (exports, quantize, benchmark, converted
-# models), the slow half, and everything else.
+# Groups that run on test workers at once (pytest-xdist's loadgroup), each in a world of its own
+# that makes what its commands need: deployment (exports, quantize, benchmark, converted models),
+# everything else, and (marked ``programs``, CI's second stage) the ExecuTorch programs in two.
 DEPLOY_TOOLS = ("tools/export.py", "tools/quantize.py", "tools/benchmark.py", "tools/convert.py")
 
 
 def _half(command: Command) -> str:
-    deploy = command.tool in DEPLOY_TOOLS or ".pte" in command.text or "mnv2.ckpt" in command.text
+    if _makes_or_runs_a_program(command):
+        # Two worlds, so that two workers share the lowerings: detection's and classification's
+        # int8 programs (with the converted model's) in one, segmentation's and the float ones in the other.
+        int8 = command.value("export.quantize") == "int8" and command.task != "segmentation"
+        return "readme-programs-int8" if int8 or ".pte" in command.text else "readme-programs"
+    deploy = command.tool in DEPLOY_TOOLS or "mnv2.ckpt" in command.text
     return "readme-deploy" if deploy else "readme"
+
+
+def _makes_or_runs_a_program(command: Command) -> bool:
+    """ExecuTorch exports (and what runs their programs): marked ``programs``, CI's second stage."""
+    return command.value("export.format") == "executorch" or ".pte" in command.text
+
+
+def _marks(command: Command) -> list:
+    marks = [pytest.mark.xdist_group(_half(command))]
+    return marks + [pytest.mark.programs] if _makes_or_runs_a_program(command) else marks
 
 
 @pytest.mark.parametrize(
     "command",
-    [pytest.param(c, marks=pytest.mark.xdist_group(_half(c))) for c in COMMANDS if c.words[:2] != ["make", "test"]],
+    [pytest.param(c, marks=_marks(c)) for c in COMMANDS if c.words[:2] != ["make", "test"]],
     ids=lambda c: c.id,
 )
 def test_readme_command(world, command: Command):
@@ -124,8 +139,11 @@ def _check_what_it_promises(world: UserWorld, command: Command, outcome) -> None
         assert metrics["last_checkpoint"] and metrics["wall_time_s"] > 0
         assert "Training done in" in outcome.stdout + outcome.stderr, "the run ends with its summary line"
     elif tool == "tools/eval.py":
-        written = json.loads((_run_folder(outcome) / "metrics.json").read_text())
-        assert written["metrics"] and all(np.isfinite(v) for v in written["metrics"].values())
+        text = (_run_folder(outcome) / "metrics.json").read_text()
+        written = json.loads(text, parse_constant=lambda token: pytest.fail(f"metrics.json holds {token}: not JSON"))
+        assert written["metrics"] and all(np.isfinite(v) for k, v in written["metrics"].items() if "/IoU/" not in k)
+        # A class in neither the ground truth nor the predictions has no IoU: null, not a number.
+        assert all(v is None or np.isfinite(v) for v in written["metrics"].values())
         first = next(iter(written["metrics"]))
         assert first in outcome.stdout, "the metrics are printed"
     elif tool == "tools/predict.py":
