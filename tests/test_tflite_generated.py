@@ -8,8 +8,6 @@ ships."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from PIL import Image
 from vision_mnv2.checkpoint import load_model, read_checkpoint
 from vision_mnv2.convert import read_tflite
 
+from .command_server import CommandServer
 from .helpers import GOOGLE_CLASSIFIER, GOOGLE_DEEPLAB, GOOGLE_MODELS, REPO_ROOT, needs_google
 
 pytest.importorskip("tflite")
@@ -70,8 +69,24 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory) -> dict[str, dict]:
-    """The four files, each converted by ``tools/convert.py`` in a subprocess (the README's
+def commands():
+    """``python tools/convert.py ...`` as a user runs it, each in a process of its own, forked from
+    one that imported torch once (tests/command_server.py)."""
+    server = CommandServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _convert(commands: CommandServer, arguments: list[str]) -> dict:
+    done = commands.run(["python", "tools/convert.py", *arguments], REPO_ROOT, {**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)  # fmt: skip
+    return {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, commands) -> dict[str, dict]:
+    """The four files, each converted by ``tools/convert.py`` in a process of its own (the README's
     commands: ImageNet-style labels for the classifiers, VOC labels and ``--calibration photos/``
     for DeepLab) and by :func:`convert_tflite` with the same arguments."""
     from vision_mnv2.convert.tflite_checkpoint import convert_tflite  # noqa: PLC0415
@@ -90,28 +105,12 @@ def converted(tmp_path_factory) -> dict[str, dict]:
         deeplab = key.startswith("deeplab")
         options = {"labels": voc_labels if deeplab else imagenet_labels, "calibration": photos if deeplab else None}
         files[key] = {"path": path, **options}
-    # The four subprocesses run together while this process converts through the API (most of their
-    # time is importing torch): one intra-op thread each, as in this process.
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    processes = {}
     for key, file in files.items():
-        command = [sys.executable, "tools/convert.py", str(file["path"]), "--labels", str(file["labels"])]
-        command += ["--output", str(folder / f"{key}_cli.ckpt")]
+        arguments = [str(file["path"]), "--labels", str(file["labels"]), "--output", str(folder / f"{key}_cli.ckpt")]
         if file["calibration"] is not None:
-            command += ["--calibration", str(file["calibration"])]
-        processes[key] = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        for key, file in files.items():
-            file["api_checkpoint"], _ = convert_tflite(file["path"], folder / f"{key}_api.ckpt", labels=file["labels"], calibration=file["calibration"])  # fmt: skip
-        for key, process in processes.items():
-            stdout, stderr = process.communicate(timeout=300)
-            files[key].update(returncode=process.returncode, stdout=stdout, stderr=stderr)
-            files[key]["cli_checkpoint"] = folder / f"{key}_cli.ckpt"
-    finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+            arguments += ["--calibration", str(file["calibration"])]
+        file.update(_convert(commands, arguments), cli_checkpoint=folder / f"{key}_cli.ckpt")
+        file["api_checkpoint"], _ = convert_tflite(file["path"], folder / f"{key}_api.ckpt", labels=file["labels"], calibration=file["calibration"])  # fmt: skip
     return files
 
 
@@ -284,11 +283,11 @@ V1_LOGITS = "MobilenetV1/Logits/Conv2d_1c_1x1/BiasAdd;MobilenetV1/Logits/Conv2d_
 
 
 @pytest.fixture(scope="module")
-def other_graphs(tmp_path_factory) -> dict[str, dict]:
+def other_graphs(tmp_path_factory, commands) -> dict[str, dict]:
     """A fully connected classifier, a Keras MobileNetV2 (PAD + VALID convolutions, MEAN, Dense;
     input (pixel - 127) / 127.5), a TF-slim MobileNetV1, an Edge TPU compiled file and a graph that
-    stops after MobileNetV1's first layer, each given to ``tools/convert.py`` as a user would (in
-    subprocesses run together)."""
+    stops after MobileNetV1's first layer, each given to ``tools/convert.py`` as a user would (each
+    in a process of its own)."""
     folder = tmp_path_factory.mktemp("other_graphs")
     inat_labels = folder / "inat_bird_labels.txt"
     inat_labels.write_text("\n".join([f"species {i}" for i in range(INAT_CLASSES - 1)] + ["background"]) + "\n")
@@ -313,21 +312,10 @@ def other_graphs(tmp_path_factory) -> dict[str, dict]:
         "edgetpu": edgetpu_compiled(folder / "mobilenet_v2_0.35_96_quant_edgetpu.tflite", size=96),
         "mobilenet_v1_start": mobilenet_v1_start(folder / "mobilenet_v1_start.tflite"),
     }
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    processes = {}
-    for key, path in files.items():
-        command = [sys.executable, "tools/convert.py", str(path), "--labels", str(labels.get(key, imagenet_labels)), "--output", str(folder / f"{key}.ckpt")]  # fmt: skip
-        processes[key] = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     results = {}
-    try:
-        for key, process in processes.items():
-            stdout, stderr = process.communicate(timeout=300)
-            results[key] = {"path": files[key], "checkpoint": folder / f"{key}.ckpt", "returncode": process.returncode, "stdout": stdout, "stderr": stderr}  # fmt: skip
-    finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    for key, path in files.items():
+        arguments = [str(path), "--labels", str(labels.get(key, imagenet_labels)), "--output", str(folder / f"{key}.ckpt")]  # fmt: skip
+        results[key] = {"path": path, "checkpoint": folder / f"{key}.ckpt", **_convert(commands, arguments)}
     return results
 
 
