@@ -3,7 +3,7 @@ by name, a program's description (sidecar) and fixed input size, and int8 with d
 
 Each task's programs, float32 and int8, come from the documentation's own export commands, checked
 against their checkpoints in tests/test_readme.py (each lowering takes tens of seconds to minutes:
-they are made once). Needs the optional extra ``mobile`` (``executorch``); skips when it is absent."""
+they are made once). Marked ``programs``, as those commands are: CI's second stage. Needs the optional extra ``mobile`` (``executorch``); skips when it is absent."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ from .helpers import compose_config, realistic_batch_norm
 executorch = pytest.importorskip(
     "executorch", reason="ExecuTorch export needs the optional extra: pip install '.[mobile]'"
 )
+# Every test here lowers a program: CI's second stage (pyproject.toml's `programs` marker).
+pytestmark = pytest.mark.programs
 
 
 def _tool_config(name: str, overrides: list[str], output_dir):

@@ -1,6 +1,7 @@
 """What a user reads when something goes wrong (or right): every message says what happened, names
 the file and says what to do, without a traceback unless asked for (HYDRA_FULL_ERROR=1). The tools
-run as a user runs them, in a subprocess from the repository root."""
+run as a user runs them, each in a process of its own from the repository root (forked from one
+that imported torch once: tests/command_server.py)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from vision_mnv2.files import UnreadableFile, WriteFailed, load_torch_file
 from vision_mnv2.models import mobilenet_v2
 from vision_mnv2.pipelines import describe
 
+from .command_server import CommandServer
 from .helpers import REPO_ROOT
 
 HINT = "(set HYDRA_FULL_ERROR=1 for the traceback)"
@@ -41,8 +43,25 @@ def user_environment(**extra: str) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k not in switches}, **extra}
 
 
+_SERVER: CommandServer | None = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_the_command_server():
+    yield
+    global _SERVER
+    if _SERVER is not None:
+        _SERVER.close()
+        _SERVER = None
+
+
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python <args>`` from the repository root, as a user types it."""
+    """``python <args>`` from the repository root, as a user types it: a tool through the command
+    server, ``-c`` probes in a fresh interpreter."""
+    global _SERVER
+    if args[0].startswith("tools/"):
+        _SERVER = _SERVER or CommandServer()
+        return _SERVER.run(["python", *args], REPO_ROOT, user_environment(**(env or {})), timeout=timeout)
     return subprocess.run(
         [sys.executable, *args],
         cwd=REPO_ROOT,
@@ -177,6 +196,7 @@ def program(tiny):
     return {"pte": pte, "other": other}
 
 
+@pytest.mark.programs
 def test_predicting_with_a_program_prints_none_of_the_runtimes_noise(program, tiny):
     done = run("tools/predict.py", f"ckpt_path={program['pte']}", f"input={tiny['image']}", f"hydra.run.dir={tiny['folder'] / 'p2'}")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -195,6 +215,7 @@ def test_the_runtimes_other_lines_are_passed_on(capfd):
     assert capfd.readouterr().err == "[method.cpp:99] something worth reading\n"
 
 
+@pytest.mark.programs
 def test_a_description_of_another_program_is_refused(program, tiny):
     from vision_mnv2.executorch_export import sidecar_path
 
@@ -208,6 +229,7 @@ def test_a_description_of_another_program_is_refused(program, tiny):
     assert "Export again" in done.stderr
 
 
+@pytest.mark.programs
 def test_an_older_description_is_taken_and_a_failing_input_is_named(program, tiny):
     """A description written before programs were identified is not checked; the runtime's failure on
     the image (this program takes 8 x 8) then names the file, the shape and the runtime's reason."""
