@@ -345,8 +345,9 @@ def _builder_defaults(name: str) -> dict[str, Any]:
 def inherit_from_init(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """For ``init_from=<checkpoint of this project>``: set the model's input conventions
     (:data:`INHERITED`) and, on the same backbone, its width (:data:`INHERITED_SAME_BACKBONE`) to
-    the checkpoint's, unless the command sets them explicitly; returns what was set. Torchvision files and names carry no description and need none (ImageNet statistics,
-    PyTorch padding: the defaults)."""
+    the checkpoint's, unless the command sets them explicitly; returns what was set. Torchvision
+    files and names carry no description and need none (ImageNet statistics, PyTorch padding: the
+    defaults)."""
     source = cfg.get("init_from")
     if not source or "model" not in cfg or export_format(str(source)) is not None:
         return {}
@@ -381,7 +382,8 @@ def inherit_from_init(cfg: DictConfig, overrides: Sequence[str] | None = None) -
             taken[key] = value
     if taken:
         log.info(
-            "init_from %s: its weights expect %s, so the new model takes them (set model.<key> or backbone.<key> to choose otherwise)",
+            "init_from %s: its weights expect %s, so the new model takes them "
+            "(set model.<key> or backbone.<key> to choose otherwise)",
             path,
             ", ".join(f"{k}={v if not isinstance(v, dict) else v.get('name') or v}" for k, v in taken.items()),
         )

@@ -3,7 +3,8 @@ by name, a program's description (sidecar) and fixed input size, and int8 with d
 
 Each task's programs, float32 and int8, come from the documentation's own export commands, checked
 against their checkpoints in tests/test_readme.py (each lowering takes tens of seconds to minutes:
-they are made once). Marked ``programs``, as those commands are: CI's second stage. Needs the optional extra ``mobile`` (``executorch``); skips when it is absent."""
+they are made once). Marked ``programs``, as those commands are: CI's second stage. Needs the
+optional extra ``mobile`` (``executorch``); skips when it is absent."""
 
 from __future__ import annotations
 

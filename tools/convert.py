@@ -66,11 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as error:  # the reader of the optional extra
         raise ImportError(f'{error.name} is not installed: pip install -e ".[tflite]"') from error
     size = "x".join(map(str, meta.input_size)) if meta.input_size else "any size"
+    normalization = meta.normalization["name"] or _statistics(meta.normalization)
     fed = meta.preprocessing.get("mode")
     fed = f", photos fed by {fed}" + (f" {meta.preprocessing['crop_fraction']}" if fed == "crop" else "") if fed else ""
     print(
         f"{meta.task} model ({meta.builder}, width {meta.builder_args['width_mult']}, {meta.num_classes} classes, "
-        f"input {size}, normalization {meta.normalization['name'] or _statistics(meta.normalization)}{fed}) written to {path}"
+        f"input {size}, normalization {normalization}{fed}) written to {path}"
     )
     return 0
 

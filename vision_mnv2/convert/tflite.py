@@ -546,8 +546,9 @@ class _Walker:
             raise self.error(
                 following[0] if following else None,
                 tensor,
-                f"found {len(layers)} MobileNetV1 separable layers where there are {NUM_SEPARABLE_LAYERS}; the walk stopped here",
-            )  # fmt: skip
+                f"found {len(layers)} MobileNetV1 separable layers where there are {NUM_SEPARABLE_LAYERS}; "
+                "the walk stopped here",
+            )
         return layers, tensor
 
     def backbone(self, stem: TFLiteOperator) -> tuple[list[_Block], int]:
