@@ -371,6 +371,8 @@ def inherit_from_init(cfg: DictConfig, overrides: Sequence[str] | None = None) -
         for key in keys:
             if key not in meta.builder_args or f"model.{key}" in explicit or f"backbone.{key}" in explicit:
                 continue
+            if key in INHERITED_SAME_BACKBONE and key not in defaults:
+                continue  # a setting this builder does not take (DeepLab on MobileNetV1 has no min_depth)
             value = meta.builder_args[key]
             current = cfg.model.get(key, defaults.get(key))  # what the model would be built with
             current = OmegaConf.to_container(current) if OmegaConf.is_config(current) else current

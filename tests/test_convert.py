@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 
+import hydra
 import numpy as np
 import pytest
 import torch
@@ -133,3 +134,13 @@ def test_a_mobilenet_v1_checkpoint_starts_a_v1_model_of_its_width(tiny_cls_root,
     # A width given on the command line is the user's: kept, and the weights then do not fit.
     explicit = compose_config("train", overrides + ["backbone.width_mult=0.5"], tmp_path / "run2")
     assert "width_mult" not in inherit_from_init(explicit) and explicit.model.width_mult == 0.5
+    # DeepLab on MobileNetV1 takes the width; min_depth, which its builder does not take, stays out.
+    segmenter = [o.replace("task=classification", "task=deeplabv3") for o in overrides]
+    cfg = compose_config("train", segmenter, tmp_path / "run3")
+    taken = inherit_from_init(cfg)
+    assert taken["normalization"]["name"] == "tf" and {k: taken[k] for k in ("tf_padding", "width_mult")} == {
+        "tf_padding": True,
+        "width_mult": 0.25,
+    }
+    assert "min_depth" not in taken
+    assert hydra.utils.instantiate(cfg.model).backbone.width_mult == 0.25

@@ -140,8 +140,9 @@ def test_exports_and_eval_carry_the_choice(checkpoints, photos, tmp_path):
 def test_bad_preprocessing_settings_are_errors_that_say_what_is_allowed(checkpoints, tmp_path):
     with pytest.raises(ValueError, match=r"preprocessing mode is one of \('crop', 'resize'\), got 'squash'"):
         vision_mnv2.load(checkpoints["crop"], preprocessing={"mode": "squash"})
-    with pytest.raises(ValueError, match=r"crop_fraction must be in \(0, 1\], got 1.5"):
-        vision_mnv2.load(checkpoints["crop"], preprocessing={"crop_fraction": 1.5})
+    for fraction in (1.5, 0):
+        with pytest.raises(ValueError, match=rf"crop_fraction must be in \(0, 1\], got {float(fraction)}"):
+            vision_mnv2.load(checkpoints["crop"], preprocessing={"crop_fraction": fraction})
     with pytest.raises(ValueError, match=r"preprocessing.flip is not a classification setting; settings: mode \(.*\), crop_fraction"):  # fmt: skip
         vision_mnv2.load(checkpoints["crop"], preprocessing={"flip": True})
     segmenter = deeplabv3_mobilenet_v2(num_classes=3, width_mult=0.35, aspp=False)

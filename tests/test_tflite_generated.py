@@ -517,7 +517,7 @@ def test_an_int8_input_is_fed_pixels_minus_128(tmp_path):
     point 0 is TF's (pixel - 128) / 128; scale 1/127.5, zero point -1 is Keras' (pixel - 127) / 127.5)."""
     from dataclasses import replace  # noqa: PLC0415
 
-    from vision_mnv2.convert import load_tflite  # noqa: PLC0415
+    from vision_mnv2.convert import TFLiteUnsupportedGraph, load_tflite  # noqa: PLC0415
 
     from .tflite_models import tf_slim_mobilenet_v2_classifier_graph  # noqa: PLC0415
 
@@ -530,3 +530,11 @@ def test_an_int8_input_is_fed_pixels_minus_128(tmp_path):
         _, info = load_tflite(path, calibrate=False)
         assert info["input_scaling"].startswith(expected)
         assert (info["normalization"] == "tf") == (zero_point == 0)
+    # One scale per colour: refused, not read as a float input.
+    tensors = list(graph.tensors)
+    tensors[image] = replace(tensors[image], scale=np.full(3, 1 / 128, np.float32), zero_point=np.full(3, 128), axis=3)
+    path = write_tflite(replace(graph, tensors=tensors), tmp_path / "per_channel_input.tflite")
+    with pytest.raises(
+        TFLiteUnsupportedGraph, match="a uint8 image input needs one scale and zero point, found 3 scales"
+    ):
+        load_tflite(path, calibrate=False)

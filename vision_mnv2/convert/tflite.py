@@ -502,6 +502,10 @@ class _Walker:
                 break
             value = float(dequantize(self.g.tensors[constants[0]].data, self.g.tensors[constants[0]].scale, self.g.tensors[constants[0]].zero_point).reshape(-1)[0])  # fmt: skip
             if op.op == "MUL":
+                if value <= 0:
+                    raise self.error(
+                        op, op.outputs[0], f"the input is multiplied by {value}: not a rescaling of pixels"
+                    )
                 a, b = a * value, b * value
             elif op.op == "ADD":
                 b += value
@@ -656,7 +660,10 @@ def _input_normalization(walker: _Walker) -> tuple[str | dict, str]:
     graph takes pixels 0..255; a float input without one says nothing: TF's convention,
     ``(p - 128) / 128``, is assumed."""
     tensor = walker.g.tensors[walker.g.inputs[0]]
-    quantized = tensor.scale is not None and np.size(tensor.scale) == 1 and tensor.type_name in ("uint8", "int8")
+    quantized = tensor.type_name in ("uint8", "int8")
+    if quantized and (tensor.scale is None or np.size(tensor.scale) != 1):
+        found = "no scale" if tensor.scale is None else f"{np.size(tensor.scale)} scales"
+        raise walker.error(None, walker.g.inputs[0], f"a {tensor.type_name} image input needs one scale and zero point, found {found}")  # fmt: skip
     if not quantized and walker.rescaling is None:
         return "tf", "(pixel - 128) / 128, inputs in [-1, 1] (a float input: TF's convention, the graph does not say)"
     scale, offset, sources = 1.0, 0.0, []

@@ -177,6 +177,9 @@ class Pipeline:
         said = [f"preprocessing.{k}={v} (recorded: {recorded.get(k)})" for k, v in settings.items() if recorded.get(k) != changed.get(k)]  # fmt: skip
         if said:
             log.info("%s: %s", source, ", ".join(said))
+        unused = [f"preprocessing.{k}={v}" for k, v in settings.items() if k not in changed]
+        if unused:
+            log.warning("%s: %s changes nothing with mode=%s", source, ", ".join(unused), changed.get("mode"))
         meta.preprocessing = changed
 
     def __repr__(self) -> str:

@@ -42,7 +42,7 @@ class ClassificationPipeline(Pipeline):
     @classmethod
     def preprocessing(cls, builder_args: dict[str, Any], hints: dict[str, Any]) -> dict[str, Any]:
         size = int(hints.get("image_size") or 224)
-        fraction = float(hints.get("crop_fraction") or 0.875)
+        fraction = 0.875 if hints.get("crop_fraction") is None else float(hints["crop_fraction"])
         mode = hints.get("mode") or "crop"
         if mode not in EVAL_MODES:
             raise ValueError(f"preprocessing mode is one of {EVAL_MODES}, got {mode!r}")
