@@ -777,23 +777,26 @@ def _infer_width(walker: _Walker, stem: TFLiteOperator, blocks: list[_Block], la
     )
 
 
-def _check_strides(walker: _Walker, blocks: list[_Block], backbone: nn.Module) -> None:
-    for index, block in enumerate(blocks, start=1):
+def _check_strides(walker: _Walker, depthwise: list[TFLiteOperator], backbone: nn.Module, name: str) -> None:
+    """The graph's depthwise convolutions (one per layer after the stem) stride and dilate as the
+    built ``backbone``'s do."""
+    for index, op in enumerate(depthwise, start=1):
         conv = backbone.features[index].depthwise[0]
-        graph = (block.depthwise.options["stride"][0], block.depthwise.options["dilation"][0])
+        graph = (op.options["stride"][0], op.options["dilation"][0])
         if graph != (conv.stride[0], conv.dilation[0]):
             raise walker.error(
-                block.depthwise,
-                block.depthwise.outputs[0],
-                f"stride {graph[0]} / dilation {graph[1]} where MobileNetV2 at this output stride has "
+                op,
+                op.outputs[0],
+                f"stride {graph[0]} / dilation {graph[1]} where {name} at this output stride has "
                 f"{conv.stride[0]} / {conv.dilation[0]}",
             )
 
 
-def _output_stride(blocks: list[_Block]) -> int:
+def _output_stride(depthwise: list[TFLiteOperator]) -> int:
+    """The stem's 2 times the strides of the depthwise convolutions."""
     stride = 2
-    for block in blocks:
-        stride *= block.depthwise.options["stride"][0]
+    for op in depthwise:
+        stride *= op.options["stride"][0]
     return stride
 
 
@@ -893,13 +896,13 @@ def _classifier(walker, stem, blocks, tensor, keep_background: bool, labels, nor
     args = {
         "width_mult": width,
         "num_classes": num_classes,
-        "output_stride": _output_stride(blocks),
+        "output_stride": _output_stride([block.depthwise for block in blocks]),
         "round_nearest": round_nearest,
         "tf_padding": True,
         "normalization": normalization,
     }
     model = mobilenet_v2(**args)
-    _check_strides(walker, blocks, model.backbone)
+    _check_strides(walker, [block.depthwise for block in blocks], model.backbone, "MobileNetV2")
     _load_backbone(walker, stem, blocks, model.backbone)
     _load_conv_bn(walker, last, model.backbone.features[-1][0], model.backbone.features[-1][1])
     _load_logits(walker, logits, model.classifier[1], drop)
@@ -932,30 +935,20 @@ def _classifier_v1(walker, stem, layers, tensor, keep_background: bool, labels, 
     logits = _classifier_head(walker, tensor)
     width, min_depth = _infer_v1_width(walker, stem, layers)
     num_classes, drop = _classifier_classes(walker, logits, keep_background)
-    stride = 2
-    for depthwise, _ in layers:
-        stride *= depthwise.options["stride"][0]
     args = {
         "width_mult": width,
         "num_classes": num_classes,
-        "output_stride": stride,
+        "output_stride": _output_stride([depthwise for depthwise, _ in layers]),
         "min_depth": min_depth,
         "tf_padding": True,
         "normalization": normalization,
     }
     model = mobilenet_v1(**args)
     backbone = model.backbone
+    _check_strides(walker, [depthwise for depthwise, _ in layers], backbone, "MobileNetV1")
     _load_conv_bn(walker, stem, backbone.features[0][0], backbone.features[0][1])
     for index, (depthwise, pointwise) in enumerate(layers, start=1):
         layer = backbone.features[index]
-        conv = layer.depthwise[0]
-        graph = (depthwise.options["stride"][0], depthwise.options["dilation"][0])
-        if graph != (conv.stride[0], conv.dilation[0]):
-            raise walker.error(
-                depthwise,
-                depthwise.outputs[0],
-                f"stride {graph[0]} / dilation {graph[1]} where MobileNetV1 has {conv.stride[0]} / {conv.dilation[0]}",
-            )
         _load_conv_bn(walker, depthwise, layer.depthwise[0], layer.depthwise[1])
         _load_conv_bn(walker, pointwise, layer.pointwise[0], layer.pointwise[1])
     _load_logits(walker, logits, model.classifier[1], drop)
@@ -1028,7 +1021,7 @@ def _deeplab(walker, stem, blocks, tensor, labels, normalization):
     walker.check_all_used()
 
     width, round_nearest = _infer_width(walker, stem, blocks, None)
-    output_stride = _output_stride(blocks)
+    output_stride = _output_stride([block.depthwise for block in blocks])
     if output_stride not in (8, 16):
         raise walker.error(blocks[-1].depthwise, tensor, f"DeepLab output stride {output_stride}; expected 8 or 16")
     args = {
@@ -1042,7 +1035,7 @@ def _deeplab(walker, stem, blocks, tensor, labels, normalization):
         "normalization": normalization,
     }
     model = deeplabv3_mobilenet_v2(**args)
-    _check_strides(walker, blocks, model.backbone)
+    _check_strides(walker, [block.depthwise for block in blocks], model.backbone, "MobileNetV2")
     _load_backbone(walker, stem, blocks, model.backbone)
     conv0, pooling = model.aspp.convs[0], model.aspp.convs[1]
     _load_conv_bn(walker, aspp0, conv0[0], conv0[1])
