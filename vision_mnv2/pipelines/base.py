@@ -169,11 +169,14 @@ class Pipeline:
         unknown = sorted(set(settings) - set(cls.preprocessing_settings))
         if unknown:
             known = ", ".join(f"{k} ({v})" for k, v in cls.preprocessing_settings.items()) or "none"
-            raise ValueError(f"preprocessing.{unknown[0]} is not a {cls.task} setting; settings: {known}")
+            raise ValueError(f"{source}: preprocessing.{unknown[0]} is not a {cls.task} setting; settings: {known}")
         if not settings:
             return
         recorded = meta.preprocessing
-        changed = cls.preprocessing(meta.builder_args, {**cls.hints_of(recorded, cls.working_size_of(recorded)), **settings})  # fmt: skip
+        try:
+            changed = cls.preprocessing(meta.builder_args, {**cls.hints_of(recorded, cls.working_size_of(recorded)), **settings})  # fmt: skip
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
         said = [f"preprocessing.{k}={v} (recorded: {recorded.get(k)})" for k, v in settings.items() if recorded.get(k) != changed.get(k)]  # fmt: skip
         if said:
             log.info("%s: %s", source, ", ".join(said))
