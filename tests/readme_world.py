@@ -289,6 +289,7 @@ class UserWorld:
         self.data = root / "data"
         self.server = server
         self.done: dict[str, Outcome] = {}
+        self.blocks_done: dict = {}  # the python blocks run here (test_readme.py), by id: (code, outcome)
         self.cwd.mkdir(parents=True)
         # The repository's tools and configs, as in a clone (the tools find ../configs beside them).
         for name in ("tools", "configs"):
