@@ -12,7 +12,7 @@ from torch import nn
 
 from vision_mnv2.models import FeatureBackbone
 
-__all__ = ["parameter_groups", "configure_optimizers", "warmup_factor"]
+__all__ = ["parameter_groups", "configure_optimizers", "step_budget", "warmup_factor"]
 
 log = logging.getLogger(__name__)
 
@@ -49,28 +49,52 @@ def parameter_groups(
     return groups
 
 
-def _total_units(module: L.LightningModule, interval: str) -> int:
-    trainer = module.trainer
-    if interval == "step":
-        return int(trainer.estimated_stepping_batches)
-    if trainer.max_epochs is None or trainer.max_epochs < 0:
-        raise ValueError("an epoch-based schedule needs trainer.max_epochs")
-    return int(trainer.max_epochs)
+def step_budget(trainer: L.Trainer) -> int | None:
+    """The run's budget in optimizer steps when ``trainer.max_steps`` gives one and no epoch count
+    bounds the run (``max_epochs`` -1), else None."""
+    if trainer.max_steps is not None and trainer.max_steps > 0 and (trainer.max_epochs or -1) < 0:
+        return int(trainer.max_steps)
+    return None
 
 
-def _build_scheduler(scheduler: Callable, opt: torch.optim.Optimizer, total: int):
-    """Schedules whose length is the run's length (cosine ``T_max``, polynomial ``total_iters``) get
-    it from the trainer when the config leaves it out, so one config fits any number of epochs."""
+def _run_length(scheduler: Callable) -> str | None:
+    """The keyword through which ``scheduler`` takes the run's length (cosine ``T_max``, polynomial
+    ``total_iters``) when its config leaves it to the run, else None."""
     keywords = getattr(scheduler, "keywords", {})
     func = getattr(scheduler, "func", scheduler)
     try:
         accepted = inspect.signature(func).parameters
     except (TypeError, ValueError):
         accepted = {}
-    for name in ("T_max", "total_iters"):
-        if name in accepted and name not in keywords:
-            return scheduler(opt, **{name: max(1, total)})
-    return scheduler(opt)
+    return next((name for name in ("T_max", "total_iters") if name in accepted and name not in keywords), None)
+
+
+def _schedule(module: L.LightningModule, scheduler: Callable, interval: str) -> tuple[dict[str, int], str]:
+    """The run-length keyword for ``scheduler`` and the interval it steps at, so that one config
+    fits a run of any length. A schedule over the run follows a step budget (``trainer.max_steps``,
+    no epoch count): it is laid over the steps whatever its configured interval, so that a budget
+    means the same on any dataset size."""
+    trainer = module.trainer
+    length = _run_length(scheduler)
+    if length is None:
+        return {}, interval  # its own period (StepLR's step_size, ...): per epoch or step as configured
+    budget = step_budget(trainer)
+    if budget is not None:
+        if interval == "epoch":
+            log.info(
+                "The %s schedule runs over the budget of %d steps (per step, not per epoch)", _name(scheduler), budget
+            )
+        return {length: budget}, "step"
+    if interval == "step":
+        return {length: max(1, int(trainer.estimated_stepping_batches))}, interval
+    if trainer.max_epochs is None or trainer.max_epochs < 0:
+        raise ValueError("a schedule over the run's epochs needs trainer.max_epochs, or a budget in trainer.max_steps")
+    return {length: max(1, int(trainer.max_epochs))}, interval
+
+
+def _name(scheduler: Callable) -> str:
+    func = getattr(scheduler, "func", scheduler)
+    return getattr(func, "__name__", type(func).__name__)
 
 
 def configure_optimizers(
@@ -93,8 +117,8 @@ def configure_optimizers(
     opt = optimizer(parameter_groups(module, keywords.get("weight_decay", 0.0), keywords.get("lr"), backbone_lr_mult))
     if scheduler is None:
         return opt
-    sched = _build_scheduler(scheduler, opt, total=_total_units(module, interval))
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}
+    length, interval = _schedule(module, scheduler, interval)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler(opt, **length), "interval": interval}}
 
 
 def warmup_factor(step: int, warmup_steps: int, start: float = 0.01) -> float:

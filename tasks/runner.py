@@ -42,6 +42,7 @@ def build(cfg: DictConfig, with_loggers: bool = True) -> tuple[L.LightningDataMo
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     inherit_from_init(cfg)  # a checkpoint's input conventions travel with its weights
+    _budget_in_steps(cfg)
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module)
     module.run_info = run_info(cfg)
@@ -51,8 +52,50 @@ def build(cfg: DictConfig, with_loggers: bool = True) -> tuple[L.LightningDataMo
         # The learning-rate monitor only writes to loggers, and Lightning refuses it without one (logger=none).
         callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
     # Checkpoints replaced atomically in their own folder (Lightning stages them in $TMPDIR).
+    if (cfg.trainer.get("max_steps") or -1) > 0:
+        callbacks.append(StepBudget())
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     return datamodule, module, trainer
+
+
+def _budget_in_steps(cfg: DictConfig) -> None:
+    """``trainer.max_steps=N`` is the run's length: the preset's ``max_epochs`` would otherwise stop
+    a small dataset's run first (Lightning ends at whichever limit comes first)."""
+    trainer = cfg.get("trainer") or {}
+    steps = trainer.get("max_steps")
+    if steps is None or steps <= 0:
+        return
+    if trainer.get("max_epochs") not in (None, -1):
+        log.info(
+            "A budget of %d steps (trainer.max_steps); the preset's max_epochs=%s is not used",
+            steps,
+            trainer.max_epochs,
+        )
+    with open_dict(cfg):
+        cfg.trainer.max_epochs = -1
+        cfg.trainer.min_epochs = None
+
+
+class StepBudget(Callback):
+    """A run of ``trainer.max_steps`` steps ends as an epoch does: validated and checkpointed after
+    its last step, also in the middle of an epoch (Lightning would stop without either), and its
+    progress shows the epochs the budget spans."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+        if not 0 < per_epoch < float("inf"):
+            return
+        if trainer.global_step == 0:
+            trainer.fit_loop.max_epochs = math.ceil(trainer.max_steps / per_epoch)
+        else:
+            # Resumed: Lightning's epoch count after a restart may run one ahead, so the epochs are
+            # only bounded from above (each has a step at least); the budget ends the run.
+            done = trainer.fit_loop.epoch_progress.current.processed
+            trainer.fit_loop.max_epochs = done + max(1, trainer.max_steps - trainer.global_step) + 1
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step >= trainer.max_steps:
+            trainer.should_stop = True  # as early stopping asks: validation, checkpoints, then the end
 
 
 def _metrics(trainer: L.Trainer) -> dict[str, float]:
@@ -135,6 +178,12 @@ def _train(cfg: DictConfig, start: RunStart) -> dict[str, Any]:
         "last_checkpoint": last or None,
         "wall_time_s": round(wall_time, 3),  # of the fit, validation and checkpoints included
         "images_per_s": round(images / wall_time, 3),  # training images processed per second of that
+        # What the run's length bought: optimizer steps (all, a resumed run's earlier ones included),
+        # the epochs they make and the training images of this fit (all processes).
+        "steps": int(trainer.global_step),
+        "epochs": round(trainer.global_step / _steps_per_epoch(trainer), 3),
+        "images": int(images),
+        "step_budget": int(cfg.trainer.max_steps) if (cfg.trainer.get("max_steps") or -1) > 0 else None,
     }
     skipped = getattr(datamodule, "skipped", None)
     if skipped:
@@ -176,9 +225,20 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
 
 
+def _steps_per_epoch(trainer: L.Trainer) -> float:
+    batches = trainer.num_training_batches
+    if not 0 < batches < float("inf"):
+        return float("nan")
+    return math.ceil(batches / trainer.accumulate_grad_batches)
+
+
 def _summary(result: dict[str, Any], metrics_file: Path) -> str:
-    """The one line a finished run ends with."""
-    line = f"Training done in {_duration(result['wall_time_s'])} ({result['images_per_s']:.1f} images/s)"
+    """The one line a finished run ends with: what its length bought, and where it is."""
+    budget = f" of a budget of {result['step_budget']}" if result.get("step_budget") else ""
+    line = (
+        f"Training done: {result['steps']} steps{budget} ({result['epochs']:.2f} epochs, {result['images']} images) "
+        f"in {_duration(result['wall_time_s'])} ({result['images_per_s']:.1f} images/s)"
+    )
     if result.get("best_score"):
         [(name, value)] = result["best_score"].items()
         line += f"; best checkpoint {result['best_checkpoint']} ({name} {value:.4f})"

@@ -221,7 +221,7 @@ def _tiny_overrides(cfg, tool_keys: set[str]) -> list[str]:
     out.append("trainer.log_every_n_steps=1")
     trainer = cfg.trainer
     if trainer.get("max_steps", -1) not in (-1, None):
-        out.append("trainer.max_steps=-1")
+        out.append("trainer.max_steps=2")  # a budget of two 1-batch epochs
     if (
         str(trainer.get("accelerator")) not in ("cpu", "auto")
         or int(trainer.get("devices", 1)) != 1

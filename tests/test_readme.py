@@ -137,7 +137,10 @@ def _check_what_it_promises(world: UserWorld, command: Command, outcome) -> None
         assert (run / "checkpoints" / "last.ckpt").is_file() and (run / ".hydra" / "config.yaml").is_file()
         metrics = json.loads((run / "train_metrics.json").read_text())
         assert metrics["last_checkpoint"] and metrics["wall_time_s"] > 0
-        assert "Training done in" in outcome.stdout + outcome.stderr, "the run ends with its summary line"
+        assert "Training done: " in outcome.stdout + outcome.stderr, "the run ends with its summary line"
+        if command.value("trainer.max_steps"):  # a budget (the world's is 2 steps): that many, then a checkpoint
+            assert metrics["steps"] == metrics["step_budget"] == 2, metrics
+            assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)["global_step"] == 2
     elif tool == "tools/eval.py":
         text = (_run_folder(outcome) / "metrics.json").read_text()
         written = json.loads(text, parse_constant=lambda token: pytest.fail(f"metrics.json holds {token}: not JSON"))

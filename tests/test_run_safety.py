@@ -143,7 +143,11 @@ def test_a_run_ends_with_a_summary_line_and_its_speed(tiny_cls_root, tmp_path, c
     assert written["wall_time_s"] == result["wall_time_s"] > 0
     # one epoch of 32 training images
     assert written["images_per_s"] * written["wall_time_s"] == pytest.approx(32, rel=0.01)
-    [summary] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Training done in")]
+    [summary] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Training done:")]
+    # what the run's length bought: one epoch of 4 steps of 8 images
+    assert written["steps"] == 4 and written["epochs"] == 1 and written["images"] == 32
+    assert written["step_budget"] is None
+    assert summary.startswith("Training done: 4 steps (1.00 epochs, 32 images) in ")
     best = result["best_score"]["val/top1"]
     assert f"best checkpoint {result['best_checkpoint']} (val/top1 {best:.4f})" in summary
     assert summary.endswith(f"metrics in {tmp_path / 'train_metrics.json'}")

@@ -1,0 +1,113 @@
+"""A fine-tuning budget stated in steps (``trainer.max_steps``): exactly that many steps whatever the
+dataset's size, the schedule laid over them, validation and a checkpoint after the last one, and
+a summary of what the budget bought."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from tasks.optim import warmup_factor
+from tasks.runner import train
+
+from .helpers import compose_config, tiny_classification_overrides
+
+BASE_LR = 4.0e-3  # the classification task's AdamW rate
+PER_EPOCH = 4  # tiny_cls_root: 32 training images, batch 8
+
+
+class _StepRates(Callback):
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+        self.validated_at: list[int] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.rates.append(optimizer.param_groups[0]["lr"])
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.validated_at.append(trainer.global_step)
+
+
+def _train_recording(cfg, monkeypatch) -> tuple[dict, _StepRates]:
+    import tasks.runner as runner
+
+    recorder = _StepRates()
+    original = runner.build
+
+    def build(cfg, with_loggers=True):
+        datamodule, module, trainer = original(cfg, with_loggers)
+        trainer.callbacks.append(recorder)
+        return datamodule, module, trainer
+
+    monkeypatch.setattr(runner, "build", build)
+    return train(cfg), recorder
+
+
+def test_a_step_budget_trains_that_many_steps_past_the_presets_epochs(tiny_cls_root, tmp_path, monkeypatch, caplog):
+    """10 steps where the preset's 2 epochs hold 8: the budget wins, the per-epoch cosine runs per
+    step over the 10, and the run is validated and checkpointed after step 10, mid-epoch."""
+    overrides = tiny_classification_overrides(tiny_cls_root) + ["trainer.max_steps=10", "module.warmup_epochs=0"]
+    with caplog.at_level(logging.INFO, logger="tasks"):
+        result, recorder = _train_recording(compose_config("train", overrides, tmp_path), monkeypatch)
+    assert len(recorder.rates) == 10
+    cosine = [BASE_LR * (1 + math.cos(math.pi * step / 10)) / 2 for step in range(10)]
+    assert recorder.rates == pytest.approx(cosine)
+    assert recorder.validated_at == [4, 8, 10], "after each epoch, and after the budget's last step"
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
+    assert last["global_step"] == 10
+    written = json.loads((tmp_path / "train_metrics.json").read_text())
+    assert (written["steps"], written["epochs"], written["images"], written["step_budget"]) == (10, 2.5, 80, 10)
+    assert written == json.loads(json.dumps(result))
+    messages = [r.getMessage() for r in caplog.records]
+    [summary] = [m for m in messages if m.startswith("Training done:")]
+    assert summary.startswith("Training done: 10 steps of a budget of 10 (2.50 epochs, 80 images) in ")
+    assert any("max_epochs=2 is not used" in m for m in messages)
+    assert any("CosineAnnealingLR schedule runs over the budget of 10 steps" in m for m in messages)
+
+
+def test_warm_up_under_a_budget_is_at_most_half_of_it(tiny_cls_root, tmp_path, monkeypatch):
+    """Two epochs of warm-up (8 steps) in a 6-step budget: 3 steps of warm-up, then the cosine."""
+    overrides = tiny_classification_overrides(tiny_cls_root) + ["trainer.max_steps=6", "module.warmup_epochs=2"]
+    _, recorder = _train_recording(compose_config("train", overrides, tmp_path), monkeypatch)
+    cosine = [BASE_LR * (1 + math.cos(math.pi * step / 6)) / 2 for step in range(6)]
+    assert recorder.rates == pytest.approx([rate * warmup_factor(step, 3) for step, rate in enumerate(cosine)])
+
+
+class _Interrupt(Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == 6:
+            raise RuntimeError("interrupted")
+
+
+def test_an_interrupted_budgeted_run_resumes_to_the_same_budget(tiny_cls_root, tmp_path, monkeypatch):
+    """Stopped at step 6 of 10, the run resumes from its last checkpoint (the end of epoch 1, step
+    4) and trains to step 10 on the schedule it started: the rates equal an uninterrupted run's."""
+    common = tiny_classification_overrides(tiny_cls_root) + ["logger=none", "module.warmup_epochs=0"]
+    budget = common + ["trainer.max_steps=10"]
+    import tasks.runner as runner
+
+    original = runner.build
+
+    def interrupted(cfg, with_loggers=True):
+        datamodule, module, trainer = original(cfg, with_loggers)
+        trainer.callbacks.append(_Interrupt())
+        return datamodule, module, trainer
+
+    monkeypatch.setattr(runner, "build", interrupted)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        train(compose_config("train", budget, tmp_path / "a"))
+    monkeypatch.setattr(runner, "build", original)
+    result, recorder = _train_recording(
+        compose_config("train", budget + ["ckpt_path=last"], tmp_path / "b"), monkeypatch
+    )
+    assert result["steps"] == 10 and result["step_budget"] == 10
+    cosine = [BASE_LR * (1 + math.cos(math.pi * step / 10)) / 2 for step in range(4, 10)]
+    assert recorder.rates == pytest.approx(cosine), "steps 5 to 10 of the cosine over 10"
+    last = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
+    assert last["global_step"] == 10, "the checkpoints continue in the resumed run's folder"
