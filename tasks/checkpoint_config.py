@@ -10,6 +10,7 @@ post-processing threshold given on purpose is used and logged. Only *explicit* o
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,8 @@ from vision_mnv2.pipelines import (
     load,
 )
 
+from .module import TaskModule
+
 __all__ = [
     "inherit_from_init",
     "run_info",
@@ -45,11 +48,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MODULE_TASKS = {
-    "tasks.classification.ClassificationTask": "classification",
-    "tasks.detection.DetectionTask": "detection",
-    "tasks.segmentation.SegmentationTask": "segmentation",
-}
 # Command-line keys that the task configs wire to an argument of the model's builder.
 BUILDER_KEYS = {
     "data.num_classes": "num_classes",
@@ -66,17 +64,14 @@ BUILDER_KEYS = {
     "head.nms_thresh": "nms_thresh",
     "head.detections_per_img": "detections_per_img",
 }
-# What an evaluation of a checkpoint without a data record should name (the data configs' layouts).
-DATA_EXAMPLES = {
-    "classification": "data=imagenet data.root=PATH (train/ and val/ folders of class folders; "
-    "data=imagenet_custom data.num_classes=K for other classes)",
-    "detection": "data=coco data.root=PATH (COCO 2017 layout), or data=coco_custom data.root=PATH data.num_classes=K "
-    "data.val_images=... data.val_annotations=...",
-    "segmentation": "data=voc data.root=PATH (VOC2012 layout), or data=voc_custom data.root=PATH data.num_classes=K",
-}
 # Where a stored data configuration may point: this project's datamodules and generators only, so
 # a checkpoint cannot make Hydra instantiate anything else.
 DATA_TARGETS = ("tasks.datamodules.", "vision_mnv2.data.")
+
+
+def _real_data_example(task: str) -> str:
+    module = task_modules().get(task, TaskModule)
+    return module.real_data_example
 
 
 def _key(override: str) -> str:
@@ -90,11 +85,25 @@ def explicit_overrides() -> list[str]:
     return []
 
 
+def task_modules() -> dict[str, type[TaskModule]]:
+    """The task modules by their task (``classification``, ``detection``, ``segmentation``)."""
+    from . import classification, detection, segmentation  # noqa: F401, PLC0415  (defines the subclasses)
+
+    return {cls.task: cls for cls in TaskModule.__subclasses__() if "task" in vars(cls)}
+
+
 def task_of_config(cfg: DictConfig) -> str:
-    target = cfg.module._target_
-    if target not in MODULE_TASKS:
-        raise ValueError(f"unknown task module {target!r}; expected one of {sorted(MODULE_TASKS)}")
-    return MODULE_TASKS[target]
+    """The task the config's module trains (a subclass of a task module trains its task)."""
+    target = str(cfg.module._target_)
+    module_name, _, name = target.rpartition(".")
+    try:
+        module = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError):
+        module = None
+    if not (isinstance(module, type) and issubclass(module, TaskModule) and hasattr(module, "task")):
+        known = sorted(f"{cls.__module__}.{cls.__qualname__}" for cls in task_modules().values())
+        raise ValueError(f"unknown task module {target!r}; expected one of {known} or a subclass")
+    return module.task
 
 
 def _builder_overrides(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, tuple[str, Any]]:
@@ -275,7 +284,7 @@ def evaluation_data(
             f"{cfg.ckpt_path} does not record the data it was trained on"
             + (f" (converted from {source})" if source else "")
             + "; "
-            + (missing or f"say which data to score it on: {DATA_EXAMPLES.get(meta.task, 'data=NAME data.root=PATH')}")
+            + (missing or f"say which data to score it on: {_real_data_example(meta.task)}")
         )
     if named or not isinstance(stored, dict):
         data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))

@@ -26,6 +26,13 @@ class ClassificationTask(TaskModule):
         options: the options every task shares (:class:`TaskModule`).
     """
 
+    task = "classification"
+    # What an evaluation of a checkpoint that records no data should name: the data configs' layouts.
+    real_data_example = (
+        "data=imagenet data.root=PATH (train/ and val/ folders of class folders; "
+        "data=imagenet_custom data.num_classes=K for other classes)"
+    )
+
     def __init__(
         self,
         model: nn.Module,

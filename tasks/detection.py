@@ -33,6 +33,13 @@ class DetectionTask(TaskModule):
         options: the options every task shares (:class:`TaskModule`).
     """
 
+    task = "detection"
+    # What an evaluation of a checkpoint that records no data should name: the data configs' layouts.
+    real_data_example = (
+        "data=coco data.root=PATH (COCO 2017 layout), or data=coco_custom data.root=PATH data.num_classes=K "
+        "data.val_images=... data.val_annotations=..."
+    )
+
     def __init__(
         self,
         model: nn.Module,

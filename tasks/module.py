@@ -8,7 +8,7 @@ import math
 import os
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
@@ -46,6 +46,11 @@ class TaskModule(L.LightningModule):
         backbone_lr_mult: learning rate of the backbone relative to the heads.
         nonfinite_loss: ``"raise"`` (stop, naming the step and images) or ``"skip"`` (drop the step, count it).
     """
+
+    # Each task's module says which task it trains (the pipelines' task names) and, for a message,
+    # the data configs of its real datasets.
+    task: ClassVar[str]
+    real_data_example: ClassVar[str] = "data=NAME data.root=PATH"
 
     def __init__(
         self,

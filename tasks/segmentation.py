@@ -48,6 +48,10 @@ class SegmentationTask(TaskModule):
             iteration by default (DeepLab's poly).
     """
 
+    task = "segmentation"
+    # What an evaluation of a checkpoint that records no data should name: the data configs' layouts.
+    real_data_example = "data=voc data.root=PATH (VOC2012 layout), or data=voc_custom data.root=PATH data.num_classes=K"
+
     def __init__(
         self,
         model: nn.Module,
