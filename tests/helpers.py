@@ -110,6 +110,25 @@ def tiny_classification_overrides(root: Path, quiet_callbacks: bool = True) -> l
     return tiny_task_overrides("classification", root, 4, 64, batch_size=8, quiet_callbacks=quiet_callbacks)
 
 
+def train_with_callbacks(cfg: DictConfig, *callbacks) -> dict:
+    """``tasks.runner.train(cfg)`` with ``callbacks`` added to the trainer it builds (to record or
+    to interrupt what happens inside the run)."""
+    import tasks.runner as runner  # noqa: PLC0415
+
+    original = runner.build
+
+    def build(cfg, with_loggers=True):
+        datamodule, module, trainer = original(cfg, with_loggers)
+        trainer.callbacks.extend(callbacks)
+        return datamodule, module, trainer
+
+    runner.build = build
+    try:
+        return runner.train(cfg)
+    finally:
+        runner.build = original
+
+
 def realistic_batch_norm(model: torch.nn.Module, seed: int = 0, with_shifts: bool = False) -> torch.nn.Module:
     """Eval mode with random batch-norm statistics and scales: freshly initialised ones make every
     layer nearly an identity, which hides differences between two computations.

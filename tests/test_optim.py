@@ -8,9 +8,8 @@ import pytest
 from lightning.pytorch.callbacks import Callback
 
 from tasks.optim import warmup_factor
-from tasks.runner import train
 
-from .helpers import compose_config, tiny_classification_overrides
+from .helpers import compose_config, tiny_classification_overrides, train_with_callbacks
 
 
 def test_warmup_factor_is_linear_per_step():
@@ -26,22 +25,12 @@ class _StepRates(Callback):
         self.rates.append(optimizer.param_groups[0]["lr"])
 
 
-def test_one_epoch_of_warmup_ramps_per_step_under_an_epoch_schedule(tiny_cls_root, tmp_path, monkeypatch):
+def test_one_epoch_of_warmup_ramps_per_step_under_an_epoch_schedule(tiny_cls_root, tmp_path):
     """Classification steps its cosine schedule per epoch; the warm-up still ramps within epoch 0
     (it used to hold all of epoch 0 at 1% of the rate) and leaves the schedule's values alone."""
     recorder = _StepRates()
-    import tasks.runner as runner
-
-    original = runner.build
-
-    def build(cfg, with_loggers=True):
-        datamodule, module, trainer = original(cfg, with_loggers)
-        trainer.callbacks.append(recorder)
-        return datamodule, module, trainer
-
-    monkeypatch.setattr(runner, "build", build)
     overrides = tiny_classification_overrides(tiny_cls_root) + ["trainer.max_epochs=3", "module.warmup_epochs=1"]
-    train(compose_config("train", overrides, tmp_path))
+    train_with_callbacks(compose_config("train", overrides, tmp_path), recorder)
     per_epoch = 4  # 32 training images, batch 8
     base = 4.0e-3  # the task's AdamW rate
     warmup = recorder.rates[:per_epoch]

@@ -13,9 +13,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from tasks.optim import warmup_factor
-from tasks.runner import train
 
-from .helpers import compose_config, tiny_classification_overrides
+from .helpers import compose_config, tiny_classification_overrides, train_with_callbacks
 
 BASE_LR = 4.0e-3  # the classification task's AdamW rate
 PER_EPOCH = 4  # tiny_cls_root: 32 training images, batch 8
@@ -34,27 +33,17 @@ class _StepRates(Callback):
             self.validated_at.append(trainer.global_step)
 
 
-def _train_recording(cfg, monkeypatch) -> tuple[dict, _StepRates]:
-    import tasks.runner as runner
-
+def _train_recording(cfg) -> tuple[dict, _StepRates]:
     recorder = _StepRates()
-    original = runner.build
-
-    def build(cfg, with_loggers=True):
-        datamodule, module, trainer = original(cfg, with_loggers)
-        trainer.callbacks.append(recorder)
-        return datamodule, module, trainer
-
-    monkeypatch.setattr(runner, "build", build)
-    return train(cfg), recorder
+    return train_with_callbacks(cfg, recorder), recorder
 
 
-def test_a_step_budget_trains_that_many_steps_past_the_presets_epochs(tiny_cls_root, tmp_path, monkeypatch, caplog):
+def test_a_step_budget_trains_that_many_steps_past_the_presets_epochs(tiny_cls_root, tmp_path, caplog):
     """10 steps where the preset's 2 epochs hold 8: the budget wins, the per-epoch cosine runs per
     step over the 10, and the run is validated and checkpointed after step 10, mid-epoch."""
     overrides = tiny_classification_overrides(tiny_cls_root) + ["trainer.max_steps=10", "module.warmup_epochs=0"]
     with caplog.at_level(logging.INFO, logger="tasks"):
-        result, recorder = _train_recording(compose_config("train", overrides, tmp_path), monkeypatch)
+        result, recorder = _train_recording(compose_config("train", overrides, tmp_path))
     assert len(recorder.rates) == 10
     cosine = [BASE_LR * (1 + math.cos(math.pi * step / 10)) / 2 for step in range(10)]
     assert recorder.rates == pytest.approx(cosine)
@@ -71,10 +60,10 @@ def test_a_step_budget_trains_that_many_steps_past_the_presets_epochs(tiny_cls_r
     assert any("CosineAnnealingLR schedule runs over the budget of 10 steps" in m for m in messages)
 
 
-def test_warm_up_under_a_budget_is_at_most_half_of_it(tiny_cls_root, tmp_path, monkeypatch):
+def test_warm_up_under_a_budget_is_at_most_half_of_it(tiny_cls_root, tmp_path):
     """Two epochs of warm-up (8 steps) in a 6-step budget: 3 steps of warm-up, then the cosine."""
     overrides = tiny_classification_overrides(tiny_cls_root) + ["trainer.max_steps=6", "module.warmup_epochs=2"]
-    _, recorder = _train_recording(compose_config("train", overrides, tmp_path), monkeypatch)
+    _, recorder = _train_recording(compose_config("train", overrides, tmp_path))
     cosine = [BASE_LR * (1 + math.cos(math.pi * step / 6)) / 2 for step in range(6)]
     assert recorder.rates == pytest.approx([rate * warmup_factor(step, 3) for step, rate in enumerate(cosine)])
 
@@ -85,27 +74,14 @@ class _Interrupt(Callback):
             raise RuntimeError("interrupted")
 
 
-def test_an_interrupted_budgeted_run_resumes_to_the_same_budget(tiny_cls_root, tmp_path, monkeypatch):
+def test_an_interrupted_budgeted_run_resumes_to_the_same_budget(tiny_cls_root, tmp_path):
     """Stopped at step 6 of 10, the run resumes from its last checkpoint (the end of epoch 1, step
     4) and trains to step 10 on the schedule it started: the rates equal an uninterrupted run's."""
     common = tiny_classification_overrides(tiny_cls_root) + ["logger=none", "module.warmup_epochs=0"]
     budget = common + ["trainer.max_steps=10"]
-    import tasks.runner as runner
-
-    original = runner.build
-
-    def interrupted(cfg, with_loggers=True):
-        datamodule, module, trainer = original(cfg, with_loggers)
-        trainer.callbacks.append(_Interrupt())
-        return datamodule, module, trainer
-
-    monkeypatch.setattr(runner, "build", interrupted)
     with pytest.raises(RuntimeError, match="interrupted"):
-        train(compose_config("train", budget, tmp_path / "a"))
-    monkeypatch.setattr(runner, "build", original)
-    result, recorder = _train_recording(
-        compose_config("train", budget + ["ckpt_path=last"], tmp_path / "b"), monkeypatch
-    )
+        train_with_callbacks(compose_config("train", budget, tmp_path / "a"), _Interrupt())
+    result, recorder = _train_recording(compose_config("train", budget + ["ckpt_path=last"], tmp_path / "b"))
     assert result["steps"] == 10 and result["step_budget"] == 10
     cosine = [BASE_LR * (1 + math.cos(math.pi * step / 10)) / 2 for step in range(4, 10)]
     assert recorder.rates == pytest.approx(cosine), "steps 5 to 10 of the cosine over 10"
