@@ -198,14 +198,20 @@ class TaskModule(L.LightningModule):
     def on_train_start(self) -> None:
         self._warmup_steps = 0
         if self.warmup_epochs > 0:
-            steps_per_epoch = math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches)
+            batches = self.trainer.num_training_batches
+            if not math.isfinite(batches):  # training data without a length: no epoch to count in
+                log.warning(
+                    "module.warmup_epochs=%s needs training data of known length; no warm-up", self.warmup_epochs
+                )
+                return
+            steps_per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches)
             self._warmup_steps = int(round(self.warmup_epochs * steps_per_epoch))
             # A short run (a small budget of trainer.max_steps) is not all warm-up: half of it at most.
-            run = int(self.trainer.estimated_stepping_batches)
-            if self._warmup_steps > run // 2:
+            run = self.trainer.estimated_stepping_batches
+            if math.isfinite(run) and self._warmup_steps > int(run) // 2:
                 log.info("Warm-up: %d steps, half of the run's %d (module.warmup_epochs=%s would be %d)",
-                         run // 2, run, self.warmup_epochs, self._warmup_steps)  # fmt: skip
-                self._warmup_steps = run // 2
+                         int(run) // 2, int(run), self.warmup_epochs, self._warmup_steps)  # fmt: skip
+                self._warmup_steps = int(run) // 2
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         # Warm-up scales this step's learning rate only, and the schedule's own value is put back

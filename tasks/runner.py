@@ -235,8 +235,9 @@ def _steps_per_epoch(trainer: L.Trainer) -> float:
 def _summary(result: dict[str, Any], metrics_file: Path) -> str:
     """The one line a finished run ends with: what its length bought, and where it is."""
     budget = f" of a budget of {result['step_budget']}" if result.get("step_budget") else ""
+    epochs = f"{result['epochs']:.2f} epochs, " if math.isfinite(result["epochs"]) else ""  # data without a length
     line = (
-        f"Training done: {result['steps']} steps{budget} ({result['epochs']:.2f} epochs, {result['images']} images) "
+        f"Training done: {result['steps']} steps{budget} ({epochs}{result['images']} images) "
         f"in {_duration(result['wall_time_s'])} ({result['images_per_s']:.1f} images/s)"
     )
     if result.get("best_score"):
