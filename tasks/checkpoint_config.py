@@ -97,8 +97,10 @@ def task_of_config(cfg: DictConfig) -> str:
     target = str(cfg.module._target_)
     module_name, _, name = target.rpartition(".")
     try:
-        module = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError):
+        module = getattr(importlib.import_module(module_name), name, None) if module_name else None
+    except ModuleNotFoundError as error:
+        if error.name is None or not (module_name + ".").startswith(error.name + "."):
+            raise  # the user's module exists but needs something missing: that is the error to see
         module = None
     if not (isinstance(module, type) and issubclass(module, TaskModule) and hasattr(module, "task")):
         known = sorted(f"{cls.__module__}.{cls.__qualname__}" for cls in task_modules().values())

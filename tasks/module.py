@@ -20,7 +20,7 @@ from vision_mnv2.models import transfer_weights
 from vision_mnv2.models.registry import build_config
 from vision_mnv2.pipelines import describe
 
-from .optim import configure_optimizers, warmup_factor
+from .optim import configure_optimizers, step_budget, warmup_factor
 
 __all__ = ["TaskModule"]
 
@@ -206,9 +206,9 @@ class TaskModule(L.LightningModule):
                 return
             steps_per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches)
             self._warmup_steps = int(round(self.warmup_epochs * steps_per_epoch))
-            # A short run (a small budget of trainer.max_steps) is not all warm-up: half of it at most.
+            # A small budget of trainer.max_steps is not all warm-up: half of it at most.
             run = self.trainer.estimated_stepping_batches
-            if math.isfinite(run) and self._warmup_steps > int(run) // 2:
+            if step_budget(self.trainer) is not None and self._warmup_steps > int(run) // 2:
                 log.info("Warm-up: %d steps, half of the run's %d (module.warmup_epochs=%s would be %d)",
                          int(run) // 2, int(run), self.warmup_epochs, self._warmup_steps)  # fmt: skip
                 self._warmup_steps = int(run) // 2

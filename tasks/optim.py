@@ -50,10 +50,9 @@ def parameter_groups(
 
 
 def step_budget(trainer: L.Trainer) -> int | None:
-    """The run's budget in optimizer steps when ``trainer.max_steps`` gives one and no epoch count
-    bounds the run (``max_epochs`` -1), else None."""
-    if trainer.max_steps is not None and trainer.max_steps > 0 and (trainer.max_epochs or -1) < 0:
-        return int(trainer.max_steps)
+    """The run's length in optimizer steps when ``trainer.max_steps`` bounds it (a budget), else None."""
+    if trainer.max_steps is not None and trainer.max_steps > 0:
+        return int(min(trainer.max_steps, trainer.estimated_stepping_batches))
     return None
 
 

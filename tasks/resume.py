@@ -18,7 +18,7 @@ import os
 import socket
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,11 +141,17 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: node}
 
 
-def config_differences(earlier: DictConfig, current: DictConfig, may_differ: Sequence[str] = ()) -> list[str]:
+def config_differences(
+    earlier: DictConfig, current: DictConfig, may_differ: Sequence[str] = (), added: Mapping[str, Any] | None = None
+) -> list[str]:
     """``"key: earlier -> current"`` for every setting that differs, except keys in or under ``may_differ``.
-    Compared as written (interpolations unresolved), so that a setting differs where the configs do."""
+    Compared as written (interpolations unresolved), so that a setting differs where the configs do.
+    ``added``: settings the configs gained after ``earlier`` was recorded, with the value such a run
+    had (a run recorded without the key is taken to have had it)."""
     old = _flatten(OmegaConf.to_container(earlier, resolve=False))
     new = _flatten(OmegaConf.to_container(current, resolve=False))
+    for key, value in (added or {}).items():
+        old.setdefault(key, value)
 
     def ignored(key: str) -> bool:
         return any(key == prefix or key.startswith((f"{prefix}.", f"{prefix}[")) for prefix in may_differ)
@@ -163,8 +169,9 @@ def _differences(run_dir: Path, cfg: DictConfig) -> list[str] | None:
     recorded = run_dir / CONFIG_FILE
     if not recorded.is_file():
         return None
-    may_differ = [*cfg.get("resume_may_differ", []), "resume_may_differ"]
-    return config_differences(OmegaConf.load(recorded), cfg, may_differ)
+    may_differ = [*cfg.get("resume_may_differ", []), "resume_may_differ", "resume_added_settings"]
+    added = OmegaConf.to_container(cfg.get("resume_added_settings") or OmegaConf.create({}))
+    return config_differences(OmegaConf.load(recorded), cfg, may_differ, added)
 
 
 # Folders this process locked before the run started (tasks.run_folder, as Hydra starts the run); a

@@ -82,9 +82,10 @@ class StepBudget(Callback):
     progress shows the epochs the budget spans."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
-        if not 0 < per_epoch < float("inf"):
-            return
+        batches = trainer.num_training_batches
+        if not (math.isfinite(batches) and batches > 0):
+            return  # training data without a length: the budget alone ends the run
+        per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
         if trainer.global_step == 0:
             trainer.fit_loop.max_epochs = math.ceil(trainer.max_steps / per_epoch)
         else:
@@ -95,6 +96,7 @@ class StepBudget(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if trainer.global_step >= trainer.max_steps:
+            trainer.check_val_every_n_epoch = 1  # also in an epoch that check_val_every_n_epoch skips
             trainer.should_stop = True  # as early stopping asks: validation, checkpoints, then the end
 
 
@@ -184,6 +186,7 @@ def _train(cfg: DictConfig, start: RunStart) -> dict[str, Any]:
         "epochs": round(trainer.global_step / _steps_per_epoch(trainer), 3),
         "images": int(images),
         "step_budget": int(cfg.trainer.max_steps) if (cfg.trainer.get("max_steps") or -1) > 0 else None,
+        "resumed_from": str(ckpt_path) if ckpt_path else None,
     }
     skipped = getattr(datamodule, "skipped", None)
     if skipped:
@@ -236,8 +239,9 @@ def _summary(result: dict[str, Any], metrics_file: Path) -> str:
     """The one line a finished run ends with: what its length bought, and where it is."""
     budget = f" of a budget of {result['step_budget']}" if result.get("step_budget") else ""
     epochs = f"{result['epochs']:.2f} epochs, " if math.isfinite(result["epochs"]) else ""  # data without a length
+    since = " since the resume" if result.get("resumed_from") else ""  # steps and epochs count the whole run
     line = (
-        f"Training done: {result['steps']} steps{budget} ({epochs}{result['images']} images) "
+        f"Training done: {result['steps']} steps{budget} ({epochs}{result['images']} images{since}) "
         f"in {_duration(result['wall_time_s'])} ({result['images_per_s']:.1f} images/s)"
     )
     if result.get("best_score"):

@@ -39,3 +39,24 @@ def test_image_size_must_be_a_whole_number_of_pixels(tmp_path, value):
 
     with pytest.raises(ValueError, match=rf"image_size='?{value}'?: give the working size as a whole number"):
         export(_config("export", [f"ckpt_path={ckpt}", f"image_size={value}"], tmp_path))
+
+
+def test_the_task_of_a_config_comes_from_its_module_class(tmp_path, monkeypatch):
+    """A subclass of a task module (a user's own) trains that task; an unknown module is named with
+    the known ones; a user's module that fails to import shows its own import error."""
+    from omegaconf import OmegaConf
+
+    from tasks.checkpoint_config import task_of_config
+
+    def task(target: str) -> str:
+        return task_of_config(OmegaConf.create({"module": {"_target_": target}}))
+
+    assert task("tasks.segmentation.SegmentationTask") == "segmentation"
+    assert task("tests.helpers.NonFiniteOnRankOne") == "classification"  # a ClassificationTask subclass
+    for unknown in ("tasks.module.TaskModule", "no_such_package.Task", "Task", "tasks.detection.NoSuchTask"):
+        with pytest.raises(ValueError, match=rf"unknown task module '{unknown}'; expected one of .*DetectionTask"):
+            task(unknown)
+    (tmp_path / "my_tasks.py").write_text("import not_installed_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError, match="not_installed_dependency"):
+        task("my_tasks.MyDetectionTask")

@@ -11,8 +11,10 @@ import math
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from omegaconf import OmegaConf
 
 from tasks.optim import warmup_factor
+from tasks.runner import train
 
 from .helpers import compose_config, tiny_classification_overrides, train_with_callbacks
 
@@ -82,8 +84,43 @@ def test_an_interrupted_budgeted_run_resumes_to_the_same_budget(tiny_cls_root, t
     with pytest.raises(RuntimeError, match="interrupted"):
         train_with_callbacks(compose_config("train", budget, tmp_path / "a"), _Interrupt())
     result, recorder = _train_recording(compose_config("train", budget + ["ckpt_path=last"], tmp_path / "b"))
-    assert result["steps"] == 10 and result["step_budget"] == 10
+    assert result["steps"] == 10 and result["step_budget"] == 10 and result["images"] == 6 * 8
+    assert result["resumed_from"] == str(tmp_path / "a" / "checkpoints" / "last.ckpt")
     cosine = [BASE_LR * (1 + math.cos(math.pi * step / 10)) / 2 for step in range(4, 10)]
     assert recorder.rates == pytest.approx(cosine), "steps 5 to 10 of the cosine over 10"
     last = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
     assert last["global_step"] == 10, "the checkpoints continue in the resumed run's folder"
+
+
+def test_the_last_steps_are_validated_in_an_epoch_that_validation_skips(tiny_cls_root, tmp_path):
+    """check_val_every_n_epoch=2: epoch 2 (steps 5-8) is validated, and the budget's end in epoch 3,
+    which that setting would skip, is validated and checkpointed too."""
+    overrides = tiny_classification_overrides(tiny_cls_root) + [
+        "trainer.max_steps=10",
+        "trainer.check_val_every_n_epoch=2",
+        "logger=none",
+    ]
+    _, recorder = _train_recording(compose_config("train", overrides, tmp_path))
+    assert recorder.validated_at == [8, 10]
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)["global_step"] == 10
+
+
+def test_warm_up_without_a_budget_is_as_long_as_asked(tiny_cls_root, tmp_path):
+    """The half-the-run cap is for budgets: one epoch of warm-up in a one-epoch run ramps over it all."""
+    overrides = tiny_classification_overrides(tiny_cls_root) + ["trainer.max_epochs=1", "module.warmup_epochs=1"]
+    _, recorder = _train_recording(compose_config("train", overrides, tmp_path))
+    assert recorder.rates == pytest.approx([BASE_LR * warmup_factor(step, PER_EPOCH) for step in range(PER_EPOCH)])
+
+
+def test_a_run_recorded_before_the_budget_setting_existed_still_resumes(tiny_cls_root, tmp_path):
+    """A run whose recorded settings have no trainer.max_steps ran without a budget: ckpt_path=last
+    continues it (a missing key would otherwise count as another setting)."""
+    common = tiny_classification_overrides(tiny_cls_root) + ["logger=none"]
+    train(compose_config("train", common + ["trainer.max_epochs=1"], tmp_path / "a"))
+    recorded = tmp_path / "a" / ".hydra" / "config.yaml"
+    settings = OmegaConf.load(recorded)
+    del settings.trainer["max_steps"]
+    OmegaConf.save(settings, recorded)
+    result = train(compose_config("train", common + ["trainer.max_epochs=2", "ckpt_path=last"], tmp_path / "b"))
+    assert result["steps"] == 2 * PER_EPOCH
+    assert torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
