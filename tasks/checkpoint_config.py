@@ -69,11 +69,6 @@ BUILDER_KEYS = {
 DATA_TARGETS = ("tasks.datamodules.", "vision_mnv2.data.")
 
 
-def _real_data_example(task: str) -> str:
-    module = task_modules().get(task, TaskModule)
-    return module.real_data_example
-
-
 def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
@@ -286,7 +281,10 @@ def evaluation_data(
             f"{cfg.ckpt_path} does not record the data it was trained on"
             + (f" (converted from {source})" if source else "")
             + "; "
-            + (missing or f"say which data to score it on: {_real_data_example(meta.task)}")
+            + (
+                missing
+                or f"say which data to score it on: {task_modules().get(meta.task, TaskModule).real_data_example}"
+            )
         )
     if named or not isinstance(stored, dict):
         data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))

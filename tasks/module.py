@@ -4,7 +4,6 @@ partials, transfer learning, seeded steps, non-finite loss handling, checkpoint 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from vision_mnv2.models import transfer_weights
 from vision_mnv2.models.registry import build_config
 from vision_mnv2.pipelines import describe
 
-from .optim import configure_optimizers, step_budget, warmup_factor
+from .optim import configure_optimizers, step_budget, steps_per_epoch, warmup_factor
 
 __all__ = ["TaskModule"]
 
@@ -198,14 +197,13 @@ class TaskModule(L.LightningModule):
     def on_train_start(self) -> None:
         self._warmup_steps = 0
         if self.warmup_epochs > 0:
-            batches = self.trainer.num_training_batches
-            if not math.isfinite(batches):  # training data without a length: no epoch to count in
+            per_epoch = steps_per_epoch(self.trainer)
+            if per_epoch is None:  # training data without a length: no epoch to count in
                 log.warning(
                     "module.warmup_epochs=%s needs training data of known length; no warm-up", self.warmup_epochs
                 )
                 return
-            steps_per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches)
-            self._warmup_steps = int(round(self.warmup_epochs * steps_per_epoch))
+            self._warmup_steps = int(round(self.warmup_epochs * per_epoch))
             # A small budget of trainer.max_steps is not all warm-up: half of it at most.
             run = self.trainer.estimated_stepping_batches
             if step_budget(self.trainer) is not None and self._warmup_steps > int(run) // 2:

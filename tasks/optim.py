@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Callable
 
 import lightning as L
@@ -12,7 +13,7 @@ from torch import nn
 
 from vision_mnv2.models import FeatureBackbone
 
-__all__ = ["parameter_groups", "configure_optimizers", "step_budget", "warmup_factor"]
+__all__ = ["parameter_groups", "configure_optimizers", "step_budget", "steps_per_epoch", "warmup_factor"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,15 @@ def parameter_groups(
             group["lr"] = lr * backbone_lr_mult
         groups.append(group)
     return groups
+
+
+def steps_per_epoch(trainer: L.Trainer) -> int | None:
+    """Optimizer steps in one epoch of the training data (per process), or None when the data has
+    no length (or none at all)."""
+    batches = trainer.num_training_batches
+    if not (math.isfinite(batches) and batches > 0):
+        return None
+    return math.ceil(batches / trainer.accumulate_grad_batches)
 
 
 def step_budget(trainer: L.Trainer) -> int | None:

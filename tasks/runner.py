@@ -21,6 +21,7 @@ from vision_mnv2.files import atomic_write_text
 
 from .atomic_checkpoint_io import AtomicCheckpointIO
 from .checkpoint_config import checkpoint_model, evaluation_data, inherit_from_init, run_info, task_of_config
+from .optim import steps_per_epoch
 from .quiet import quiet_lightning
 from .resume import RunStart, is_lead_process, record_settings, start_point
 
@@ -42,7 +43,7 @@ def build(cfg: DictConfig, with_loggers: bool = True) -> tuple[L.LightningDataMo
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     inherit_from_init(cfg)  # a checkpoint's input conventions travel with its weights
-    _budget_in_steps(cfg)
+    budget = _budget_in_steps(cfg)
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module)
     module.run_info = run_info(cfg)
@@ -51,29 +52,31 @@ def build(cfg: DictConfig, with_loggers: bool = True) -> tuple[L.LightningDataMo
     if not loggers:
         # The learning-rate monitor only writes to loggers, and Lightning refuses it without one (logger=none).
         callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
-    # Checkpoints replaced atomically in their own folder (Lightning stages them in $TMPDIR).
-    if (cfg.trainer.get("max_steps") or -1) > 0:
+    if budget is not None:
         callbacks.append(StepBudget())
+    # Checkpoints replaced atomically in their own folder (Lightning stages them in $TMPDIR).
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     return datamodule, module, trainer
 
 
-def _budget_in_steps(cfg: DictConfig) -> None:
+def _budget_in_steps(cfg: DictConfig) -> int | None:
     """``trainer.max_steps=N`` is the run's length: the preset's ``max_epochs`` would otherwise stop
-    a small dataset's run first (Lightning ends at whichever limit comes first)."""
-    trainer = cfg.get("trainer") or {}
-    steps = trainer.get("max_steps")
-    if steps is None or steps <= 0:
-        return
-    if trainer.get("max_epochs") not in (None, -1):
-        log.info(
-            "A budget of %d steps (trainer.max_steps); the preset's max_epochs=%s is not used",
-            steps,
-            trainer.max_epochs,
-        )
+    a small dataset's run first (Lightning ends at whichever limit comes first). Returns N, or None
+    without a budget."""
+    budget = _step_budget_of(cfg)
+    if budget is None:
+        return None
+    if cfg.trainer.get("max_epochs") not in (None, -1):
+        log.info("A budget of %d steps (trainer.max_steps); max_epochs=%s is not used", budget, cfg.trainer.max_epochs)
     with open_dict(cfg):
         cfg.trainer.max_epochs = -1
         cfg.trainer.min_epochs = None
+    return budget
+
+
+def _step_budget_of(cfg: DictConfig) -> int | None:
+    steps = (cfg.get("trainer") or {}).get("max_steps")
+    return int(steps) if steps is not None and steps > 0 else None
 
 
 class StepBudget(Callback):
@@ -82,10 +85,9 @@ class StepBudget(Callback):
     progress shows the epochs the budget spans."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        batches = trainer.num_training_batches
-        if not (math.isfinite(batches) and batches > 0):
+        per_epoch = steps_per_epoch(trainer)
+        if per_epoch is None:
             return  # training data without a length: the budget alone ends the run
-        per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
         if trainer.global_step == 0:
             trainer.fit_loop.max_epochs = math.ceil(trainer.max_steps / per_epoch)
         else:
@@ -183,9 +185,9 @@ def _train(cfg: DictConfig, start: RunStart) -> dict[str, Any]:
         # What the run's length bought: optimizer steps (all, a resumed run's earlier ones included),
         # the epochs they make and the training images of this fit (all processes).
         "steps": int(trainer.global_step),
-        "epochs": round(trainer.global_step / _steps_per_epoch(trainer), 3),
+        "epochs": round(trainer.global_step / (steps_per_epoch(trainer) or math.nan), 3),
         "images": int(images),
-        "step_budget": int(cfg.trainer.max_steps) if (cfg.trainer.get("max_steps") or -1) > 0 else None,
+        "step_budget": _step_budget_of(cfg),
         "resumed_from": str(ckpt_path) if ckpt_path else None,
     }
     skipped = getattr(datamodule, "skipped", None)
@@ -226,13 +228,6 @@ def _duration(seconds: float) -> str:
     if hours:
         return f"{hours} h {minutes:02d} min"
     return f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
-
-
-def _steps_per_epoch(trainer: L.Trainer) -> float:
-    batches = trainer.num_training_batches
-    if not 0 < batches < float("inf"):
-        return float("nan")
-    return math.ceil(batches / trainer.accumulate_grad_batches)
 
 
 def _summary(result: dict[str, Any], metrics_file: Path) -> str:
