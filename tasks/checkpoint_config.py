@@ -38,32 +38,23 @@ from .module import TaskModule
 
 __all__ = [
     "inherit_from_init",
+    "model_builder",
     "run_info",
     "checkpoint_model",
     "evaluation_data",
     "explicit_overrides",
     "open_pipeline",
     "task_of_config",
+    "without_weights",
 ]
 
 log = logging.getLogger(__name__)
 
-# Command-line keys that the task configs wire to an argument of the model's builder.
-BUILDER_KEYS = {
-    "data.num_classes": "num_classes",
-    "backbone.width_mult": "width_mult",
-    "backbone.output_stride": "output_stride",
-    "backbone.bottleneck_activation": "bottleneck_activation",
-    "backbone.shortcut": "shortcut",
-    "head.aspp": "aspp",
-    "head.classification_loss": "classification_loss",
-    "head.anchor_generator": "anchor_generator",
-    "head.batch_norm_momentum": "batch_norm_momentum",
-    "head.batch_norm_eps": "batch_norm_eps",
-    "head.score_thresh": "score_thresh",
-    "head.nms_thresh": "nms_thresh",
-    "head.detections_per_img": "detections_per_img",
-}
+# Groups whose settings are the builder's arguments by their own names (the task passes them whole:
+# vision_mnv2.models.compose_model); what else a command line sets for the builder.
+ARGUMENT_GROUPS = ("model", "backbone", "head")
+NOT_BUILDER_KEYS = frozenset({"model.builder", "backbone.name", "backbone.weights", "model.weights"})
+DATA_BUILDER_KEYS = {"data.num_classes": "num_classes"}
 # Where a stored data configuration may point: this project's datamodules and generators only, so
 # a checkpoint cannot make Hydra instantiate anything else.
 DATA_TARGETS = ("tasks.datamodules.", "vision_mnv2.data.")
@@ -108,7 +99,11 @@ def _builder_overrides(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, t
     given: dict[str, tuple[str, Any]] = {}
     for override in overrides:
         key = _key(override)
-        argument = BUILDER_KEYS.get(key) or (key[len("model.") :] if key.startswith("model.") else None)
+        group, _, argument = key.partition(".")
+        if key in DATA_BUILDER_KEYS:
+            argument = DATA_BUILDER_KEYS[key]
+        elif group not in ARGUMENT_GROUPS or key in NOT_BUILDER_KEYS:
+            continue
         if argument and "." not in argument:
             value = OmegaConf.select(cfg, key)
             given[argument] = (key, to_jsonable(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value))
@@ -160,10 +155,7 @@ def _legacy_model(cfg: DictConfig, path: Path) -> torch.nn.Module:
         "configuration (task, data.num_classes, backbone.*, head.* must match the training run)",
         path,
     )
-    with open_dict(cfg):
-        for key in ("weights", "backbone_weights"):
-            if key in cfg.model:
-                cfg.model[key] = None
+    without_weights(cfg)
     model = instantiate(cfg.model)
     load_weights(model, path)
     return model.eval()
@@ -340,6 +332,22 @@ def _backbone_of(builder: str) -> str | None:
     return next((name for name in BACKBONES if builder.endswith(name)), None)
 
 
+def model_builder(cfg: DictConfig) -> str:
+    """The name of the builder the config's model section calls: ``model.builder`` for a network
+    composed from the backbone and head groups, else the ``_target_`` builder's own name."""
+    builder = cfg.model.get("builder")
+    return str(builder) if builder else str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1]
+
+
+def without_weights(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with the model's weight files unset (the network's shape is all that counts), in place."""
+    with open_dict(cfg):
+        for group, key in (("model", "weights"), ("model", "backbone_weights"), ("backbone", "weights")):
+            if key in (cfg.get(group) or {}):
+                cfg[group][key] = None
+    return cfg
+
+
 def _builder_defaults(name: str) -> dict[str, Any]:
     import inspect  # noqa: PLC0415
 
@@ -370,7 +378,7 @@ def inherit_from_init(cfg: DictConfig, overrides: Sequence[str] | None = None) -
     if meta.builder is None:
         return {}
     explicit = {_key(o) for o in (explicit_overrides() if overrides is None else overrides)}
-    target = str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1]
+    target = model_builder(cfg)
     defaults = _builder_defaults(target)
     keys = INHERITED + (INHERITED_SAME_BUILDER if target == meta.builder else ())
     if _backbone_of(target) is not None and _backbone_of(target) == _backbone_of(meta.builder):
@@ -383,13 +391,14 @@ def inherit_from_init(cfg: DictConfig, overrides: Sequence[str] | None = None) -
             if key in INHERITED_SAME_BACKBONE and key not in defaults:
                 continue  # a setting this builder does not take (DeepLab on MobileNetV1 has no min_depth)
             value = meta.builder_args[key]
-            current = cfg.model.get(key, defaults.get(key))  # what the model would be built with
+            # The group that sets it (the backbone's width lives in backbone/*.yaml), else the model's.
+            group = cfg.backbone if key in (cfg.get("backbone") or {}) else cfg.model
+            current = group.get(key)
+            current = defaults.get(key) if current is None else current  # what the model would be built with
             current = OmegaConf.to_container(current) if OmegaConf.is_config(current) else current
             if not contradictions(ModelMeta(builder_args={key: value}), {key: current}):
                 continue
-            cfg.model[key] = value
-            if key in INHERITED_SAME_BACKBONE and key in (cfg.get("backbone") or {}):
-                cfg.backbone[key] = value  # what the run's configuration shows, and heads read
+            group[key] = value
             taken[key] = value
     if taken:
         log.info(

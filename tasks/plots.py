@@ -134,12 +134,10 @@ def _count_macs(run: Run) -> int:
 
     from vision_mnv2.complexity import count_macs  # noqa: PLC0415
 
-    config = OmegaConf.create(run.config)
-    model_config = config.model
-    for key in ("weights", "backbone_weights"):  # the architecture is all that counts
-        if key in model_config:
-            model_config[key] = None
-    model = instantiate(model_config)
+    from .checkpoint_config import without_weights  # noqa: PLC0415
+
+    config = without_weights(OmegaConf.create(run.config))  # the architecture is all that counts
+    model = instantiate(config.model)
     return count_macs(model, (run.image_size, run.image_size))
 
 

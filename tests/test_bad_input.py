@@ -290,6 +290,7 @@ def test_skip_bad_through_the_training_entry_point(tiny_cls_root, tmp_path):
         ("backbone.width_mult=0", "width_mult must be a positive number"),
         ("backbone.width_mult=-1", "width_mult must be a positive number"),
         ("backbone.output_stride=12", r"output_stride must be one of \(8, 16, 32\)"),
+        ("+head.pool=max", "head.pool='max': the network mobilenet_v2 has no setting 'pool'"),
         ("module.nonfinite_loss=ignore", "nonfinite_loss must be 'raise' or 'skip'"),
         ("data.check_images=thorough", "data.check_images must be one of"),
     ],

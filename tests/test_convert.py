@@ -133,7 +133,7 @@ def test_a_mobilenet_v1_checkpoint_starts_a_v1_model_of_its_width(tiny_cls_root,
         torch.testing.assert_close(value, source.backbone.state_dict()[key], msg=key)
     # A width given on the command line is the user's: kept, and the weights then do not fit.
     explicit = compose_config("train", overrides + ["backbone.width_mult=0.5"], tmp_path / "run2")
-    assert "width_mult" not in inherit_from_init(explicit) and explicit.model.width_mult == 0.5
+    assert "width_mult" not in inherit_from_init(explicit) and explicit.backbone.width_mult == 0.5
     # DeepLab on MobileNetV1 takes the width; min_depth, which its builder does not take, stays out.
     segmenter = [o.replace("task=classification", "task=deeplabv3") for o in overrides]
     cfg = compose_config("train", segmenter, tmp_path / "run3")

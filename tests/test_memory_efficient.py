@@ -85,7 +85,7 @@ def test_builders_and_configs_take_expansion_groups(tmp_path):
     model = deeplabv3_mobilenet_v2(num_classes=3, width_mult=0.35, expansion_groups=3)
     assert {b.expansion_groups for b in model.backbone.features[1:]} == {3}
     cfg = compose_config(
-        "eval", ["task=ssdlite", "backbone.width_mult=0.35", "model.expansion_groups=2", "ckpt_path=x"], tmp_path
+        "eval", ["task=ssdlite", "backbone.width_mult=0.35", "backbone.expansion_groups=2", "ckpt_path=x"], tmp_path
     )
     detector = instantiate(cfg.model)
     assert {m.expansion_groups for m in detector.modules() if hasattr(m, "expansion_groups")} == {2}

@@ -83,7 +83,7 @@ def test_width_resolution_sweep_switches_to_imagenet_with_one_override(overrides
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     assert params == {"backbone.width_mult": "0.35,0.5,1.0", "data.image_size": sizes}
     assert cfg.task_name == "sweep_width_resolution" and cfg.data.num_classes == (8 if not overrides else 1000)
-    assert cfg.model._target_ == "vision_mnv2.models.mobilenet_v2"
+    assert cfg.model.builder == "mobilenet_v2"
 
 
 @pytest.mark.parametrize("overrides, size", [([], 64), (["data=imagenet", "data.root=/imagenet"], 224)])
@@ -93,7 +93,7 @@ def test_ablation_sweep_covers_the_papers_variants(overrides, size):
     assert cfg.data.image_size == size and cfg.task_name == "sweep_ablations"
     for variant, expected in [("relu6_bottleneck", ("relu6", "bottleneck")), ("no_shortcut", ("linear", "none"))]:
         job, _ = _sweep_config("sweep_ablations", [*overrides, f"+ablation={variant}"])
-        assert (job.model.bottleneck_activation, job.model.shortcut) == expected
+        assert (job.backbone.bottleneck_activation, job.backbone.shortcut) == expected
 
 
 def test_tradeoff_figure_has_one_line_per_resolution(tmp_path):

@@ -264,7 +264,7 @@ def test_voc_recipe_composes(tmp_path):
     cfg = compose_config("train", ["experiment=deeplabv3_voc", "data.root=/data/VOCdevkit/VOC2012"], tmp_path)
     assert cfg.data.image_size == 513 and cfg.data.eval_pad_size == 513 and list(cfg.data.scale) == [0.5, 2.0]
     assert cfg.data.num_classes == 21 and cfg.data.train_split == "train_aug"
-    assert cfg.model.output_stride == 16 and cfg.module.scheduler_interval == "step"
+    assert cfg.backbone.output_stride == 16 and cfg.module.scheduler_interval == "step"
     assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.PolynomialLR" and cfg.scheduler.power == 0.9
     assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.lr == 0.007
     custom = compose_config(

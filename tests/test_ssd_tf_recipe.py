@@ -174,13 +174,13 @@ def test_tf_experiments_compose(experiment, tmp_path):
     if experiment != "ssdlite_tf":
         overrides += ["data.root=/nowhere"] + (["data.num_classes=1"] if "custom" in experiment else [])
     cfg = compose_config("train", overrides, tmp_path)
-    assert cfg.model.classification_loss == "tf" and cfg.model.anchor_generator == "tf"
+    assert cfg.head.classification_loss == "tf" and cfg.head.anchor_generator == "tf"
     assert cfg.optimizer._target_ == "torch.optim.RMSprop" and cfg.optimizer.eps == 1.0 and cfg.optimizer.lr == 0.004
     assert cfg.scheduler.gamma == 0.95 and cfg.module.scheduler_interval == "step"
     assert cfg.data.augment.zoom_out_prob == 0 and cfg.data.augment.photometric_prob == 0
     assert cfg.data.augment.hflip == 0.5 and cfg.data.augment.crop_prob == 1.0
     momentum = 0.0003 if experiment == "ssdlite_coco_tf" else 0.01  # short runs: see the configs
-    assert cfg.model.batch_norm_momentum == momentum and cfg.model.batch_norm_eps == 0.001
+    assert cfg.head.batch_norm_momentum == momentum and cfg.head.batch_norm_eps == 0.001
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ replaces the task's section of docs/BENCHMARKS.md."""
 
 from __future__ import annotations
 
+import copy
 import platform
 import time
 from pathlib import Path
@@ -14,7 +15,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from tasks.checkpoint_config import checkpoint_model, evaluation_data, open_pipeline, task_of_config
+from tasks.checkpoint_config import (
+    checkpoint_model,
+    evaluation_data,
+    open_pipeline,
+    task_of_config,
+    without_weights,
+)
 from vision_mnv2.benchmark import Measurement, measure
 from vision_mnv2.complexity import count_parameters
 from vision_mnv2.pipelines import PIPELINES, Pipeline, describe
@@ -28,10 +35,7 @@ def _random_pipeline(cfg: DictConfig, task: str, image_size: int, classes: int) 
     kwargs = {"num_classes": classes}
     if PIPELINES[task].builder_takes_image_size:
         kwargs["image_size"] = image_size
-    for key in ("weights", "backbone_weights"):
-        if key in cfg.model:
-            kwargs[key] = None
-    model = instantiate(cfg.model, **kwargs).eval()
+    model = instantiate(without_weights(copy.deepcopy(cfg)).model, **kwargs).eval()
     return PIPELINES[task](describe(task, model, {"image_size": image_size}), model)
 
 

@@ -5,6 +5,7 @@ from ..layers import make_divisible
 from .backbone import FeatureBackbone, FeatureInfo
 from .builder import build_model_with_cfg
 from .classification import mobilenet_v1, mobilenet_v2
+from .compose import compose_model
 from .deeplabv3 import DeepLabV3, deeplabv3_mobilenet_v1, deeplabv3_mobilenet_v2, multi_scale_probabilities
 from .memory_efficient import (
     largest_activations,
@@ -41,6 +42,7 @@ __all__ = [
     "TFSSDAnchorGenerator",
     "TransferReport",
     "build_model_with_cfg",
+    "compose_model",
     "WeightsError",
     "resolve_weights",
     "transfer_weights",
