@@ -4,6 +4,7 @@ alone; the report stays in the run folder unless the docs are to be updated."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from tasks.cli import with_task_from_checkpoint
@@ -54,15 +55,17 @@ def test_time_call_measures_seconds_per_call():
 
 
 def test_finetune_classification_benchmark_runs_as_documented(tmp_path, tiny_cls_root):
-    """The fine-tuning benchmark's three recipes train the given steps from one checkpoint and
-    are scored on the same photos (its report's table), on a folder in the ImageNet layout."""
+    """The fine-tuning benchmark's recipes train the given steps of the preset's batch from one
+    checkpoint, once per seed, and are scored on the same photos (its report's table: mean and
+    spread over the seeds), on a folder in the ImageNet layout."""
     from tools.benchmarks.finetune_classification import main
     from vision_mnv2.models import mobilenet_v2
 
     init = mobilenet_v2(num_classes=10, width_mult=0.35).eval()
     ckpt = save_model(tmp_path / "init.ckpt", init, describe("classification", init, {"image_size": 224}))
     out = tmp_path / "out"
-    assert main(["--init", str(ckpt), "--folder", str(tiny_cls_root), "--steps", "2", "--output", str(out)]) == 0
+    argv = ["--init", str(ckpt), "--folder", str(tiny_cls_root), "--steps", "2", "--output", str(out)]
+    assert main([*argv, "--seeds", "2", "--from-scratch"]) == 0
     text = (out / "finetune_classification.md").read_text()
     rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [name.strip() for name, _, _ in rows] == [
@@ -70,7 +73,13 @@ def test_finetune_classification_benchmark_runs_as_documented(tmp_path, tiny_cls
         "experiment=finetune_classification_custom",
         "task=classification (the synthetic-data recipe)",
     ]
-    assert all(0.0 <= float(top1) <= 1.0 and float(seconds) >= 0 for _, top1, seconds in rows)
-    for run in ("experiment=finetune_classification_custom", "task=classification"):
+    for _, top1, seconds in rows[:2]:  # two seeds: "mean ± deviation (lowest-highest)"
+        mean, spread = re.fullmatch(r"\s*([\d.]+) ± ([\d.]+) \([\d.]+-[\d.]+\)\s*", top1).groups()
+        assert 0.0 <= float(mean) <= 1.0 and float(spread) >= 0 and float(seconds) >= 0
+    assert 0.0 <= float(rows[2][1]) <= 1.0
+    batch = compose_config("train", ["experiment=finetune_classification_custom", "data.root=x"], tmp_path / "c")
+    assert f"2 steps of {batch.data.batch_size}" in text and "Preset / tutorial top-1 (means)" in text
+    for run in ("preset_seed0", "preset_seed1", "task"):
         written = json.loads((out / run / "train_metrics.json").read_text())
         assert written["steps"] == written["step_budget"] == 2, "every recipe trains the same steps"
+        assert written["images"] == 2 * batch.data.batch_size, "and sees as many images"

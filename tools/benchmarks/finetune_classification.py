@@ -1,18 +1,21 @@
 """Fine-tuning a classifier on real photos: this project's preset against torchvision's transfer-
-learning tutorial recipe, same weights, same steps, same photos, one run:
+learning tutorial recipe, same weights, same steps, same images seen (the tutorial trains at the
+preset's batch size), same photos, one run, several seeds:
 
     python tools/benchmarks/finetune_classification.py --init mnv2.ckpt \\
         --voc-annotations ../shared/data/kangaroo/annots --images ../shared/data/kangaroo/images \\
-        [--steps 150] [--update-docs]
+        [--steps 150] [--seeds 3] [--from-scratch] [--update-docs]
 
 The photos: a folder in the ImageNet layout (--folder), or a detection set in Pascal VOC XML cut
 into object and background crops (--voc-annotations, --images). --init: a checkpoint with ImageNet
 weights (e.g. Google's classifier converted by tools/convert.py).
 
-The task's from-scratch recipe trains beside them; every recipe is scored the same way."""
+With --from-scratch the task's synthetic-data recipe trains beside them (one seed); every recipe is
+scored the same way."""
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -30,11 +33,12 @@ from vision_mnv2.reports import argument_parser, command_line, publish, report_h
 __all__ = ["compare_recipes", "tutorial_recipe"]
 
 
-def tutorial_recipe(init: str, root: Path, steps: int, seed: int = 0) -> torch.nn.Module:
+def tutorial_recipe(init: str, root: Path, steps: int, seed: int = 0, batch_size: int = 4) -> torch.nn.Module:
     """torchvision's "Transfer learning for computer vision" tutorial, fine-tuning the whole network:
-    RandomResizedCrop(224) + flip, batch 4, SGD lr 0.001 momentum 0.9, StepLR(7 epochs, 0.1),
-    cross-entropy; the classifier layer replaced for the new classes. The network is the one of
-    ``init`` (its input conventions included), so that only the recipe differs."""
+    RandomResizedCrop(224) + flip, SGD lr 0.001 momentum 0.9, StepLR(7 epochs, 0.1), cross-entropy;
+    the classifier layer replaced for the new classes. The tutorial's batch is 4; ``batch_size``
+    sets another, so that it sees as many images as the recipe it is compared with. The network is
+    the one of ``init`` (its input conventions included), so that only the recipe differs."""
     from torchvision import datasets, transforms  # noqa: PLC0415
 
     torch.manual_seed(seed)
@@ -50,7 +54,14 @@ def tutorial_recipe(init: str, root: Path, steps: int, seed: int = 0) -> torch.n
 
     model = build_model(meta.builder, args)
     transfer_weights(model, init)  # the backbone; the classifier layer is new (other classes)
-    loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=True, num_workers=2, drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=2,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     per_epoch = len(loader)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7 * per_epoch, gamma=0.1)  # 7 epochs
@@ -78,50 +89,76 @@ def _top1(model: torch.nn.Module, root: Path, image_size: int = 224) -> float:
     return ClassificationPipeline(meta, model.eval()).evaluate(val)["top1"]
 
 
-def compare_recipes(root: Path, init: str, steps: int, output_dir: Path) -> list[tuple[str, float, float]]:
-    """(recipe, top-1 on ``root/val``, training seconds) for the tutorial recipe, the fine-tuning
-    preset and the from-scratch task recipe, the last two trained as ``tools/train.py`` would."""
+PRESET = "experiment=finetune_classification_custom"
+TUTORIAL = "torchvision transfer-learning tutorial"
+FROM_SCRATCH = "task=classification (the synthetic-data recipe)"
+
+
+def _train_preset(overrides: list[str], output_dir: Path) -> torch.nn.Module:
     from tasks.runner import train  # noqa: PLC0415
 
+    cfg = compose_config("train", overrides + ["logger=none"], output_dir)
+    with open_dict(cfg):
+        cfg.callbacks.progress_bar = None  # a budget of steps: the schedule spans them (tasks.optim)
+    model, _ = load_model(train(cfg)["last_checkpoint"])
+    return model
+
+
+def compare_recipes(
+    root: Path, init: str, steps: int, output_dir: Path, seeds: int = 1, from_scratch: bool = False
+) -> tuple[list[tuple[str, list[float], float]], int]:
+    """``([(recipe, top-1 on root/val per seed, training seconds per seed), ...], batch size)`` for
+    the tutorial recipe and the fine-tuning preset, each trained ``steps`` steps of the preset's
+    batch size per seed (the preset as ``tools/train.py`` trains it), and with ``from_scratch`` the
+    task's synthetic-data recipe (first seed only)."""
     classes = len([p for p in (root / "train").iterdir() if p.is_dir()])
-    rows = []
-    start = time.perf_counter()
-    rows.append(("torchvision transfer-learning tutorial", _top1(tutorial_recipe(init, root, steps), root)))
-    rows[-1] += (time.perf_counter() - start,)
     common = [f"data.root={root}", f"data.num_classes={classes}", f"init_from={init}", f"trainer.max_steps={steps}"]
-    for name, overrides in (
-        ("experiment=finetune_classification_custom", ["experiment=finetune_classification_custom"]),
-        (
-            "task=classification (the synthetic-data recipe)",
-            ["task=classification", "data=imagenet_custom", "data.image_size=224", "data.batch_size=32"],
-        ),
-    ):
-        cfg = compose_config("train", overrides + common + ["logger=none"], output_dir / name.split()[0])
-        with open_dict(cfg):
-            cfg.callbacks.progress_bar = None  # a budget of steps: the schedule spans them (tasks.optim)
+    batch = int(compose_config("train", [PRESET, *common], output_dir / "composed").data.batch_size)
+    scores: dict[str, list[float]] = {TUTORIAL: [], PRESET: []}
+    seconds: dict[str, float] = {TUTORIAL: 0.0, PRESET: 0.0}
+    for seed in range(seeds):
         start = time.perf_counter()
-        result = train(cfg)
-        model, _ = load_model(result["last_checkpoint"])
-        rows.append((name, _top1(model, root), time.perf_counter() - start))
-    return rows
+        scores[TUTORIAL].append(_top1(tutorial_recipe(init, root, steps, seed=seed, batch_size=batch), root))
+        seconds[TUTORIAL] += time.perf_counter() - start
+        start = time.perf_counter()
+        overrides = [PRESET, *common, f"seed={seed}"]
+        scores[PRESET].append(_top1(_train_preset(overrides, output_dir / f"preset_seed{seed}"), root))
+        seconds[PRESET] += time.perf_counter() - start
+    rows = [(name, scores[name], seconds[name] / seeds) for name in (TUTORIAL, PRESET)]
+    if from_scratch:
+        start = time.perf_counter()
+        overrides = ["task=classification", "data=imagenet_custom", "data.image_size=224", f"data.batch_size={batch}"]
+        model = _train_preset(overrides + common, output_dir / "task")
+        rows.append((FROM_SCRATCH, [_top1(model, root)], time.perf_counter() - start))
+    return rows, batch
 
 
-def report(rows, root: Path, init: str, steps: int, command: str) -> str:
+def _mean_spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
+def report(rows, root: Path, init: str, steps: int, batch: int, command: str) -> str:
     train = sum(1 for p in (root / "train").rglob("*.jpg"))
     val = sum(1 for p in (root / "val").rglob("*.jpg"))
+    seeds = len(rows[0][1])
     lines = report_header(
-        f"Classification fine-tuning: preset against torchvision's tutorial recipe, {steps} steps",
+        f"Classification fine-tuning: preset against torchvision's tutorial recipe, {steps} steps of {batch}",
         command,
-        f"Photos: {train} training / {val} validation crops ({root.name}); "
-        f"every recipe starts from `{Path(init).name}` and is scored on the same validation crops "
-        "(shorter side to 256, centre 224).",
+        f"Photos: {train} training / {val} validation ({root.name}); every recipe starts from "
+        f"`{Path(init).name}`, trains {steps} steps of {batch} images ({steps * batch} images seen; the "
+        "tutorial's own batch is 4) and is scored on the same validation photos (shorter side to 256, "
+        f"centre 224); {seeds} seed(s): mean ± standard deviation (lowest-highest).",
         f"{torch.get_num_threads()} threads",
     )
     lines += [
-        "| recipe | top-1 | training time, s |",
+        "| recipe | top-1 | training time per seed, s |",
         "|---|---|---|",
     ]
-    lines += [f"| {name} | {top1:.3f} | {seconds:.0f} |" for name, top1, seconds in rows]
+    lines += [f"| {name} | {_mean_spread(top1)} | {seconds:.0f} |" for name, top1, seconds in rows]
+    tutorial, preset = (statistics.mean(rows[i][1]) for i in (0, 1))
+    lines += ["", f"Preset / tutorial top-1 (means): **{preset / tutorial:.3f}x**." if tutorial else ""]
     return "\n".join(lines) + "\n"
 
 
@@ -133,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", help="the detection set's images")
     parser.add_argument("--train-images", type=int, default=60, help="photos of the detection set for training")
     parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per recipe (mean and spread)")
+    parser.add_argument("--from-scratch", action="store_true", help="also the task's synthetic-data recipe")
     parser.add_argument("--output", default="outputs/benchmarks/finetune_classification")
     args = parser.parse_args(argv)
     if not args.folder and not (args.voc_annotations and args.images):
@@ -151,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         coco = voc_xml_to_coco(args.voc_annotations, args.images)
         write_object_background_crops(coco, args.images, root, args.train_images)
 
-    rows = compare_recipes(root, args.init, args.steps, output)
-    text = report(rows, root, args.init, args.steps, command_line(__file__, argv))
+    rows, batch = compare_recipes(root, args.init, args.steps, output, args.seeds, args.from_scratch)
+    text = report(rows, root, args.init, args.steps, batch, command_line(__file__, argv))
     publish(
         text,
         "finetune_classification",
