@@ -106,6 +106,8 @@ def _builder_overrides(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, t
             continue
         if argument and "." not in argument:
             value = OmegaConf.select(cfg, key)
+            if value is None and group == "backbone":
+                continue  # unset: the network's own, whatever the checkpoint's is
             given[argument] = (key, to_jsonable(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value))
     return given
 
@@ -386,13 +388,14 @@ def inherit_from_init(cfg: DictConfig, overrides: Sequence[str] | None = None) -
     taken = {}
     with open_dict(cfg):
         for key in keys:
-            if key not in meta.builder_args or f"model.{key}" in explicit or f"backbone.{key}" in explicit:
+            if key not in meta.builder_args or any(f"{group}.{key}" in explicit for group in ARGUMENT_GROUPS):
                 continue
             if key in INHERITED_SAME_BACKBONE and key not in defaults:
                 continue  # a setting this builder does not take (DeepLab on MobileNetV1 has no min_depth)
             value = meta.builder_args[key]
             # The group that sets it (the backbone's width lives in backbone/*.yaml), else the model's.
-            group = cfg.backbone if key in (cfg.get("backbone") or {}) else cfg.model
+            holder = next((g for g in ("backbone", "head") if key in (cfg.get(g) or {})), "model")
+            group = cfg[holder]
             current = group.get(key)
             current = defaults.get(key) if current is None else current  # what the model would be built with
             current = OmegaConf.to_container(current) if OmegaConf.is_config(current) else current
@@ -403,7 +406,7 @@ def inherit_from_init(cfg: DictConfig, overrides: Sequence[str] | None = None) -
     if taken:
         log.info(
             "init_from %s: its weights expect %s, so the new model takes them "
-            "(set model.<key> or backbone.<key> to choose otherwise)",
+            "(set backbone.<key>, head.<key> or model.<key> to choose otherwise)",
             path,
             ", ".join(f"{k}={v if not isinstance(v, dict) else v.get('name') or v}" for k, v in taken.items()),
         )

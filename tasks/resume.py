@@ -164,6 +164,38 @@ def config_differences(
     ]
 
 
+# Runs recorded before the network was composed from the backbone and head groups: the model section
+# named a builder as its _target_ and copied group values in by interpolation.
+MODELS = "vision_mnv2.models."
+COMPOSED = MODELS + "compose_model"
+# Builder arguments of the old model section that are backbone settings today.
+MOVED_TO_BACKBONE = ("bottleneck_activation", "shortcut", "expansion_groups")
+
+
+def in_composed_layout(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A recorded run configuration in today's layout of the model section (the network composed from
+    the backbone and head groups, vision_mnv2.models.compose_model), so that ``ckpt_path=last``
+    compares what the run was, not how its configs were wired. Today's layout is returned as it is."""
+    model = dict(recorded.get("model") or {})
+    target = str(model.get("_target_", ""))
+    if not target.startswith(MODELS) or target == COMPOSED:
+        return recorded
+    backbone = dict(recorded.get("backbone") or {})
+    composed = {"_target_": COMPOSED, "builder": target[len(MODELS) :], "backbone": "${backbone}", "head": "${head}"}
+    for key, value in model.items():
+        if key == "_target_" or (isinstance(value, str) and value.startswith(("${backbone.", "${head."))):
+            continue  # a group's value copied in: compared where the group holds it
+        if key in MOVED_TO_BACKBONE:
+            backbone[key] = value
+        else:
+            composed[key] = value
+    # The old backbone default 32 was the classifier's stride and unused by SSDLite: the network's own,
+    # as an unset stride is today. DeepLab set its stride explicitly.
+    if backbone.get("output_stride") == 32 and not composed["builder"].startswith("deeplabv3_"):
+        backbone["output_stride"] = None
+    return {**recorded, "model": composed, "backbone": backbone}
+
+
 def _differences(run_dir: Path, cfg: DictConfig) -> list[str] | None:
     """How ``cfg`` differs from the settings the run in ``run_dir`` recorded; ``None`` if it recorded none."""
     recorded = run_dir / CONFIG_FILE
@@ -171,7 +203,8 @@ def _differences(run_dir: Path, cfg: DictConfig) -> list[str] | None:
         return None
     may_differ = [*cfg.get("resume_may_differ", []), "resume_may_differ", "resume_added_settings"]
     added = OmegaConf.to_container(cfg.get("resume_added_settings") or OmegaConf.create({}))
-    return config_differences(OmegaConf.load(recorded), cfg, may_differ, added)
+    earlier = OmegaConf.to_container(OmegaConf.load(recorded), resolve=False)
+    return config_differences(OmegaConf.create(in_composed_layout(earlier)), cfg, may_differ, added)
 
 
 # Folders this process locked before the run started (tasks.run_folder, as Hydra starts the run); a

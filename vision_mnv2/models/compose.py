@@ -38,22 +38,21 @@ def builder_settings(builder: str) -> set[str]:
     return {p.name for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD}
 
 
-def _arguments(
-    group: str, settings: Mapping[str, Any] | None, builder: str, taken: set[str], keep_unset: bool
-) -> dict[str, Any]:
-    arguments: dict[str, Any] = {}
+def _arguments(group: str, settings: Mapping[str, Any] | None, builder: str, taken: set[str]) -> dict[str, tuple]:
+    """``{builder argument: (value, the user's key)}`` of one group's settings."""
+    arguments: dict[str, tuple] = {}
     for key, value in dict(settings or {}).items():
-        if key in NOT_ARGUMENTS:
+        if group == "backbone" and key in NOT_ARGUMENTS:
             continue
         argument = RENAMED.get(key, key) if group == "backbone" else key
-        if value is None and not keep_unset:
+        if value is None and group == "backbone":
             continue  # the network's own: e.g. the output stride, 32 for a classifier and SSDLite
         if argument not in taken:
             raise ValueError(
                 f"{group}.{key}={value!r}: the network {builder} has no setting {key!r}; "
                 f"it takes {', '.join(sorted(taken))}"
             )
-        arguments[argument] = value
+        arguments[argument] = (value, f"{group}.{key}")
     return arguments
 
 
@@ -69,16 +68,12 @@ def compose_model(
     error, and so is one given twice, so nothing is dropped unseen. The backbone's ``weights`` are the builder's ``backbone_weights``; its ``name`` is in
     ``builder`` already."""
     taken = builder_settings(builder)
-    parts = (
-        _arguments("backbone", backbone, builder, taken, keep_unset=False),
-        _arguments("head", head, builder, taken, keep_unset=True),
-    )
-    combined = dict(arguments)
-    for part, group in zip(parts, ("backbone", "head")):
+    combined = {key: (value, f"model.{key}") for key, value in arguments.items()}
+    for group, settings in (("backbone", backbone), ("head", head)):
+        part = _arguments(group, settings, builder, taken)
         twice = sorted(set(part) & set(combined))
         if twice:
-            names = {value: key for key, value in RENAMED.items()} if group == "backbone" else {}
-            given = ", ".join(f"{group}.{names.get(key, key)} and model.{key}" for key in twice)
-            raise ValueError(f"{builder}: {given} are both set; set the {group}'s own only")
+            given = "; ".join(f"{part[key][1]} and {combined[key][1]}" for key in twice)
+            raise ValueError(f"{builder}: {given} set the same argument; set it once")
         combined.update(part)
-    return build_model(builder, combined)
+    return build_model(builder, {key: value for key, (value, _) in combined.items()})
