@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from omegaconf import DictConfig, open_dict
 
-from vision_mnv2.checkpoint import read_checkpoint
+from vision_mnv2.checkpoint import load_model, read_checkpoint
 from vision_mnv2.files import atomic_write_text
 
 from .atomic_checkpoint_io import AtomicCheckpointIO
@@ -27,7 +27,7 @@ from .resume import RunStart, is_lead_process, record_settings, start_point
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build", "train", "evaluate"]
+__all__ = ["build", "train", "train_model", "evaluate"]
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -140,6 +140,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return _train(cfg, start)
     finally:
         start.release()
+
+
+def train_model(overrides: list[str], output_dir: str | Path) -> torch.nn.Module:
+    """The network ``tools/train.py <overrides>`` trains, from its last checkpoint, with the run folder
+    at ``output_dir`` and no logger or progress bar (for measurements that train recipes in turn)."""
+    from .cli import compose_config  # noqa: PLC0415  (the tools' module, which loads this one)
+
+    cfg = compose_config("train", [*overrides, "logger=none"], Path(output_dir))
+    with open_dict(cfg):
+        cfg.callbacks.progress_bar = None
+    model, _ = load_model(train(cfg)["last_checkpoint"])
+    return model
 
 
 def _train(cfg: DictConfig, start: RunStart) -> dict[str, Any]:

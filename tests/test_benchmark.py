@@ -7,6 +7,8 @@ import json
 import re
 import time
 
+import torch
+
 from tasks.cli import with_task_from_checkpoint
 from tools.benchmarks.against_torchvision import run_benchmark
 from vision_mnv2.benchmark import time_call
@@ -78,8 +80,44 @@ def test_finetune_classification_benchmark_runs_as_documented(tmp_path, tiny_cls
         assert 0.0 <= float(mean) <= 1.0 and float(spread) >= 0 and float(seconds) >= 0
     assert 0.0 <= float(rows[2][1]) <= 1.0
     batch = compose_config("train", ["experiment=finetune_classification_custom", "data.root=x"], tmp_path / "c")
-    assert f"2 steps of {batch.data.batch_size}" in text and "Preset / tutorial top-1 (means)" in text
+    assert f"2 steps of {batch.data.batch_size}" in text and "Preset / reference top-1 (means)" in text
     for run in ("preset_seed0", "preset_seed1", "task"):
         written = json.loads((out / run / "train_metrics.json").read_text())
         assert written["steps"] == written["step_budget"] == 2, "every recipe trains the same steps"
         assert written["images"] == 2 * batch.data.batch_size, "and sees as many images"
+
+
+def test_finetune_segmentation_benchmark_runs_as_documented(tmp_path, seg_root):
+    """The segmentation fine-tuning benchmark trains torchvision's reference recipe and the preset
+    the same steps of the preset's batch from one checkpoint, per seed, and scores both with the
+    same pipeline on the same photos."""
+    from tools.benchmarks.finetune_segmentation import ReferenceDeepLab, main
+    from vision_mnv2.models import mobilenet_v2
+
+    init = mobilenet_v2(num_classes=10, width_mult=0.35).eval()
+    ckpt = save_model(tmp_path / "init.ckpt", init, describe("classification", init, {"image_size": 224}))
+    out = tmp_path / "out"
+    argv = ["--init", str(ckpt), "--root", str(seg_root), "--steps", "2", "--crop", "64", "--seeds", "2"]
+    assert main([*argv, "--output", str(out)]) == 0
+    text = (out / "finetune_segmentation.md").read_text()
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [name.strip() for name, _, _ in rows] == [
+        "torchvision segmentation reference (DeepLabHead)",
+        "experiment=finetune_deeplabv3_custom",
+    ]
+    for _, miou, seconds in rows:
+        mean, spread = re.fullmatch(r"\s*([\d.]+) ± ([\d.]+) \([\d.]+-[\d.]+\)\s*", miou).groups()
+        assert 0.0 <= float(mean) <= 1.0 and float(spread) >= 0 and float(seconds) >= 0
+    batch = compose_config("train", ["experiment=finetune_deeplabv3_custom", "data.root=x"], tmp_path / "c")
+    assert f"2 steps of {batch.data.batch_size} crops of 64" in text and "Preset / reference mIoU (means)" in text
+    for run in ("preset_seed0", "preset_seed1"):
+        written = json.loads((out / run / "train_metrics.json").read_text())
+        assert written["steps"] == 2 and written["images"] == 2 * batch.data.batch_size
+    # The reference is torchvision's head on the checkpoint's backbone (its width), not this project's.
+    reference = ReferenceDeepLab(3, {"width_mult": 0.35})
+    assert type(reference.head).__name__ == "DeepLabHead" and reference.eval()(torch.rand(1, 3, 64, 80)).shape == (
+        1,
+        3,
+        64,
+        80,
+    )

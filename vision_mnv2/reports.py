@@ -15,6 +15,7 @@ import argparse
 import os
 import platform
 import shlex
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -25,7 +26,9 @@ __all__ = [
     "argument_parser",
     "command_line",
     "machine",
+    "mean_spread",
     "publish",
+    "ratio_line",
     "report_header",
     "write_report",
     "write_section",
@@ -141,3 +144,16 @@ def write_section(path: str | os.PathLike, name: str, text: str) -> Path:
         current = current.rstrip("\n") + "\n\n" + block + "\n"
     atomic_write_text(path, current)
     return path
+
+
+def mean_spread(values: Sequence[float]) -> str:
+    """Scores over seeds: one, as it is; several, "mean ± standard deviation (lowest-highest)"."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
+def ratio_line(metric: str, ours: Sequence[float], reference: Sequence[float]) -> str:
+    """ "Preset / reference <metric> (means): **r x**." for scores over seeds."""
+    mean_ours, mean_reference = statistics.mean(ours), statistics.mean(reference)
+    return f"Preset / reference {metric} (means): **{mean_ours / mean_reference:.3f}x**." if mean_reference else ""

@@ -10,6 +10,8 @@ same run so that the ratio holds on a shared machine. Each report starts with th
 * ``coco_scoring`` - a detection validation epoch with faster-coco-eval against pycocotools.
 * ``data_safeguards`` - set-up image checks and per-sample seeding against decoding and loading.
 * ``finetune_classification`` - the classification fine-tuning preset against torchvision's tutorial.
+* ``finetune_segmentation`` - the DeepLabv3 fine-tuning preset against torchvision's segmentation
+  reference recipe (DeepLabHead on MobileNetV2).
 * ``memory_efficient`` - memory-efficient inference (paper section 5.1) against the standard path.
 * ``mobile_int8`` - int8 ExecuTorch programs against Google's int8 TFLite files.
 * ``ssd_augmentation`` - SSD training augmentation against another implementation of it.

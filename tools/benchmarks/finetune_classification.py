@@ -15,20 +15,18 @@ scored the same way."""
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from omegaconf import open_dict
 
 from tasks.cli import compose_config, run_tool
 from vision_mnv2.checkpoint import load_model
 from vision_mnv2.data import ImageFolderClassification
 from vision_mnv2.models import transfer_weights
 from vision_mnv2.pipelines import ClassificationPipeline, describe
-from vision_mnv2.reports import argument_parser, command_line, publish, report_header
+from vision_mnv2.reports import argument_parser, command_line, mean_spread, publish, ratio_line, report_header
 
 __all__ = ["compare_recipes", "tutorial_recipe"]
 
@@ -94,16 +92,6 @@ TUTORIAL = "torchvision transfer-learning tutorial"
 FROM_SCRATCH = "task=classification (the synthetic-data recipe)"
 
 
-def _train_preset(overrides: list[str], output_dir: Path) -> torch.nn.Module:
-    from tasks.runner import train  # noqa: PLC0415
-
-    cfg = compose_config("train", overrides + ["logger=none"], output_dir)
-    with open_dict(cfg):
-        cfg.callbacks.progress_bar = None  # a budget of steps: the schedule spans them (tasks.optim)
-    model, _ = load_model(train(cfg)["last_checkpoint"])
-    return model
-
-
 def compare_recipes(
     root: Path, init: str, steps: int, output_dir: Path, seeds: int = 1, from_scratch: bool = False
 ) -> tuple[list[tuple[str, list[float], float]], int]:
@@ -111,6 +99,8 @@ def compare_recipes(
     the tutorial recipe and the fine-tuning preset, each trained ``steps`` steps of the preset's
     batch size per seed (the preset as ``tools/train.py`` trains it), and with ``from_scratch`` the
     task's synthetic-data recipe (first seed only)."""
+    from tasks.runner import train_model  # noqa: PLC0415
+
     classes = len([p for p in (root / "train").iterdir() if p.is_dir()])
     common = [f"data.root={root}", f"data.num_classes={classes}", f"init_from={init}", f"trainer.max_steps={steps}"]
     batch = int(compose_config("train", [PRESET, *common], output_dir / "composed").data.batch_size)
@@ -122,21 +112,15 @@ def compare_recipes(
         seconds[TUTORIAL] += time.perf_counter() - start
         start = time.perf_counter()
         overrides = [PRESET, *common, f"seed={seed}"]
-        scores[PRESET].append(_top1(_train_preset(overrides, output_dir / f"preset_seed{seed}"), root))
+        scores[PRESET].append(_top1(train_model(overrides, output_dir / f"preset_seed{seed}"), root))
         seconds[PRESET] += time.perf_counter() - start
     rows = [(name, scores[name], seconds[name] / seeds) for name in (TUTORIAL, PRESET)]
     if from_scratch:
         start = time.perf_counter()
         overrides = ["task=classification", "data=imagenet_custom", "data.image_size=224", f"data.batch_size={batch}"]
-        model = _train_preset(overrides + common, output_dir / "task")
+        model = train_model(overrides + common, output_dir / "task")
         rows.append((FROM_SCRATCH, [_top1(model, root)], time.perf_counter() - start))
     return rows, batch
-
-
-def _mean_spread(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
 def report(rows, root: Path, init: str, steps: int, batch: int, command: str) -> str:
@@ -156,9 +140,8 @@ def report(rows, root: Path, init: str, steps: int, batch: int, command: str) ->
         "| recipe | top-1 | training time per seed, s |",
         "|---|---|---|",
     ]
-    lines += [f"| {name} | {_mean_spread(top1)} | {seconds:.0f} |" for name, top1, seconds in rows]
-    tutorial, preset = (statistics.mean(rows[i][1]) for i in (0, 1))
-    lines += ["", f"Preset / tutorial top-1 (means): **{preset / tutorial:.3f}x**." if tutorial else ""]
+    lines += [f"| {name} | {mean_spread(top1)} | {seconds:.0f} |" for name, top1, seconds in rows]
+    lines += ["", ratio_line("top-1", rows[1][1], rows[0][1])]
     return "\n".join(lines) + "\n"
 
 
