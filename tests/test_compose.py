@@ -67,57 +67,43 @@ def test_settings_the_network_does_not_take_are_errors(tmp_path, overrides, mess
 
 # The model and backbone sections that runs recorded before the groups were passed whole
 # (dae899d and earlier): the model named its builder and copied the groups' values in.
-SSDLITE_BEFORE = """
-model:
+WIRING_BEFORE = """
   weights: null
   backbone_weights: ${backbone.weights}
   normalization: imagenet
   freeze_backbone: false
   frozen_bn: false
-  _target_: vision_mnv2.models.ssdlite_${backbone.name}
   num_classes: ${data.num_classes}
   width_mult: ${backbone.width_mult}
-  image_size: ${data.image_size}
-  score_thresh: ${head.score_thresh}
-  nms_thresh: ${head.nms_thresh}
-  detections_per_img: ${head.detections_per_img}
-  classification_loss: ${head.classification_loss}
-  anchor_generator: ${head.anchor_generator}
-  batch_norm_momentum: ${head.batch_norm_momentum}
-  batch_norm_eps: ${head.batch_norm_eps}
   bottleneck_activation: ${backbone.bottleneck_activation}
   shortcut: ${backbone.shortcut}
-  expansion_groups: null
+  expansion_groups: null"""
+BACKBONE_BEFORE = """
 backbone:
   name: mobilenet_v2
   width_mult: WIDTH
+  weights: null
+  bottleneck_activation: linear
+  shortcut: bottleneck"""
+SSDLITE_BEFORE = f"""
+model:{WIRING_BEFORE}
+  _target_: vision_mnv2.models.ssdlite_${{backbone.name}}
+  image_size: ${{data.image_size}}
+  score_thresh: ${{head.score_thresh}}
+  nms_thresh: ${{head.nms_thresh}}
+  detections_per_img: ${{head.detections_per_img}}
+  classification_loss: ${{head.classification_loss}}
+  anchor_generator: ${{head.anchor_generator}}
+  batch_norm_momentum: ${{head.batch_norm_momentum}}
+  batch_norm_eps: ${{head.batch_norm_eps}}{BACKBONE_BEFORE}
   output_stride: 32
-  weights: null
-  bottleneck_activation: linear
-  shortcut: bottleneck
 """
-DEEPLAB_BEFORE = """
-model:
-  weights: null
-  backbone_weights: ${backbone.weights}
-  normalization: imagenet
-  freeze_backbone: false
-  frozen_bn: false
-  _target_: vision_mnv2.models.deeplabv3_${backbone.name}
-  num_classes: ${data.num_classes}
-  width_mult: ${backbone.width_mult}
-  output_stride: ${backbone.output_stride}
-  aspp: ${head.aspp}
-  bottleneck_activation: ${backbone.bottleneck_activation}
-  shortcut: ${backbone.shortcut}
-  expansion_groups: null
-backbone:
-  name: mobilenet_v2
-  width_mult: WIDTH
+DEEPLAB_BEFORE = f"""
+model:{WIRING_BEFORE}
+  _target_: vision_mnv2.models.deeplabv3_${{backbone.name}}
+  output_stride: ${{backbone.output_stride}}
+  aspp: ${{head.aspp}}{BACKBONE_BEFORE}
   output_stride: 16
-  weights: null
-  bottleneck_activation: linear
-  shortcut: bottleneck
 """
 
 

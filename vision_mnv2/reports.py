@@ -28,7 +28,7 @@ __all__ = [
     "machine",
     "mean_spread",
     "publish",
-    "ratio_line",
+    "recipes_table",
     "report_header",
     "write_report",
     "write_section",
@@ -153,7 +153,10 @@ def mean_spread(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
-def ratio_line(metric: str, ours: Sequence[float], reference: Sequence[float]) -> str:
-    """ "Preset / reference <metric> (means): **r x**." for scores over seeds."""
-    mean_ours, mean_reference = statistics.mean(ours), statistics.mean(reference)
-    return f"Preset / reference {metric} (means): **{mean_ours / mean_reference:.3f}x**." if mean_reference else ""
+def recipes_table(rows: Sequence[tuple[str, Sequence[float], float]], metric: str) -> list[str]:
+    """The table of a recipe comparison, ``rows`` = (recipe, score per seed, training seconds per
+    seed) with the reference first and the preset second, and the ratio of their mean scores."""
+    lines = [f"| recipe | {metric} | training time per seed, s |", "|---|---|---|"]
+    lines += [f"| {name} | {mean_spread(scores)} | {seconds:.0f} |" for name, scores, seconds in rows]
+    reference, preset = statistics.mean(rows[0][1]), statistics.mean(rows[1][1])
+    return [*lines, "", f"Preset / reference {metric} (means): **{preset / reference:.3f}x**." if reference else ""]

@@ -26,7 +26,8 @@ from vision_mnv2.checkpoint import load_model
 from vision_mnv2.data import ImageFolderClassification
 from vision_mnv2.models import transfer_weights
 from vision_mnv2.pipelines import ClassificationPipeline, describe
-from vision_mnv2.reports import argument_parser, command_line, mean_spread, publish, ratio_line, report_header
+from vision_mnv2.reference_training import train_steps
+from vision_mnv2.reports import argument_parser, command_line, publish, recipes_table, report_header
 
 __all__ = ["compare_recipes", "tutorial_recipe"]
 
@@ -52,31 +53,18 @@ def tutorial_recipe(init: str, root: Path, steps: int, seed: int = 0, batch_size
 
     model = build_model(meta.builder, args)
     transfer_weights(model, init)  # the backbone; the classifier layer is new (other classes)
-    loader = torch.utils.data.DataLoader(
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    train_steps(
+        model,
         data,
         batch_size=batch_size,
-        shuffle=True,
-        num_workers=2,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(seed),
+        steps=steps,
+        optimizer=optimizer,
+        # 7 epochs of the loader's batches
+        scheduler=lambda loader: torch.optim.lr_scheduler.StepLR(optimizer, step_size=7 * len(loader), gamma=0.1),
+        loss=torch.nn.CrossEntropyLoss(),
+        seed=seed,
     )
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
-    per_epoch = len(loader)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7 * per_epoch, gamma=0.1)  # 7 epochs
-    criterion = torch.nn.CrossEntropyLoss()
-    model.train()
-    done = 0
-    while done < steps:
-        for images, labels in loader:
-            loss = criterion(model(images), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            done += 1
-            if done == steps:
-                break
-    model.eval()
     model.build_config["args"]["num_classes"] = len(data.classes)
     return model
 
@@ -136,12 +124,7 @@ def report(rows, root: Path, init: str, steps: int, batch: int, command: str) ->
         f"centre 224); {seeds} seed(s): mean ± standard deviation (lowest-highest).",
         f"{torch.get_num_threads()} threads",
     )
-    lines += [
-        "| recipe | top-1 | training time per seed, s |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {name} | {mean_spread(top1)} | {seconds:.0f} |" for name, top1, seconds in rows]
-    lines += ["", ratio_line("top-1", rows[1][1], rows[0][1])]
+    lines += recipes_table(rows, "top-1")
     return "\n".join(lines) + "\n"
 
 

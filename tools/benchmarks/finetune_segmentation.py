@@ -32,7 +32,8 @@ from vision_mnv2.data.voc import VOCSegmentation
 from vision_mnv2.models import MobileNetV2Backbone, deeplabv3_mobilenet_v2, load_backbone_weights
 from vision_mnv2.models.normalization import InputNormalization
 from vision_mnv2.pipelines import SegmentationPipeline, describe
-from vision_mnv2.reports import argument_parser, command_line, mean_spread, publish, ratio_line, report_header
+from vision_mnv2.reference_training import train_steps
+from vision_mnv2.reports import argument_parser, command_line, publish, recipes_table, report_header
 
 __all__ = ["ReferenceDeepLab", "compare_recipes", "reference_recipe"]
 
@@ -111,30 +112,17 @@ def reference_recipe(init: str, root: Path, num_classes: int, steps: int, batch_
     _, meta = load_model(init)
     model = ReferenceDeepLab(num_classes, meta.builder_args)
     load_backbone_weights(model.backbone, init)
-    data = _ReferenceTrainSet(root, crop)
-    loader = torch.utils.data.DataLoader(
-        data,
-        batch_size=batch_size,
-        shuffle=True,
-        num_workers=2,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(seed),
-    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=steps, power=0.9)
-    model.train()
-    done = 0
-    while done < steps:
-        for images, masks in loader:
-            loss = F.cross_entropy(model(images), masks, ignore_index=255)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            done += 1
-            if done == steps:
-                break
-    return model.eval()
+    return train_steps(
+        model,
+        _ReferenceTrainSet(root, crop),
+        batch_size=batch_size,
+        steps=steps,
+        optimizer=optimizer,
+        scheduler=lambda loader: torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=steps, power=0.9),
+        loss=lambda logits, masks: F.cross_entropy(logits, masks, ignore_index=255),
+        seed=seed,
+    )
 
 
 def _miou(model: nn.Module, val: VOCSegmentation, pad: int, reference: bool) -> float:
@@ -192,9 +180,7 @@ def report(rows, root: Path, init: str, steps: int, batch: int, crop: int, pad: 
         f"{seeds} seed(s): mean ± standard deviation (lowest-highest).",
         f"{torch.get_num_threads()} threads",
     )
-    lines += ["| recipe | mIoU | training time per seed, s |", "|---|---|---|"]
-    lines += [f"| {name} | {mean_spread(miou)} | {seconds:.0f} |" for name, miou, seconds in rows]
-    lines += ["", ratio_line("mIoU", rows[1][1], rows[0][1])]
+    lines += recipes_table(rows, "mIoU")
     return "\n".join(lines) + "\n"
 
 
