@@ -58,8 +58,8 @@ def test_time_call_measures_seconds_per_call():
 
 def test_finetune_classification_benchmark_runs_as_documented(tmp_path, tiny_cls_root):
     """The fine-tuning benchmark's recipes train the given steps of the preset's batch from one
-    checkpoint, once per seed, and are scored on the same photos (its report's table: mean and
-    spread over the seeds), on a folder in the ImageNet layout."""
+    checkpoint and are scored on the same photos, on a folder in the ImageNet layout (one seed here;
+    the segmentation benchmark's test covers several)."""
     from tools.benchmarks.finetune_classification import main
     from vision_mnv2.models import mobilenet_v2
 
@@ -67,7 +67,7 @@ def test_finetune_classification_benchmark_runs_as_documented(tmp_path, tiny_cls
     ckpt = save_model(tmp_path / "init.ckpt", init, describe("classification", init, {"image_size": 224}))
     out = tmp_path / "out"
     argv = ["--init", str(ckpt), "--folder", str(tiny_cls_root), "--steps", "2", "--output", str(out)]
-    assert main([*argv, "--seeds", "2", "--from-scratch"]) == 0
+    assert main([*argv, "--from-scratch"]) == 0
     text = (out / "finetune_classification.md").read_text()
     rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [name.strip() for name, _, _ in rows] == [
@@ -75,13 +75,10 @@ def test_finetune_classification_benchmark_runs_as_documented(tmp_path, tiny_cls
         "experiment=finetune_classification_custom",
         "task=classification (the synthetic-data recipe)",
     ]
-    for _, top1, seconds in rows[:2]:  # two seeds: "mean ± deviation (lowest-highest)"
-        mean, spread = re.fullmatch(r"\s*([\d.]+) ± ([\d.]+) \([\d.]+-[\d.]+\)\s*", top1).groups()
-        assert 0.0 <= float(mean) <= 1.0 and float(spread) >= 0 and float(seconds) >= 0
-    assert 0.0 <= float(rows[2][1]) <= 1.0
+    assert all(0.0 <= float(top1) <= 1.0 and float(seconds) >= 0 for _, top1, seconds in rows)
     batch = compose_config("train", ["experiment=finetune_classification_custom", "data.root=x"], tmp_path / "c")
     assert f"2 steps of {batch.data.batch_size}" in text and "Preset / reference top-1 (means)" in text
-    for run in ("preset_seed0", "preset_seed1", "task"):
+    for run in ("preset_seed0", "task"):
         written = json.loads((out / run / "train_metrics.json").read_text())
         assert written["steps"] == written["step_budget"] == 2, "every recipe trains the same steps"
         assert written["images"] == 2 * batch.data.batch_size, "and sees as many images"
