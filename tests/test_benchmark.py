@@ -8,6 +8,7 @@ import re
 import time
 
 import torch
+from omegaconf import OmegaConf
 
 from tasks.cli import with_task_from_checkpoint
 from tools.benchmarks.against_torchvision import run_benchmark
@@ -95,12 +96,12 @@ def test_finetune_segmentation_benchmark_runs_as_documented(tmp_path, seg_root):
     ckpt = save_model(tmp_path / "init.ckpt", init, describe("classification", init, {"image_size": 224}))
     out = tmp_path / "out"
     argv = ["--init", str(ckpt), "--root", str(seg_root), "--steps", "2", "--crop", "64", "--seeds", "2"]
-    assert main([*argv, "--output", str(out)]) == 0
+    assert main([*argv, "--preset-override", "module.backbone_lr_mult=0.5", "--output", str(out)]) == 0
     text = (out / "finetune_segmentation.md").read_text()
     rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [name.strip() for name, _, _ in rows] == [
         "torchvision segmentation reference (DeepLabHead)",
-        "experiment=finetune_deeplabv3_custom",
+        "experiment=finetune_deeplabv3_custom module.backbone_lr_mult=0.5",  # a variant, as measured
     ]
     for _, miou, seconds in rows:
         mean, spread = re.fullmatch(r"\s*([\d.]+) ± ([\d.]+) \([\d.]+-[\d.]+\)\s*", miou).groups()
@@ -110,6 +111,8 @@ def test_finetune_segmentation_benchmark_runs_as_documented(tmp_path, seg_root):
     for run in ("preset_seed0", "preset_seed1"):
         written = json.loads((out / run / "train_metrics.json").read_text())
         assert written["steps"] == 2 and written["images"] == 2 * batch.data.batch_size
+        recorded = OmegaConf.load(out / run / ".hydra" / "config.yaml")
+        assert recorded.module.backbone_lr_mult == 0.5 and recorded.data.image_size == 64
     # The reference is torchvision's head on the checkpoint's backbone (its width), not this project's.
     reference = ReferenceDeepLab(3, {"width_mult": 0.35})
     assert type(reference.head).__name__ == "DeepLabHead" and reference.eval()(torch.rand(1, 3, 64, 80)).shape == (

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -81,17 +82,25 @@ FROM_SCRATCH = "task=classification (the synthetic-data recipe)"
 
 
 def compare_recipes(
-    root: Path, init: str, steps: int, output_dir: Path, seeds: int = 1, from_scratch: bool = False
+    root: Path,
+    init: str,
+    steps: int,
+    output_dir: Path,
+    seeds: int = 1,
+    from_scratch: bool = False,
+    preset_overrides: Sequence[str] = (),
 ) -> tuple[list[tuple[str, list[float], float]], int]:
     """``([(recipe, top-1 on root/val per seed, training seconds per seed), ...], batch size)`` for
     the tutorial recipe and the fine-tuning preset, each trained ``steps`` steps of the preset's
     batch size per seed (the preset as ``tools/train.py`` trains it), and with ``from_scratch`` the
-    task's synthetic-data recipe (first seed only)."""
+    task's synthetic-data recipe (first seed only). ``preset_overrides`` change the preset (to
+    measure a variant of it)."""
     from tasks.runner import train_model  # noqa: PLC0415
 
     classes = len([p for p in (root / "train").iterdir() if p.is_dir()])
     common = [f"data.root={root}", f"data.num_classes={classes}", f"init_from={init}", f"trainer.max_steps={steps}"]
-    batch = int(compose_config("train", [PRESET, *common], output_dir / "composed").data.batch_size)
+    preset = [PRESET, *preset_overrides]
+    batch = int(compose_config("train", [*preset, *common], output_dir / "composed").data.batch_size)
     scores: dict[str, list[float]] = {TUTORIAL: [], PRESET: []}
     seconds: dict[str, float] = {TUTORIAL: 0.0, PRESET: 0.0}
     for seed in range(seeds):
@@ -99,10 +108,11 @@ def compare_recipes(
         scores[TUTORIAL].append(_top1(tutorial_recipe(init, root, steps, seed=seed, batch_size=batch), root))
         seconds[TUTORIAL] += time.perf_counter() - start
         start = time.perf_counter()
-        overrides = [PRESET, *common, f"seed={seed}"]
+        overrides = [*preset, *common, f"seed={seed}"]
         scores[PRESET].append(_top1(train_model(overrides, output_dir / f"preset_seed{seed}"), root))
         seconds[PRESET] += time.perf_counter() - start
     rows = [(name, scores[name], seconds[name] / seeds) for name in (TUTORIAL, PRESET)]
+    rows[1] = (" ".join(preset), *rows[1][1:])
     if from_scratch:
         start = time.perf_counter()
         overrides = ["task=classification", "data=imagenet_custom", "data.image_size=224", f"data.batch_size={batch}"]
@@ -138,6 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per recipe (mean and spread)")
     parser.add_argument("--from-scratch", action="store_true", help="also the task's synthetic-data recipe")
+    parser.add_argument(
+        "--preset-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a variant of the preset (repeatable)",
+    )
     parser.add_argument("--output", default="outputs/benchmarks/finetune_classification")
     args = parser.parse_args(argv)
     if not args.folder and not (args.voc_annotations and args.images):
@@ -156,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         coco = voc_xml_to_coco(args.voc_annotations, args.images)
         write_object_background_crops(coco, args.images, root, args.train_images)
 
-    rows, batch = compare_recipes(root, args.init, args.steps, output, args.seeds, args.from_scratch)
+    rows, batch = compare_recipes(
+        root, args.init, args.steps, output, args.seeds, args.from_scratch, args.preset_override
+    )
     text = report(rows, root, args.init, args.steps, batch, command_line(__file__, argv))
     publish(
         text,

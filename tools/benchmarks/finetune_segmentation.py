@@ -20,6 +20,7 @@ torchvision auxiliary tap. It trains at the preset's batch size."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -137,10 +138,18 @@ def _miou(model: nn.Module, val: VOCSegmentation, pad: int, reference: bool) -> 
 
 
 def compare_recipes(
-    root: Path, init: str, num_classes: int, steps: int, crop: int, output_dir: Path, seeds: int = 1
+    root: Path,
+    init: str,
+    num_classes: int,
+    steps: int,
+    crop: int,
+    output_dir: Path,
+    seeds: int = 1,
+    preset_overrides: Sequence[str] = (),
 ) -> tuple[list[tuple[str, list[float], float]], int, int]:
     """``([(recipe, mIoU per seed, training seconds per seed), ...], batch size, evaluation pad)``
-    for the reference recipe and the fine-tuning preset, ``steps`` steps of the preset's batch each."""
+    for the reference recipe and the fine-tuning preset, ``steps`` steps of the preset's batch each;
+    ``preset_overrides`` change the preset (to measure a variant of it)."""
     from tasks.runner import train_model  # noqa: PLC0415
 
     common = [
@@ -150,7 +159,8 @@ def compare_recipes(
         f"init_from={init}",
         f"trainer.max_steps={steps}",
     ]
-    composed = compose_config("train", [PRESET, *common], output_dir / "composed")
+    preset = [PRESET, *preset_overrides]
+    composed = compose_config("train", [*preset, *common], output_dir / "composed")
     batch, pad = int(composed.data.batch_size), int(composed.data.eval_pad_size)
     val = VOCSegmentation(root, "val", num_classes)
     scores: dict[str, list[float]] = {REFERENCE: [], PRESET: []}
@@ -161,10 +171,11 @@ def compare_recipes(
         seconds[REFERENCE] += time.perf_counter() - start
         scores[REFERENCE].append(_miou(model, val, pad, reference=True))
         start = time.perf_counter()
-        model = train_model([PRESET, *common, f"seed={seed}"], output_dir / f"preset_seed{seed}")
+        model = train_model([*preset, *common, f"seed={seed}"], output_dir / f"preset_seed{seed}")
         seconds[PRESET] += time.perf_counter() - start
         scores[PRESET].append(_miou(model, val, pad, reference=False))
-    return [(name, scores[name], seconds[name] / seeds) for name in (REFERENCE, PRESET)], batch, pad
+    rows = [(REFERENCE, scores[REFERENCE], seconds[REFERENCE] / seeds)]
+    return [*rows, (" ".join(preset), scores[PRESET], seconds[PRESET] / seeds)], batch, pad
 
 
 def report(rows, root: Path, init: str, steps: int, batch: int, crop: int, pad: int, command: str) -> str:
@@ -192,6 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--crop", type=int, default=321, help="training crop size of both recipes")
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per recipe (mean and spread)")
+    parser.add_argument(
+        "--preset-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a variant of the preset (repeatable)",
+    )
     parser.add_argument("--output", default="outputs/benchmarks/finetune_segmentation")
     args = parser.parse_args(argv)
     root = Path(args.root)
@@ -199,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.classes is None and not names.is_file():
         parser.error(f"give --classes: {names} does not exist")
     classes = args.classes or len(names.read_text().split())
-    rows, batch, pad = compare_recipes(root, args.init, classes, args.steps, args.crop, Path(args.output), args.seeds)
+    rows, batch, pad = compare_recipes(
+        root, args.init, classes, args.steps, args.crop, Path(args.output), args.seeds, args.preset_override
+    )
     text = report(rows, root, args.init, args.steps, batch, args.crop, pad, command_line(__file__, argv))
     publish(
         text,
