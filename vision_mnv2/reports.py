@@ -28,6 +28,7 @@ __all__ = [
     "machine",
     "mean_spread",
     "publish",
+    "recipes_argument_parser",
     "recipes_table",
     "report_header",
     "write_report",
@@ -151,6 +152,22 @@ def mean_spread(values: Sequence[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
+def recipes_argument_parser(description: str | None, steps: int = 150) -> argparse.ArgumentParser:
+    """The command line of a recipe comparison: :func:`argument_parser`'s, and the budget in steps,
+    the seeds and variants of the preset."""
+    parser = argument_parser(description)
+    parser.add_argument("--steps", type=int, default=steps, help="training steps of every recipe")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per recipe (mean and spread)")
+    parser.add_argument(
+        "--preset-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a variant of the preset (repeatable)",
+    )
+    return parser
 
 
 def recipes_table(rows: Sequence[tuple[str, Sequence[float], float]], metric: str) -> list[str]:

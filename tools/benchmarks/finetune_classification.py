@@ -28,7 +28,7 @@ from vision_mnv2.data import ImageFolderClassification
 from vision_mnv2.models import transfer_weights
 from vision_mnv2.pipelines import ClassificationPipeline, describe
 from vision_mnv2.reference_training import train_steps
-from vision_mnv2.reports import argument_parser, command_line, publish, recipes_table, report_header
+from vision_mnv2.reports import command_line, publish, recipes_argument_parser, recipes_table, report_header
 
 __all__ = ["compare_recipes", "tutorial_recipe"]
 
@@ -139,22 +139,13 @@ def report(rows, root: Path, init: str, steps: int, batch: int, command: str) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argument_parser(__doc__)
+    parser = recipes_argument_parser(__doc__)
     parser.add_argument("--init", required=True, help="checkpoint every recipe starts from")
     parser.add_argument("--folder", help="photos in the ImageNet layout: train/<class>/, val/<class>/")
     parser.add_argument("--voc-annotations", help="VOC XML folder of a detection set, cut into a 2-class set")
     parser.add_argument("--images", help="the detection set's images")
     parser.add_argument("--train-images", type=int, default=60, help="photos of the detection set for training")
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per recipe (mean and spread)")
     parser.add_argument("--from-scratch", action="store_true", help="also the task's synthetic-data recipe")
-    parser.add_argument(
-        "--preset-override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a variant of the preset (repeatable)",
-    )
     parser.add_argument("--output", default="outputs/benchmarks/finetune_classification")
     args = parser.parse_args(argv)
     if not args.folder and not (args.voc_annotations and args.images):

@@ -34,7 +34,7 @@ from vision_mnv2.models import MobileNetV2Backbone, deeplabv3_mobilenet_v2, load
 from vision_mnv2.models.normalization import InputNormalization
 from vision_mnv2.pipelines import SegmentationPipeline, describe
 from vision_mnv2.reference_training import train_steps
-from vision_mnv2.reports import argument_parser, command_line, publish, recipes_table, report_header
+from vision_mnv2.reports import command_line, publish, recipes_argument_parser, recipes_table, report_header
 
 __all__ = ["ReferenceDeepLab", "compare_recipes", "reference_recipe"]
 
@@ -196,20 +196,11 @@ def report(rows, root: Path, init: str, steps: int, batch: int, crop: int, pad: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argument_parser(__doc__)
+    parser = recipes_argument_parser(__doc__)
     parser.add_argument("--init", required=True, help="checkpoint both recipes start from")
     parser.add_argument("--root", required=True, help="photos in the VOC layout")
     parser.add_argument("--classes", type=int, help="classes with the background (default: class_names.txt)")
-    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--crop", type=int, default=321, help="training crop size of both recipes")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per recipe (mean and spread)")
-    parser.add_argument(
-        "--preset-override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a variant of the preset (repeatable)",
-    )
     parser.add_argument("--output", default="outputs/benchmarks/finetune_segmentation")
     args = parser.parse_args(argv)
     root = Path(args.root)
