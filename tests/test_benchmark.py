@@ -7,13 +7,14 @@ import json
 import re
 import time
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
 from tasks.cli import with_task_from_checkpoint
 from tools.benchmarks.against_torchvision import run_benchmark
 from vision_mnv2.benchmark import time_call
-from vision_mnv2.checkpoint import save_model
+from vision_mnv2.checkpoint import load_model, save_model
 from vision_mnv2.models import ssdlite_mobilenet_v2
 from vision_mnv2.pipelines import describe
 
@@ -120,4 +121,140 @@ def test_finetune_segmentation_benchmark_runs_as_documented(tmp_path, seg_root):
         3,
         64,
         80,
+    )
+
+
+def _voc_xml_beside_photos(coco_root, split: str, folder):
+    """The generated COCO split as photos with their Pascal VOC XML beside them (the cards layout)."""
+    import shutil
+
+    from .readme_world import _voc_xml
+
+    folder.mkdir(parents=True)
+    annotations = json.loads((coco_root / "annotations" / f"instances_{split}2017.json").read_text())
+    names = {c["id"]: c["name"] for c in annotations["categories"]}
+    for image in annotations["images"]:
+        shutil.copy(coco_root / f"{split}2017" / image["file_name"], folder / image["file_name"])
+        objects = [
+            (names[a["category_id"]], a["bbox"]) for a in annotations["annotations"] if a["image_id"] == image["id"]
+        ]
+        xml = _voc_xml(image["file_name"], image["width"], image["height"], objects)
+        (folder / f"{image['file_name'].rsplit('.', 1)[0]}.xml").write_text(xml)
+    return sorted(names.values())
+
+
+def test_finetune_detection_benchmark_runs_as_documented(tmp_path, det_root):
+    """The detection fine-tuning benchmark trains torchvision's SSD reference recipe and the preset
+    the same steps of the preset's batch on the same network from one checkpoint, and scores both
+    with the same pipeline on the photos given for validation (VOC XML beside the photos)."""
+    from tools.benchmarks.finetune_detection import REFERENCE_NETWORK, _reference_network, main
+    from vision_mnv2.models import mobilenet_v2
+
+    init = mobilenet_v2(num_classes=10, width_mult=0.35).eval()
+    ckpt = save_model(tmp_path / "init.ckpt", init, describe("classification", init, {"image_size": 224}))
+    names = _voc_xml_beside_photos(det_root, "train", tmp_path / "photos" / "train")
+    assert _voc_xml_beside_photos(det_root, "val", tmp_path / "photos" / "test") == names
+    out = tmp_path / "out"
+    argv = ["--init", str(ckpt), "--annotations", str(tmp_path / "photos" / "train"), "--steps", "2"]
+    argv += ["--val-annotations", str(tmp_path / "photos" / "test"), "--preset-override", "data.image_size=128"]
+    argv += ["--preset-override", "data.batch_size=4"]
+    assert main([*argv, "--output", str(out)]) == 0
+    text = (out / "finetune_detection.md").read_text()
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [name.strip() for name, _, _ in rows] == [
+        "torchvision SSD reference (ssdlite320 recipe)",
+        "experiment=finetune_ssdlite_custom data.image_size=128 data.batch_size=4",
+    ]
+    for _, score, seconds in rows:
+        mean = float(score.split("±")[0])
+        assert 0.0 <= mean <= 1.0 and float(seconds) >= 0
+    assert "2 steps of 4" in text and "Preset / reference mAP (means)" in text
+    assert "Photos: 8 training / 4 validation (photos)" in text
+    written = json.loads((out / "preset_seed0" / "train_metrics.json").read_text())
+    assert written["steps"] == 2 and written["images"] == 2 * 4
+    # The reference trains the preset's network whole: nothing frozen, batch norm adapting.
+    common = [f"data.root={out / 'data'}", f"data.num_classes={len(names)}", f"init_from={ckpt}"]
+    network = _reference_network(["experiment=finetune_ssdlite_custom", *common], tmp_path / "r", str(ckpt))
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(p.requires_grad for p in network.parameters()) and type(norms[0]) is torch.nn.BatchNorm2d
+    assert {m.momentum for m in norms} == {0.03} and "model.frozen_bn=false" in REFERENCE_NETWORK
+    # ... and is the preset's network: the checkpoint's width, the same layers and shapes.
+    preset, _ = load_model(out / "preset_seed0" / "checkpoints" / "last.ckpt")
+    assert {k: v.shape for k, v in network.state_dict().items()} == {k: v.shape for k, v in preset.state_dict().items()}
+
+
+def test_finetune_benchmark_measures_every_set_of_a_folder(tmp_path, tiny_cls_root, seg_root, det_root):
+    """The one fine-tuning benchmark finds each set's task by its layout (ImageNet folders, VOC
+    segmentation, VOC XML as annots/ + images/ or photos with XML beside them), runs that task's
+    comparison, writes each set's section and a summary against the targets into the docs file."""
+    import shutil
+
+    from tools.benchmarks.finetune import TARGETS, find_sets, main
+    from vision_mnv2.data.checks import DatasetError
+    from vision_mnv2.models import mobilenet_v2
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cls_root, data / "sky")
+    shutil.copytree(seg_root, data / "pets")
+    _voc_xml_beside_photos(det_root, "train", data / "cards" / "train")
+    _voc_xml_beside_photos(det_root, "val", data / "cards" / "test")
+    # The kangaroo layout: every photo in images/, its XML in annots/.
+    _voc_xml_beside_photos(det_root, "train", data / "roos" / "images")
+    (data / "roos" / "annots").mkdir()
+    for xml in (data / "roos" / "images").glob("*.xml"):
+        xml.rename(data / "roos" / "annots" / xml.name)
+    (data / "notes").mkdir()  # not a set: passed over, unless named
+    assert {name: task for name, (task, _) in find_sets(data).items()} == {
+        "cards": "detection",
+        "pets": "segmentation",
+        "roos": "detection",
+        "sky": "classification",
+    }
+    with pytest.raises(DatasetError, match="notes: not a photo set"):
+        find_sets(data, ["notes"])
+
+    init = mobilenet_v2(num_classes=10, width_mult=0.35).eval()
+    ckpt = save_model(tmp_path / "init.ckpt", init, describe("classification", init, {"image_size": 224}))
+    docs = tmp_path / "BENCHMARKS.md"
+    argv = ["--init", str(ckpt), "--data", str(data), "--sets", "sky,pets,roos", "--output", str(tmp_path / "out")]
+    argv += ["--classification-steps", "2", "--segmentation-steps", "1", "--detection-steps", "1", "--crop", "64"]
+    argv += ["--preset-override", "detection:data.batch_size=4", "--preset-override", "detection:data.image_size=128"]
+    with pytest.raises(SystemExit):
+        main([*argv, "--preset-override", "detector:data.batch_size=4"])
+    assert main([*argv, "--update-docs", "--docs", str(docs)]) == 0
+    text = docs.read_text()
+    for section in ("finetune", "finetune_sky", "finetune_pets", "finetune_roos"):
+        assert text.count(f"<!-- benchmark:{section} -->") == 1
+    assert "finetune_cards" not in text, "only the named sets"
+    summary = text.split("<!-- benchmark:finetune -->")[1].split("<!-- /")[0]
+    rows = [line.split("|")[1:-1] for line in summary.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [(r[0].strip(), r[1].strip(), r[6].strip()) for r in rows] == [
+        ("sky", "classification", f"{TARGETS['classification'][0]:.2f}x"),
+        ("pets", "segmentation", f"{TARGETS['segmentation'][0]:.2f}x"),
+        ("roos", "detection", f"{TARGETS['detection'][0]:.2f}x"),
+    ]
+    for row in rows:
+        preset, reference = float(row[3].split()[0]), float(row[4])
+        ratio, met = row[5].strip(), row[7].strip()
+        if reference == 0:  # a ratio to nothing
+            assert (ratio, met) == ("n/a", "n/a")
+            continue
+        assert abs(float(ratio[:-1]) - preset / reference) < 0.01
+        assert met == ("yes" if float(ratio[:-1]) >= float(row[6].strip()[:-1]) else "no")
+    assert "2 steps of 16" in summary and "1 steps of 8" in summary and "1 steps of 4" in summary
+    assert "experiment=finetune_ssdlite_custom data.batch_size=4 data.image_size=128" in text, "the variant, named"
+    assert "Preset variants measured: `detection:data.batch_size=4`, `detection:data.image_size=128`." in summary
+
+
+def test_recipes_table_ratio_of_the_means_and_a_reference_of_nothing():
+    from vision_mnv2.reports import recipes_table
+
+    lines = recipes_table([("reference", [0.2, 0.4], 10.0), ("preset", [0.45, 0.45], 12.0)], "mAP")
+    assert (
+        lines[2] == "| reference | 0.300 ± 0.141 (0.200-0.400) | 10 |"
+        and lines[3] == "| preset | 0.450 ± 0.000 (0.450-0.450) | 12 |"
+    )
+    assert lines[-1] == "Preset / reference mAP (means): **1.500x**."
+    assert recipes_table([("reference", [0.0], 1.0), ("preset", [0.1], 1.0)], "mAP")[-1] == (
+        "Preset / reference mAP (means): n/a (the reference scored 0)."
     )

@@ -20,12 +20,16 @@ def train_steps(
     steps: int,
     optimizer: torch.optim.Optimizer,
     scheduler: Callable[[torch.utils.data.DataLoader], torch.optim.lr_scheduler.LRScheduler],
-    loss: Callable[[Tensor, Tensor], Tensor],
+    loss: Callable[[Tensor, Tensor], Tensor] | None,
     seed: int = 0,
     workers: int = 2,
+    collate_fn: Callable | None = None,
 ) -> nn.Module:
     """``model`` trained ``steps`` steps of ``batch_size`` (whole batches, epochs as often as it
-    takes), ``scheduler(loader)`` stepped after every step; returned in eval mode."""
+    takes), ``scheduler(loader)`` stepped after every step; returned in eval mode.
+
+    ``loss(model(inputs), targets)`` is minimised; with ``loss=None`` the model computes its own
+    losses, as torchvision's detectors do: the sum of the dict ``model(inputs, targets)`` returns."""
     loader = torch.utils.data.DataLoader(
         data,
         batch_size=batch_size,
@@ -33,6 +37,7 @@ def train_steps(
         num_workers=workers,
         drop_last=True,
         generator=torch.Generator().manual_seed(seed),
+        collate_fn=collate_fn,
     )
     if len(loader) == 0:
         raise ValueError(f"{len(data)} training samples make no whole batch of {batch_size}")
@@ -41,7 +46,7 @@ def train_steps(
     done = 0
     while done < steps:
         for inputs, targets in loader:
-            value = loss(model(inputs), targets)
+            value = sum(model(inputs, targets).values()) if loss is None else loss(model(inputs), targets)
             optimizer.zero_grad()
             value.backward()
             optimizer.step()

@@ -154,6 +154,13 @@ def mean_spread(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
+def score_measured(recipe: str, seed: int, score: float) -> float:
+    """Print one recipe's score of one seed as it is measured (a comparison runs for hours), and
+    return it."""
+    print(f"seed {seed}, {recipe}: {score:.4f}", flush=True)
+    return score
+
+
 def recipes_argument_parser(description: str | None, steps: int = 150) -> argparse.ArgumentParser:
     """The command line of a recipe comparison: :func:`argument_parser`'s, and the budget in steps,
     the seeds and variants of the preset."""
@@ -176,4 +183,5 @@ def recipes_table(rows: Sequence[tuple[str, Sequence[float], float]], metric: st
     lines = [f"| recipe | {metric} | training time per seed, s |", "|---|---|---|"]
     lines += [f"| {name} | {mean_spread(scores)} | {seconds:.0f} |" for name, scores, seconds in rows]
     reference, preset = statistics.mean(rows[0][1]), statistics.mean(rows[1][1])
-    return [*lines, "", f"Preset / reference {metric} (means): **{preset / reference:.3f}x**." if reference else ""]
+    ratio = f"**{preset / reference:.3f}x**" if reference else "n/a (the reference scored 0)"
+    return [*lines, "", f"Preset / reference {metric} (means): {ratio}."]

@@ -28,7 +28,14 @@ from vision_mnv2.data import ImageFolderClassification
 from vision_mnv2.models import transfer_weights
 from vision_mnv2.pipelines import ClassificationPipeline, describe
 from vision_mnv2.reference_training import train_steps
-from vision_mnv2.reports import command_line, publish, recipes_argument_parser, recipes_table, report_header
+from vision_mnv2.reports import (
+    command_line,
+    publish,
+    recipes_argument_parser,
+    recipes_table,
+    report_header,
+    score_measured,
+)
 
 __all__ = ["compare_recipes", "tutorial_recipe"]
 
@@ -105,11 +112,15 @@ def compare_recipes(
     seconds: dict[str, float] = {TUTORIAL: 0.0, PRESET: 0.0}
     for seed in range(seeds):
         start = time.perf_counter()
-        scores[TUTORIAL].append(_top1(tutorial_recipe(init, root, steps, seed=seed, batch_size=batch), root))
+        scores[TUTORIAL].append(
+            score_measured(TUTORIAL, seed, _top1(tutorial_recipe(init, root, steps, seed=seed, batch_size=batch), root))
+        )
         seconds[TUTORIAL] += time.perf_counter() - start
         start = time.perf_counter()
         overrides = [*preset, *common, f"seed={seed}"]
-        scores[PRESET].append(_top1(train_model(overrides, output_dir / f"preset_seed{seed}"), root))
+        scores[PRESET].append(
+            score_measured(PRESET, seed, _top1(train_model(overrides, output_dir / f"preset_seed{seed}"), root))
+        )
         seconds[PRESET] += time.perf_counter() - start
     rows = [(name, scores[name], seconds[name] / seeds) for name in (TUTORIAL, PRESET)]
     rows[1] = (" ".join(preset), *rows[1][1:])

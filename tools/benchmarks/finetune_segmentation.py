@@ -34,7 +34,14 @@ from vision_mnv2.models import MobileNetV2Backbone, deeplabv3_mobilenet_v2, load
 from vision_mnv2.models.normalization import InputNormalization
 from vision_mnv2.pipelines import SegmentationPipeline, describe
 from vision_mnv2.reference_training import train_steps
-from vision_mnv2.reports import command_line, publish, recipes_argument_parser, recipes_table, report_header
+from vision_mnv2.reports import (
+    command_line,
+    publish,
+    recipes_argument_parser,
+    recipes_table,
+    report_header,
+    score_measured,
+)
 
 __all__ = ["ReferenceDeepLab", "compare_recipes", "reference_recipe"]
 
@@ -169,11 +176,11 @@ def compare_recipes(
         start = time.perf_counter()
         model = reference_recipe(init, root, num_classes, steps, batch, crop, seed=seed)
         seconds[REFERENCE] += time.perf_counter() - start
-        scores[REFERENCE].append(_miou(model, val, pad, reference=True))
+        scores[REFERENCE].append(score_measured(REFERENCE, seed, _miou(model, val, pad, reference=True)))
         start = time.perf_counter()
         model = train_model([*preset, *common, f"seed={seed}"], output_dir / f"preset_seed{seed}")
         seconds[PRESET] += time.perf_counter() - start
-        scores[PRESET].append(_miou(model, val, pad, reference=False))
+        scores[PRESET].append(score_measured(PRESET, seed, _miou(model, val, pad, reference=False)))
     rows = [(REFERENCE, scores[REFERENCE], seconds[REFERENCE] / seeds)]
     return [*rows, (" ".join(preset), scores[PRESET], seconds[PRESET] / seeds)], batch, pad
 
