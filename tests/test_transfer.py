@@ -147,3 +147,19 @@ def test_finetune_presets_compose(tmp_path):
         "train", ["experiment=finetune_deeplabv3_custom", "data.root=/x", "data.num_classes=4"], tmp_path
     )
     assert seg.model.num_classes == 4 and seg.module.scheduler_interval == "step" and seg.data.eval_pad_size == 513
+
+
+@pytest.mark.parametrize("batch, frozen", [(16, False), (32, False), (8, True), (4, True)])
+def test_classification_preset_batch_norm_adapts_from_a_batch_of_16(tmp_path, tiny_cls_root, batch, frozen):
+    """The classification preset's batch-norm policy follows the per-device batch: statistics adapt
+    to the photos at 16 and more, stay the pretrained ones below; the built network does so."""
+    overrides = ["experiment=finetune_classification_custom", f"data.root={tiny_cls_root}", "data.num_classes=4"]
+    overrides += [f"data.batch_size={batch}", "backbone.width_mult=0.35", "data.image_size=64"]
+    cfg = compose_config("train", overrides, tmp_path)
+    assert cfg.model.frozen_bn is frozen
+    _, module, _ = build(cfg, with_loggers=False)
+    module.model.train()
+    norms = [m for m in module.model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.training is not frozen for m in norms)
+    # An explicit setting still wins.
+    assert compose_config("train", [*overrides, "model.frozen_bn=true"], tmp_path).model.frozen_bn is True

@@ -177,6 +177,17 @@ def recipes_argument_parser(description: str | None, steps: int = 150) -> argpar
     return parser
 
 
+def recipes_report(
+    title: str, command: str, setup: str, rows: Sequence[tuple[str, Sequence[float], float]], metric: str
+) -> str:
+    """A recipe comparison's whole report: the header (with the torch threads the recipes trained
+    on) and :func:`recipes_table`."""
+    import torch  # noqa: PLC0415  (the tools' --help must not wait for it)
+
+    lines = report_header(title, command, setup, f"{torch.get_num_threads()} threads")
+    return "\n".join([*lines, *recipes_table(rows, metric)]) + "\n"
+
+
 def recipes_table(rows: Sequence[tuple[str, Sequence[float], float]], metric: str) -> list[str]:
     """The table of a recipe comparison, ``rows`` = (recipe, score per seed, training seconds per
     seed) with the reference first and the preset second, and the ratio of their mean scores."""

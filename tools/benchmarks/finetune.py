@@ -17,9 +17,9 @@ Each set's task follows from its layout:
 
 The per-task benchmarks (finetune_classification.py, finetune_segmentation.py,
 finetune_detection.py) do the work; --preset-override TASK:KEY=VALUE measures a variant of a
-task's preset, named in the tables. Each
-set's report replaces its own section of docs/BENCHMARKS.md (``finetune_<set>``), and a summary
-table (``finetune``) holds every set of this run against the issue's targets."""
+task's preset, named in the tables. Each set's report replaces its own section of
+docs/BENCHMARKS.md (``finetune_<set>``), and a summary table (``finetune``) holds every set of
+this run against the targets of issue 25."""
 
 from __future__ import annotations
 

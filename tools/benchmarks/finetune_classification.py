@@ -32,8 +32,7 @@ from vision_mnv2.reports import (
     command_line,
     publish,
     recipes_argument_parser,
-    recipes_table,
-    report_header,
+    recipes_report,
     score_measured,
 )
 
@@ -136,17 +135,16 @@ def report(rows, root: Path, init: str, steps: int, batch: int, command: str) ->
     train = sum(1 for p in (root / "train").rglob("*.jpg"))
     val = sum(1 for p in (root / "val").rglob("*.jpg"))
     seeds = len(rows[0][1])
-    lines = report_header(
+    return recipes_report(
         f"Classification fine-tuning: preset against torchvision's tutorial recipe, {steps} steps of {batch}",
         command,
         f"Photos: {train} training / {val} validation ({root.name}); every recipe starts from "
         f"`{Path(init).name}`, trains {steps} steps of {batch} images ({steps * batch} images seen; the "
         "tutorial's own batch is 4) and is scored on the same validation photos (shorter side to 256, "
         f"centre 224); {seeds} seed(s): mean ± standard deviation (lowest-highest).",
-        f"{torch.get_num_threads()} threads",
+        rows,
+        "top-1",
     )
-    lines += recipes_table(rows, "top-1")
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,8 +42,7 @@ from vision_mnv2.reports import (
     command_line,
     publish,
     recipes_argument_parser,
-    recipes_table,
-    report_header,
+    recipes_report,
     score_measured,
 )
 
@@ -220,17 +219,16 @@ def compare_recipes(
 
 def report(rows, counts: dict[str, int], name: str, init: str, steps: int, batch: int, command: str) -> str:
     seeds = len(rows[0][1])
-    lines = report_header(
+    return recipes_report(
         f"Detection fine-tuning: preset against torchvision's SSD reference, {steps} steps of {batch}",
         command,
         f"Photos: {counts['train']} training / {counts['val']} validation ({name}); both recipes start from "
         f"`{Path(init).name}`, train the same network {steps} steps of {batch} photos ({steps * batch} seen) "
         f"and are scored by the same pipeline (COCO mAP@[.5:.95], pycocotools); {seeds} seed(s): mean ± "
         "standard deviation (lowest-highest).",
-        f"{torch.get_num_threads()} threads",
+        rows,
+        "mAP",
     )
-    lines += recipes_table(rows, "mAP")
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,8 +38,7 @@ from vision_mnv2.reports import (
     command_line,
     publish,
     recipes_argument_parser,
-    recipes_table,
-    report_header,
+    recipes_report,
     score_measured,
 )
 
@@ -189,17 +188,16 @@ def report(rows, root: Path, init: str, steps: int, batch: int, crop: int, pad: 
     train = len((root / "ImageSets" / "Segmentation" / "train.txt").read_text().split())
     val = len((root / "ImageSets" / "Segmentation" / "val.txt").read_text().split())
     seeds = len(rows[0][1])
-    lines = report_header(
+    return recipes_report(
         f"Segmentation fine-tuning: preset against torchvision's segmentation reference, {steps} steps of {batch}",
         command,
         f"Photos: {train} training / {val} validation ({root.name}); both recipes start from "
         f"`{Path(init).name}`, train {steps} steps of {batch} crops of {crop} ({steps * batch} crops seen) "
         f"and are scored by the same pipeline (each validation photo at its own size, padded to {pad}); "
         f"{seeds} seed(s): mean ± standard deviation (lowest-highest).",
-        f"{torch.get_num_threads()} threads",
+        rows,
+        "mIoU",
     )
-    lines += recipes_table(rows, "mIoU")
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
