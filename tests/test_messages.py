@@ -399,8 +399,10 @@ def test_argparse_tools_report_the_same_way(tmp_path):
 def test_ctrl_c_is_one_line(tiny, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
-    for index in range(400):
-        shutil.copy(tiny["image"], photos / f"{index:03d}.png")
+    # Enough photos that the run is still predicting when the signal comes, also on a loaded machine
+    # (400 were all predicted once before this process was scheduled again).
+    for index in range(3000):
+        shutil.copy(tiny["image"], photos / f"{index:04d}.png")
     process = subprocess.Popen(
         [
             sys.executable,
@@ -417,7 +419,7 @@ def test_ctrl_c_is_one_line(tiny, tmp_path):
     )
     try:
         for line in process.stdout:  # the first prediction: it is busy predicting
-            if "000.png:" in line:
+            if "0000.png:" in line:
                 break
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=120)
