@@ -14,7 +14,8 @@ from torchvision.models.detection.image_list import ImageList
 
 from tasks.datamodules import DetectionDataModule
 from tasks.runner import train
-from tools.benchmarks.ssd_recipes import kangaroo_split, recipe_threads, report
+from tools.benchmarks.finetune_detection import split_voc_set
+from tools.benchmarks.ssd_recipes import recipe_threads, report
 from vision_mnv2.data import write_detection_dataset
 from vision_mnv2.models import ssdlite_mobilenet_v2
 from vision_mnv2.models.ssd_tf_loss import TFArgMaxMatcher, TFMultipleGridAnchorGenerator, TFSSDLoss
@@ -230,14 +231,18 @@ def test_an_image_without_boxes_adds_loss_only_under_the_tf_recipe():
 
 @needs_kangaroo
 def test_benchmark_split_of_a_voc_set(tmp_path):
-    counts = kangaroo_split(KANGAROO / "annots", KANGAROO / "images", tmp_path)
+    counts = split_voc_set(KANGAROO / "annots", KANGAROO / "images", tmp_path)
     xml = sorted(p.stem for p in (KANGAROO / "annots").glob("*.xml"))
-    assert counts == {"train": len(xml) - len(xml[::5]), "val": len(xml[::5])}
+    assert counts == {"train": len(xml) - len(xml[::5]), "val": len(xml[::5]), "classes": 1}
     train, val = (json.loads((tmp_path / f"{s}.json").read_text()) for s in ("train", "val"))
     names = {i["file_name"] for i in train["images"]} | {i["file_name"] for i in val["images"]}
     assert len(names) == len(xml), "every photo in exactly one split"
     assert not {i["file_name"] for i in train["images"]} & {i["file_name"] for i in val["images"]}
-    assert all((tmp_path / "images" / n).is_file() for n in names)
+    assert all(
+        (tmp_path / f"{s}_images" / i["file_name"]).is_file()
+        for s, d in (("train", train), ("val", val))
+        for i in d["images"]
+    )
 
 
 def test_benchmark_report_names_the_better_recipe():

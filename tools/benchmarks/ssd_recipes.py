@@ -20,14 +20,18 @@ import json
 import logging
 import multiprocessing
 import os
+import sys
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: the repository root holds the tools package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from tasks.cli import compose_config, run_tool
-from vision_mnv2.data.voc_xml import voc_xml_to_coco, write_coco_json
+from tools.benchmarks.finetune_detection import split_voc_set
 from vision_mnv2.reports import argument_parser, command_line, publish, report_header
 
-__all__ = ["RECIPES", "compare_recipes", "kangaroo_split", "recipe_threads", "report"]
+__all__ = ["RECIPES", "compare_recipes", "recipe_threads", "report"]
 
 # (name, overrides) per data set: today's recipe first, TF's second.
 RECIPES = {
@@ -40,25 +44,6 @@ RECIPES = {
         ("TF's: experiment=finetune_ssdlite_custom_tf", ["experiment=finetune_ssdlite_custom_tf"]),
     ),
 }
-
-
-def kangaroo_split(annotations: Path, images: Path, root: Path, every: int = 5) -> dict[str, int]:
-    """A VOC XML detection set as ``root/{train,val}.json`` + ``root/images`` (a link): every
-    ``every``-th photo (sorted by name) to validation. Returns the image counts."""
-    stems = sorted(p.stem for p in Path(annotations).glob("*.xml"))
-    if not stems:
-        raise FileNotFoundError(f"no VOC XML files in {str(annotations)!r}")
-    val = stems[::every]
-    train = [s for s in stems if s not in set(val)]
-    root.mkdir(parents=True, exist_ok=True)
-    link = root / "images"
-    if not link.exists():
-        link.symlink_to(Path(images).resolve())
-    counts = {}
-    for split, ids in (("train", train), ("val", val)):
-        write_coco_json(voc_xml_to_coco(annotations, images, ids=ids), root / f"{split}.json")
-        counts[split] = len(ids)
-    return counts
 
 
 def _train(overrides: list[str], folder: Path, threads: int) -> None:
@@ -155,14 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output)
     if args.voc_annotations:
         root = output / "data"
-        counts = kangaroo_split(Path(args.voc_annotations), Path(args.images), root)
+        # The split the fine-tuning benchmark uses (finetune_detection.py): every 5th photo validates.
+        counts = split_voc_set(Path(args.voc_annotations), Path(args.images), root)
         data, name = "custom", Path(args.images).resolve().parent.name
         common = [
             f"data.root={root.resolve()}",
-            "data.num_classes=1",
-            "data.train_images=images",
+            f"data.num_classes={counts['classes']}",
+            "data.train_images=train_images",
             "data.train_annotations=train.json",
-            "data.val_images=images",
+            "data.val_images=val_images",
             "data.val_annotations=val.json",
             f"init_from={Path(args.init).resolve()}",
             "data.skip_bad=true",  # real photos: a truncated one is left out (logged) in both recipes
