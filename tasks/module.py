@@ -43,6 +43,10 @@ class TaskModule(L.LightningModule):
             (``IMAGENET1K_V1``, from the local cache), or a checkpoint of any task here. The backbone
             always carries over; head tensors when their shapes fit (same classes).
         backbone_lr_mult: learning rate of the backbone relative to the heads.
+        head_only_fraction: the first part of the run (this fraction of its optimizer steps) trains
+            the heads alone, the backbone's rate at 0; then everything trains. Linear probing before
+            fine-tuning (Kumar et al., 2022): a new, random classifier's gradients do not reach the
+            pretrained features. A fraction, so that it means the same for any budget or set size.
         nonfinite_loss: ``"raise"`` (stop, naming the step and images) or ``"skip"`` (drop the step, count it).
     """
 
@@ -62,6 +66,7 @@ class TaskModule(L.LightningModule):
         channels_last: bool = False,
         init_from: str | None = None,
         backbone_lr_mult: float = 1.0,
+        head_only_fraction: float = 0.0,
         nonfinite_loss: str = "raise",
     ) -> None:
         super().__init__()
@@ -72,6 +77,9 @@ class TaskModule(L.LightningModule):
         if nonfinite_loss not in ("raise", "skip"):
             raise ValueError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
         self.nonfinite_loss = nonfinite_loss
+        if not 0.0 <= head_only_fraction < 1.0:
+            raise ValueError(f"head_only_fraction must be in [0, 1), got {head_only_fraction!r}")
+        self.head_only_fraction = head_only_fraction
         self.skipped_steps = 0
         self._drop_update = False  # set by checked_loss for a skipped step, cleared before the update
         self.model = model
@@ -195,6 +203,11 @@ class TaskModule(L.LightningModule):
         )
 
     def on_train_start(self) -> None:
+        self._head_only_steps = 0
+        if self.head_only_fraction > 0:
+            self._head_only_steps = int(self.head_only_fraction * self.trainer.estimated_stepping_batches)
+            log.info("Heads only for the first %d steps (module.head_only_fraction=%s), then the backbone too",
+                     self._head_only_steps, self.head_only_fraction)  # fmt: skip
         self._warmup_steps = 0
         if self.warmup_epochs > 0:
             per_epoch = steps_per_epoch(self.trainer)
@@ -214,12 +227,15 @@ class TaskModule(L.LightningModule):
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         # Warm-up scales this step's learning rate only, and the schedule's own value is put back
         # after the step: schedulers that update from the current rate (cosine, ...) never see it.
+        # The heads-only phase likewise sets the backbone's rate to 0 for this step only.
         factor = warmup_factor(self.global_step, getattr(self, "_warmup_steps", 0))
-        if factor == 1.0:
+        heads_only = self.global_step < getattr(self, "_head_only_steps", 0)
+        factors = [0.0 if heads_only and group.get("backbone") else factor for group in optimizer.param_groups]
+        if all(f == 1.0 for f in factors):
             return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         scheduled = [group["lr"] for group in optimizer.param_groups]
-        for group, lr in zip(optimizer.param_groups, scheduled):
-            group["lr"] = lr * factor
+        for group, lr, f in zip(optimizer.param_groups, scheduled, factors):
+            group["lr"] = lr * f
         try:
             super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         finally:

@@ -31,20 +31,22 @@ def parameter_groups(
     """Weight decay on conv / linear weights only; none on batch-norm parameters and biases (the
     practice of the TF and torchvision recipes: decay on BN scales hurts small models).
 
-    With ``backbone_lr_mult != 1`` the backbone's parameters get ``lr * backbone_lr_mult`` (a smaller
-    rate for pretrained layers when fine-tuning). Frozen parameters are left out.
+    The backbone's parameters are groups of their own, marked ``"backbone": True`` (a heads-only
+    phase sets their rate to 0, :class:`tasks.module.TaskModule`); with ``backbone_lr_mult != 1``
+    they get ``lr * backbone_lr_mult`` (a smaller rate for pretrained layers when fine-tuning).
+    Frozen parameters are left out.
     """
     if backbone_lr_mult != 1.0 and lr is None:
         raise ValueError("backbone_lr_mult needs the optimizer's lr")
-    backbone = _backbone_parameters(model) if backbone_lr_mult != 1.0 else set()
+    backbone = _backbone_parameters(model)
     buckets: dict[tuple[bool, bool], list] = {}
     for param in model.parameters():
         if param.requires_grad:
             buckets.setdefault((id(param) in backbone, param.ndim > 1), []).append(param)
     groups = []
     for (in_backbone, decayed), params in sorted(buckets.items(), key=lambda item: (not item[0][1], item[0][0])):
-        group = {"params": params, "weight_decay": weight_decay if decayed else 0.0}
-        if in_backbone:
+        group = {"params": params, "weight_decay": weight_decay if decayed else 0.0, "backbone": in_backbone}
+        if in_backbone and backbone_lr_mult != 1.0:
             group["lr"] = lr * backbone_lr_mult
         groups.append(group)
     return groups

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
 import torchvision
+from hydra.errors import InstantiationException
 
 from tasks.optim import configure_optimizers
 from tasks.runner import build, train
@@ -17,7 +19,7 @@ from vision_mnv2.models import (
     transfer_weights,
 )
 
-from .helpers import compose_config, tiny_classification_overrides
+from .helpers import compose_config, tiny_classification_overrides, train_with_callbacks
 
 
 def _backbone_state(model) -> dict[str, torch.Tensor]:
@@ -133,6 +135,49 @@ def test_backbone_learning_rate_multiplier(tmp_path):
         assert len(in_backbone) == 1, "a group is all backbone or all head"
         assert group["lr"] == pytest.approx(cfg.optimizer.lr * (0.1 if in_backbone.pop() else 1.0))
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(module.model.parameters()))
+
+
+class _ParametersAfterEachStep(L.Callback):
+    """The backbone's and the rest's parameters, flattened, at the start and after every step."""
+
+    def __init__(self) -> None:
+        self.backbone: list[torch.Tensor] = []
+        self.heads: list[torch.Tensor] = []
+
+    def _record(self, module) -> None:
+        backbone = {id(p) for p in module.model.backbone.parameters()}
+        params = list(module.model.parameters())
+        self.backbone.append(torch.cat([p.detach().flatten() for p in params if id(p) in backbone]).clone())
+        self.heads.append(torch.cat([p.detach().flatten() for p in params if id(p) not in backbone]).clone())
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._record(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._record(pl_module)
+
+
+def test_a_heads_only_phase_leaves_the_backbone_as_it_was(tiny_cls_root, tmp_path):
+    """module.head_only_fraction=0.5 of a 6-step budget: 3 steps train the classifier alone (with
+    SGD's momentum and weight decay, which a frozen rate must stop too), then the backbone joins."""
+    overrides = tiny_classification_overrides(tiny_cls_root) + [
+        "optimizer=sgd",
+        "optimizer.weight_decay=1e-4",
+        "module.head_only_fraction=0.5",
+        "module.warmup_epochs=0",
+        "trainer.max_steps=6",
+    ]
+    recorder = _ParametersAfterEachStep()
+    train_with_callbacks(compose_config("train", overrides, tmp_path), recorder)
+    assert len(recorder.backbone) == 7
+    for step in (1, 2, 3):
+        assert torch.equal(recorder.backbone[step], recorder.backbone[0]), f"the backbone moved at step {step}"
+        assert not torch.equal(recorder.heads[step], recorder.heads[step - 1]), f"the head stood at step {step}"
+    for step in (4, 5, 6):
+        assert not torch.equal(recorder.backbone[step], recorder.backbone[step - 1]), f"backbone still at {step}"
+    whole_run = compose_config("train", [*overrides, "module.head_only_fraction=1.0"], tmp_path / "whole")
+    with pytest.raises(InstantiationException, match="head_only_fraction must be in"):
+        build(whole_run, with_loggers=False)
 
 
 def test_finetune_presets_compose(tmp_path):
