@@ -199,7 +199,12 @@ class TaskModule(L.LightningModule):
 
     def configure_optimizers(self):
         return configure_optimizers(
-            self, self.optimizer_factory, self.scheduler_factory, self.scheduler_interval, self.backbone_lr_mult
+            self,
+            self.optimizer_factory,
+            self.scheduler_factory,
+            self.scheduler_interval,
+            self.backbone_lr_mult,
+            split_backbone=self.head_only_fraction > 0,
         )
 
     def on_train_start(self) -> None:
