@@ -25,8 +25,10 @@ def warmed_up_decay(decay: float, updates: Tensor) -> Tensor:
 
 
 def _ema_update(averaged: Tensor, current: Tensor, updates: Tensor, decay: float) -> Tensor:
-    d = warmed_up_decay(decay, updates).to(averaged.dtype)
-    return averaged * d + current * (1.0 - d)
+    # In float32 whatever the weights' type: bfloat16 would round a decay of 0.999 itself to 1, and
+    # the average would never move. Integer buffers (batch norm's num_batches_tracked) stay integers.
+    d = warmed_up_decay(decay, updates).float()
+    return (averaged.float() * d + current.float() * (1.0 - d)).to(averaged.dtype)
 
 
 class EMAWithWarmup(EMAWeightAveraging):

@@ -4,6 +4,7 @@ partials, transfer learning, seeded steps, non-finite loss handling, checkpoint 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 from collections.abc import Callable
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from vision_mnv2.checkpoint import META_KEY, ModelMeta
-from vision_mnv2.models import transfer_weights
+from vision_mnv2.models import FeatureBackbone, transfer_weights
 from vision_mnv2.models.registry import build_config
 from vision_mnv2.pipelines import describe
 
@@ -44,9 +45,9 @@ class TaskModule(L.LightningModule):
             always carries over; head tensors when their shapes fit (same classes).
         backbone_lr_mult: learning rate of the backbone relative to the heads.
         head_only_fraction: the first part of the run (this fraction of its optimizer steps) trains
-            the heads alone, the backbone's rate at 0; then everything trains. Linear probing before
-            fine-tuning (Kumar et al., 2022): a new, random classifier's gradients do not reach the
-            pretrained features. A fraction, so that it means the same for any budget or set size.
+            the heads alone (the backbone's gradients dropped), then everything. Linear probing
+            before fine-tuning (Kumar et al., 2022): a new, random classifier's gradients do not
+            reach the pretrained features. A fraction, so that it means the same for any budget or set size.
         nonfinite_loss: ``"raise"`` (stop, naming the step and images) or ``"skip"`` (drop the step, count it).
     """
 
@@ -190,6 +191,13 @@ class TaskModule(L.LightningModule):
                 for parameter in group["params"]:
                     parameter.grad = None
             self._drop_update = False
+        # The heads-only phase: the backbone's gradients are dropped the same way, so that neither
+        # its weights nor its optimizer state (momentum, Adam's moments) take in what the random
+        # new head sends back, and gradient clipping measures the heads alone. (Batch-norm running
+        # statistics still adapt unless model.frozen_bn.)
+        if self.global_step < getattr(self, "_head_only_steps", 0):
+            for parameter in self._backbone_parameters:
+                parameter.grad = None
 
     def memory_format(self, images: torch.Tensor) -> torch.Tensor:
         """A 4-d image batch in the model's memory layout."""
@@ -199,20 +207,23 @@ class TaskModule(L.LightningModule):
 
     def configure_optimizers(self):
         return configure_optimizers(
-            self,
-            self.optimizer_factory,
-            self.scheduler_factory,
-            self.scheduler_interval,
-            self.backbone_lr_mult,
-            split_backbone=self.head_only_fraction > 0,
+            self, self.optimizer_factory, self.scheduler_factory, self.scheduler_interval, self.backbone_lr_mult
         )
 
     def on_train_start(self) -> None:
         self._head_only_steps = 0
         if self.head_only_fraction > 0:
-            self._head_only_steps = int(self.head_only_fraction * self.trainer.estimated_stepping_batches)
-            log.info("Heads only for the first %d steps (module.head_only_fraction=%s), then the backbone too",
-                     self._head_only_steps, self.head_only_fraction)  # fmt: skip
+            run = self.trainer.estimated_stepping_batches
+            if not math.isfinite(run):  # training data without a length and no trainer.max_steps
+                log.warning("module.head_only_fraction=%s needs a run of known length; the backbone trains from "
+                            "the start", self.head_only_fraction)  # fmt: skip
+            else:
+                self._head_only_steps = int(self.head_only_fraction * run)
+                # The MobileNet inside the network; for detection without SSD's extra layers, which are new.
+                backbone = next(m for m in self.model.modules() if isinstance(m, FeatureBackbone))
+                self._backbone_parameters = list(backbone.parameters())
+                log.info("Heads only for the first %d steps (module.head_only_fraction=%s), then the backbone too",
+                         self._head_only_steps, self.head_only_fraction)  # fmt: skip
         self._warmup_steps = 0
         if self.warmup_epochs > 0:
             per_epoch = steps_per_epoch(self.trainer)
@@ -232,15 +243,12 @@ class TaskModule(L.LightningModule):
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         # Warm-up scales this step's learning rate only, and the schedule's own value is put back
         # after the step: schedulers that update from the current rate (cosine, ...) never see it.
-        # The heads-only phase likewise sets the backbone's rate to 0 for this step only.
         factor = warmup_factor(self.global_step, getattr(self, "_warmup_steps", 0))
-        heads_only = self.global_step < getattr(self, "_head_only_steps", 0)
-        factors = [0.0 if heads_only and group.get("backbone") else factor for group in optimizer.param_groups]
-        if all(f == 1.0 for f in factors):
+        if factor == 1.0:
             return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         scheduled = [group["lr"] for group in optimizer.param_groups]
-        for group, lr, f in zip(optimizer.param_groups, scheduled, factors):
-            group["lr"] = lr * f
+        for group, lr in zip(optimizer.param_groups, scheduled):
+            group["lr"] = lr * factor
         try:
             super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         finally:

@@ -26,25 +26,17 @@ def _backbone_parameters(model: nn.Module) -> set[int]:
 
 
 def parameter_groups(
-    model: nn.Module,
-    weight_decay: float,
-    lr: float | None = None,
-    backbone_lr_mult: float = 1.0,
-    split_backbone: bool = False,
+    model: nn.Module, weight_decay: float, lr: float | None = None, backbone_lr_mult: float = 1.0
 ) -> list[dict]:
     """Weight decay on conv / linear weights only; none on batch-norm parameters and biases (the
     practice of the TF and torchvision recipes: decay on BN scales hurts small models).
 
-    With ``backbone_lr_mult != 1`` or ``split_backbone`` the backbone's parameters are groups of
-    their own, marked ``"backbone": True`` (a heads-only phase sets their rate to 0,
-    :class:`tasks.module.TaskModule`), at ``lr * backbone_lr_mult`` (a smaller rate for pretrained
-    layers when fine-tuning). Otherwise the backbone shares the heads' groups, as in the checkpoints
-    of earlier versions, whose runs then resume with their optimizer state. Frozen parameters are
-    left out.
+    With ``backbone_lr_mult != 1`` the backbone's parameters get ``lr * backbone_lr_mult`` (a smaller
+    rate for pretrained layers when fine-tuning). Frozen parameters are left out.
     """
     if backbone_lr_mult != 1.0 and lr is None:
         raise ValueError("backbone_lr_mult needs the optimizer's lr")
-    backbone = _backbone_parameters(model) if backbone_lr_mult != 1.0 or split_backbone else set()
+    backbone = _backbone_parameters(model) if backbone_lr_mult != 1.0 else set()
     buckets: dict[tuple[bool, bool], list] = {}
     for param in model.parameters():
         if param.requires_grad:
@@ -53,9 +45,7 @@ def parameter_groups(
     for (in_backbone, decayed), params in sorted(buckets.items(), key=lambda item: (not item[0][1], item[0][0])):
         group = {"params": params, "weight_decay": weight_decay if decayed else 0.0}
         if in_backbone:
-            group["backbone"] = True
-            if backbone_lr_mult != 1.0:
-                group["lr"] = lr * backbone_lr_mult
+            group["lr"] = lr * backbone_lr_mult
         groups.append(group)
     return groups
 
@@ -122,7 +112,6 @@ def configure_optimizers(
     scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None,
     interval: str = "epoch",
     backbone_lr_mult: float = 1.0,
-    split_backbone: bool = False,
 ):
     """Build the optimizer from its partial, then the scheduler over the whole run (its length
     filled from the trainer). Warm-up is not a scheduler here: it scales each step's learning rate
@@ -134,10 +123,7 @@ def configure_optimizers(
     if interval not in ("epoch", "step"):
         raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {interval!r}")
     keywords = getattr(optimizer, "keywords", {})
-    groups = parameter_groups(
-        module, keywords.get("weight_decay", 0.0), keywords.get("lr"), backbone_lr_mult, split_backbone
-    )
-    opt = optimizer(groups)
+    opt = optimizer(parameter_groups(module, keywords.get("weight_decay", 0.0), keywords.get("lr"), backbone_lr_mult))
     if scheduler is None:
         return opt
     length, interval = _schedule(module, scheduler, interval)

@@ -138,30 +138,37 @@ def test_backbone_learning_rate_multiplier(tmp_path):
 
 
 class _ParametersAfterEachStep(L.Callback):
-    """The backbone's and the rest's parameters, flattened, at the start and after every step."""
+    """The backbone's and the rest's parameters, flattened, at the start and after every step, and
+    whether the optimizer holds state (momentum, Adam's moments) for any backbone parameter."""
 
     def __init__(self) -> None:
         self.backbone: list[torch.Tensor] = []
         self.heads: list[torch.Tensor] = []
+        self.backbone_state: list[bool] = []
 
-    def _record(self, module) -> None:
-        backbone = {id(p) for p in module.model.backbone.parameters()}
-        params = list(module.model.parameters())
-        self.backbone.append(torch.cat([p.detach().flatten() for p in params if id(p) in backbone]).clone())
-        self.heads.append(torch.cat([p.detach().flatten() for p in params if id(p) not in backbone]).clone())
+    def _record(self, trainer, module) -> None:
+        backbone = list(module.model.backbone.parameters())
+        ids = {id(p) for p in backbone}
+        self.backbone.append(torch.cat([p.detach().flatten() for p in backbone]).clone())
+        heads = [p.detach().flatten() for p in module.model.parameters() if id(p) not in ids]
+        self.heads.append(torch.cat(heads).clone())
+        state = trainer.optimizers[0].state
+        self.backbone_state.append(any(len(state.get(p, {})) > 0 for p in backbone))
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._record(pl_module)
+        self._record(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._record(pl_module)
+        self._record(trainer, pl_module)
 
 
-def test_a_heads_only_phase_leaves_the_backbone_as_it_was(tiny_cls_root, tmp_path):
-    """module.head_only_fraction=0.5 of a 6-step budget: 3 steps train the classifier alone (with
-    SGD's momentum and weight decay, which a frozen rate must stop too), then the backbone joins."""
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_a_heads_only_phase_leaves_the_backbone_as_it_was(optimizer, tiny_cls_root, tmp_path):
+    """module.head_only_fraction=0.5 of a 6-step budget: 3 steps train the classifier alone (its
+    gradients reach neither the backbone's weights nor the optimizer's momentum or moments, which
+    weight decay and a rate of 0 would not ensure), then the backbone joins."""
     overrides = tiny_classification_overrides(tiny_cls_root) + [
-        "optimizer=sgd",
+        f"optimizer={optimizer}",
         "optimizer.weight_decay=1e-4",
         "module.head_only_fraction=0.5",
         "module.warmup_epochs=0",
@@ -172,9 +179,11 @@ def test_a_heads_only_phase_leaves_the_backbone_as_it_was(tiny_cls_root, tmp_pat
     assert len(recorder.backbone) == 7
     for step in (1, 2, 3):
         assert torch.equal(recorder.backbone[step], recorder.backbone[0]), f"the backbone moved at step {step}"
+        assert not recorder.backbone_state[step], f"optimizer state for the backbone at step {step}"
         assert not torch.equal(recorder.heads[step], recorder.heads[step - 1]), f"the head stood at step {step}"
     for step in (4, 5, 6):
         assert not torch.equal(recorder.backbone[step], recorder.backbone[step - 1]), f"backbone still at {step}"
+        assert recorder.backbone_state[step]
     whole_run = compose_config("train", [*overrides, "module.head_only_fraction=1.0"], tmp_path / "whole")
     with pytest.raises(InstantiationException, match="head_only_fraction must be in"):
         build(whole_run, with_loggers=False)
