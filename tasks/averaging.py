@@ -27,7 +27,7 @@ def warmed_up_decay(decay: float, updates: Tensor) -> Tensor:
 def _ema_update(averaged: Tensor, current: Tensor, updates: Tensor, decay: float) -> Tensor:
     # In float32 whatever the weights' type: bfloat16 would round a decay of 0.999 itself to 1, and
     # the average would never move. Integer buffers (batch norm's num_batches_tracked) stay integers.
-    d = warmed_up_decay(decay, updates).float()
+    d = warmed_up_decay(decay, updates)  # float32: the count is an integer tensor
     return (averaged.float() * d + current.float() * (1.0 - d)).to(averaged.dtype)
 
 

@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from vision_mnv2.checkpoint import META_KEY, ModelMeta
-from vision_mnv2.models import FeatureBackbone, transfer_weights
+from vision_mnv2.models import transfer_weights
 from vision_mnv2.models.registry import build_config
 from vision_mnv2.pipelines import describe
 
-from .optim import configure_optimizers, step_budget, steps_per_epoch, warmup_factor
+from .optim import backbone_parameters, configure_optimizers, step_budget, steps_per_epoch, warmup_factor
 
 __all__ = ["TaskModule"]
 
@@ -219,9 +219,7 @@ class TaskModule(L.LightningModule):
                             "the start", self.head_only_fraction)  # fmt: skip
             else:
                 self._head_only_steps = int(self.head_only_fraction * run)
-                # The MobileNet inside the network; for detection without SSD's extra layers, which are new.
-                backbone = next(m for m in self.model.modules() if isinstance(m, FeatureBackbone))
-                self._backbone_parameters = list(backbone.parameters())
+                self._backbone_parameters = backbone_parameters(self.model)
                 log.info("Heads only for the first %d steps (module.head_only_fraction=%s), then the backbone too",
                          self._head_only_steps, self.head_only_fraction)  # fmt: skip
         self._warmup_steps = 0

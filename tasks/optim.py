@@ -13,16 +13,25 @@ from torch import nn
 
 from vision_mnv2.models import FeatureBackbone
 
-__all__ = ["parameter_groups", "configure_optimizers", "step_budget", "steps_per_epoch", "warmup_factor"]
+__all__ = [
+    "backbone_parameters",
+    "parameter_groups",
+    "configure_optimizers",
+    "step_budget",
+    "steps_per_epoch",
+    "warmup_factor",
+]
 
 log = logging.getLogger(__name__)
 
 
-def _backbone_parameters(model: nn.Module) -> set[int]:
+def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The pretrained MobileNet's parameters inside a task's network (for detection without SSD's
+    extra layers, which are new); none for a network without one."""
     for module in model.modules():
         if isinstance(module, FeatureBackbone):  # MobileNetV2's or MobileNetV1's
-            return {id(p) for p in module.parameters()}
-    return set()
+            return list(module.parameters())
+    return []
 
 
 def parameter_groups(
@@ -36,7 +45,7 @@ def parameter_groups(
     """
     if backbone_lr_mult != 1.0 and lr is None:
         raise ValueError("backbone_lr_mult needs the optimizer's lr")
-    backbone = _backbone_parameters(model) if backbone_lr_mult != 1.0 else set()
+    backbone = {id(p) for p in backbone_parameters(model)} if backbone_lr_mult != 1.0 else set()
     buckets: dict[tuple[bool, bool], list] = {}
     for param in model.parameters():
         if param.requires_grad:
