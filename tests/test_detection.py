@@ -7,12 +7,15 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 from torchvision import tv_tensors
 from torchvision.ops import box_iou
 from torchvision.transforms import v2
 
 from tasks.datamodules import DetectionDataModule
 from vision_mnv2.data.detection_transforms import SSDRandomIoUCrop, SSDTrainTransform
+
+from .helpers import compose_config
 
 
 def _white_boxes_image(boxes, size=(120, 160)):
@@ -37,6 +40,23 @@ def _sample(image, boxes):
         "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY", canvas_size=image.shape[:2]),
         "labels": torch.arange(1, len(boxes) + 1),
     }
+
+
+def test_finetune_preset_zooms_out_to_at_most_twice_the_side(tmp_path):
+    """The detection fine-tuning preset's data module builds a zoom-out that, half the time, puts
+    the photo on a canvas of 1x to 2x its side, never more (4x cost cards their ranks:
+    docs/BENCHMARKS.md)."""
+    cfg = compose_config(
+        "train", ["experiment=finetune_ssdlite_custom", "data.root=/nowhere", "data.num_classes=2"], tmp_path
+    )
+    data = instantiate(cfg.data)
+    transform = SSDTrainTransform(data.image_size, **data.augment)
+    image = _white_boxes_image(BOXES)
+    torch.manual_seed(0)
+    ratios = np.array([transform.zoom_out(_sample(image, BOXES))["image"].shape[-1] / 160 for _ in range(400)])
+    zoomed = ratios[ratios > 1]
+    assert 0.4 < len(zoomed) / len(ratios) < 0.6
+    assert zoomed.max() <= 2.0 and zoomed.max() > 1.8 and zoomed.min() < 1.2
 
 
 def _coordinates_image(boxes, size=(120, 160)):
