@@ -129,6 +129,24 @@ def train_with_callbacks(cfg: DictConfig, *callbacks) -> dict:
         runner.build = original
 
 
+def learning_rates_by_part(module) -> tuple[dict[str, set[float]], int]:
+    """The optimizer a task module builds (its backbone multiplier applied): the rates of its
+    groups, by part ("backbone", "heads"), and how many parameters the groups hold. Asserts that
+    no group mixes the two parts."""
+    from tasks.optim import backbone_parameters, configure_optimizers  # noqa: PLC0415
+
+    optimizer = configure_optimizers(module, module.optimizer_factory, None, backbone_lr_mult=module.backbone_lr_mult)
+    backbone = {id(p) for p in backbone_parameters(module.model)}
+    rates: dict[str, set[float]] = {"backbone": set(), "heads": set()}
+    held = 0
+    for group in optimizer.param_groups:
+        parts = {"backbone" if id(p) in backbone else "heads" for p in group["params"]}
+        assert len(parts) == 1, "a group is all backbone or all heads"
+        rates[parts.pop()].add(group["lr"])
+        held += len(group["params"])
+    return rates, held
+
+
 def realistic_batch_norm(model: torch.nn.Module, seed: int = 0, with_shifts: bool = False) -> torch.nn.Module:
     """Eval mode with random batch-norm statistics and scales: freshly initialised ones make every
     layer nearly an identity, which hides differences between two computations.

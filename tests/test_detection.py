@@ -13,11 +13,11 @@ from torchvision.ops import box_iou
 from torchvision.transforms import v2
 
 from tasks.datamodules import DetectionDataModule
-from tasks.optim import backbone_parameters, configure_optimizers
+from tasks.optim import backbone_parameters
 from tasks.runner import build
 from vision_mnv2.data.detection_transforms import SSDRandomIoUCrop, SSDTrainTransform
 
-from .helpers import compose_config
+from .helpers import compose_config, learning_rates_by_part
 
 
 def _white_boxes_image(boxes, size=(120, 160)):
@@ -72,17 +72,10 @@ def test_finetune_preset_learning_rates(tmp_path):
         tmp_path,
     )
     _, module, _ = build(cfg, with_loggers=False)
-    optimizer = configure_optimizers(module, module.optimizer_factory, None, backbone_lr_mult=module.backbone_lr_mult)
-    backbone = {id(p) for p in backbone_parameters(module.model)}
-    rates = {"backbone": set(), "heads": set()}
-    in_groups = 0
-    for group in optimizer.param_groups:
-        parts = {"backbone" if id(p) in backbone else "heads" for p in group["params"]}
-        assert len(parts) == 1, "a group is all backbone or all heads"
-        rates[parts.pop()].add(group["lr"])
-        in_groups += len(group["params"])
+    rates, in_groups = learning_rates_by_part(module)
     assert sorted(rates["heads"]) == pytest.approx([2e-3]) and sorted(rates["backbone"]) == pytest.approx([3e-4])
     frozen = [p for p in module.model.parameters() if not p.requires_grad]
+    backbone = {id(p) for p in backbone_parameters(module.model)}
     assert frozen and all(id(p) in backbone for p in frozen)
     assert in_groups == len(list(module.model.parameters())) - len(frozen)
 
