@@ -227,15 +227,15 @@ def test_finetune_benchmark_measures_every_set_of_a_folder(tmp_path, tiny_cls_ro
         assert text.count(f"<!-- benchmark:{section} -->") == 1
     assert "finetune_cards" not in text, "only the named sets"
     summary = text.split("<!-- benchmark:finetune -->")[1].split("<!-- /")[0]
-    rows = [line.split("|")[1:-1] for line in summary.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [(r[0].strip(), r[1].strip(), r[6].strip()) for r in rows] == [
-        ("sky", "classification", f"{TARGETS['classification'][0]:.2f}x"),
-        ("pets", "segmentation", f"{TARGETS['segmentation'][0]:.2f}x"),
-        ("roos", "detection", f"{TARGETS['detection'][0]:.2f}x"),
+    rows = _table_rows(summary)
+    assert [(r[0], r[1], r[3], r[7]) for r in rows] == [
+        ("pets", "segmentation", "1", f"{TARGETS['segmentation'][0]:.2f}x"),
+        ("roos", "detection", "1", f"{TARGETS['detection'][0]:.2f}x"),
+        ("sky", "classification", "1", f"{TARGETS['classification'][0]:.2f}x"),
     ]
     for row in rows:
-        preset, reference = float(row[3].split()[0]), float(row[4])
-        ratio, met = row[5].strip(), row[7].strip()
+        preset, reference = float(row[4].split()[0]), float(row[5])
+        ratio, met = row[6], row[8]
         if ratio == "n/a":  # a ratio to nothing
             assert reference == 0 and met == "n/a"
             continue
@@ -244,10 +244,36 @@ def test_finetune_benchmark_measures_every_set_of_a_folder(tmp_path, tiny_cls_ro
         low = (preset - 5e-4) / (reference + 5e-4)
         high = (preset + 5e-4) / (reference - 5e-4) if reference else float("inf")
         assert low - 0.005 <= float(ratio[:-1]) <= high + 0.005
-        assert met == ("yes" if float(ratio[:-1]) >= float(row[6].strip()[:-1]) else "no")
+        assert met == ("yes" if float(ratio[:-1]) >= float(row[7][:-1]) else "no")
     assert "2 steps of 16" in summary and "1 steps of 8" in summary and "1 steps of 4" in summary
     assert "experiment=finetune_ssdlite_custom data.batch_size=4 data.image_size=128" in text, "the variant, named"
     assert "Preset variants measured: `detection:data.batch_size=4`, `detection:data.image_size=128`." in summary
+
+    # A later run of one set at another budget, into the same output folder: the summary keeps the
+    # earlier run's sets that measured the same presets (not the detection variant), naming its command.
+    first = _command_of(summary)
+    again = ["--init", str(ckpt), "--data", str(data), "--sets", "sky", "--output", str(tmp_path / "out")]
+    assert main([*again, "--classification-steps", "3", "--update-docs", "--docs", str(docs)]) == 0
+    summary = docs.read_text().split("<!-- benchmark:finetune -->")[1].split("<!-- /")[0]
+    assert [(r[0], r[2]) for r in _table_rows(summary)] == [
+        ("pets", "1 steps of 8"),
+        ("sky", "2 steps of 16"),
+        ("sky", "3 steps of 16"),
+    ]
+    assert f"by these commands:\n\n- `{first}`" in summary and "--classification-steps 3" in _command_of(summary)
+    (tmp_path / "out" / "results" / "sky-2steps.json").write_text("{")
+    with pytest.raises(DatasetError, match="sky-2steps.json: not a result of this benchmark"):
+        main([*again, "--classification-steps", "3"])
+
+
+def _command_of(report: str) -> str:
+    return next(line for line in report.splitlines() if line.startswith("Command: `")).split("`")[1]
+
+
+def _table_rows(text: str) -> list[list[str]]:
+    """The cells of a markdown table's rows in ``text``, its header left out."""
+    lines = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    return [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines[1:]]
 
 
 def test_recipes_table_ratio_of_the_means_and_a_reference_of_nothing():

@@ -19,11 +19,19 @@ The per-task benchmarks (finetune_classification.py, finetune_segmentation.py,
 finetune_detection.py) do the work; --preset-override TASK:KEY=VALUE measures a variant of a
 task's preset, named in the tables. Each set's report replaces its own section of
 docs/BENCHMARKS.md (``finetune_<set>``), and a summary table (``finetune``) holds every set of
-this run against the targets of issue 25."""
+this run against the targets of issue 25.
+
+The summary also holds the sets of earlier runs into the same ``--output`` folder (each run keeps
+its sets' results in ``<output>/results/<set>-<steps>steps.json``) that measured the same preset
+variants: on a small machine one run per set, or per budget, builds the table of them all, each
+row naming the date and commit it was measured at and the commands listed under it."""
 
 from __future__ import annotations
 
+import datetime
+import json
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -104,18 +112,77 @@ def _measure(task: str, parts: dict[str, Path], args, steps: int, output: Path, 
     return finetune_detection.report(rows, counts, name, init, steps, batch, command), rows, batch
 
 
-def summary(results: list[tuple[str, str, int, int, list]], command: str, seeds: int, variants: list[str]) -> str:
-    """The table of every set of a run: preset and reference (means over seeds), their ratio and
-    the task's target."""
+def _commit() -> str:
+    """The repository's commit (short), with ``+changes`` when the work tree differs from it, or
+    ``unknown`` outside a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True)
+    except OSError:
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
+RESULT_KEYS = frozenset({"set", "task", "steps", "batch", "rows", "variants", "command", "measured"})
+
+
+def result_record(name: str, task: str, steps: int, batch: int, rows: list, command: str, variants: list[str]) -> dict:
+    """One set's measurement as the summary reads it back in a later run."""
+    return {
+        "set": name,
+        "task": task,
+        "steps": steps,
+        "batch": batch,
+        "rows": [[recipe, list(scores), seconds] for recipe, scores, seconds in rows],
+        "variants": list(variants),
+        "command": command,
+        "measured": f"{datetime.date.today().isoformat()}, {_commit()}",
+    }
+
+
+def save_result(output: Path, record: dict) -> Path:
+    from vision_mnv2.files import atomic_write_text  # noqa: PLC0415  (it loads torch)
+
+    path = output / "results" / f"{record['set']}-{record['steps']}steps.json"
+    return atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+
+
+def earlier_results(output: Path, variants: list[str]) -> list[dict]:
+    """The results kept in ``output`` by earlier runs that measured the same variants of their
+    task's preset; a file that does not read as one is an error naming it (read before a run
+    trains anything, so that it stops at once)."""
+    found = []
+    for path in sorted((output / "results").glob("*steps.json")):
+        try:
+            record = json.loads(path.read_text())
+        except ValueError as error:
+            raise DatasetError(f"{path}: not a result of this benchmark ({error}); remove it") from None
+        missing = RESULT_KEYS - set(record) if isinstance(record, dict) else RESULT_KEYS
+        if missing or record["task"] not in TARGETS:
+            raise DatasetError(f"{path}: not a result of this benchmark (without {sorted(missing)}); remove it")
+        if record["variants"] == [v for v in variants if v.split(":", 1)[0] == record["task"]]:
+            found.append(record)
+    return found
+
+
+def summary(records: list[dict], command: str, variants: list[str]) -> str:
+    """The table of every set measured (this run's and the earlier runs' ``records``, this run's
+    ``command``): preset and reference (means over seeds), their ratio and the task's target, and
+    when each was measured."""
+    earlier = list(dict.fromkeys(r["command"] for r in records if r["command"] != command))
     lines = report_header(
         "Fine-tuning on real photos: every preset against the field's reference recipe",
         command,
-        f"Means over {seeds} seed(s) of each recipe, the same steps and images seen; each set's own "
+        "Means over each row's seeds of each recipe, the same steps and images seen; each set's own "
         "section below has the spread and the training times.",
     )
-    lines += ["| set | task | budget | preset | reference | preset / reference | target | met |"]
-    lines += ["|---|---|---|---|---|---|---|---|"]
-    for name, task, steps, batch, rows in results:
+    lines += ["| set | task | budget | seeds | preset | reference | preset / reference | target | met | measured |"]
+    lines += ["|---|---|---|---|---|---|---|---|---|---|"]
+    for record in sorted(records, key=lambda r: (r["set"], r["steps"])):
+        task, rows = record["task"], record["rows"]
         reference, preset = statistics.mean(rows[0][1]), statistics.mean(rows[1][1])
         target, metric = TARGETS[task]
         ratio, met = (
@@ -124,9 +191,12 @@ def summary(results: list[tuple[str, str, int, int, list]], command: str, seeds:
             else ("n/a", "n/a")
         )
         lines.append(
-            f"| {name} | {task} | {steps} steps of {batch} | {preset:.3f} {metric} | {reference:.3f} | "
-            f"{ratio} | {target:.2f}x | {met} |"
+            f"| {record['set']} | {task} | {record['steps']} steps of {record['batch']} | {len(rows[1][1])} | "
+            f"{preset:.3f} {metric} | {reference:.3f} | {ratio} | {target:.2f}x | {met} | {record['measured']} |"
         )
+    if earlier:
+        lines += ["", "Rows of earlier runs into the same output folder, by these commands:", ""]
+        lines += [f"- `{line}`" for line in earlier]
     if variants:
         lines += ["", "Preset variants measured: " + ", ".join(f"`{v}`" for v in variants) + "."]
     return "\n".join(lines) + "\n"
@@ -155,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--preset-override {override}: give TASK:KEY=VALUE, TASK one of {', '.join(TARGETS)}")
     sets = find_sets(Path(args.data), args.sets.split(",") if args.sets else None)
     command = command_line(__file__, argv)
-    results = []
+    earlier = earlier_results(Path(args.output), args.preset_override)
+    records = []
     for name, (task, parts) in sets.items():
         steps = getattr(args, f"{task}_steps")
         output = Path(args.output) / name
@@ -163,9 +234,13 @@ def main(argv: list[str] | None = None) -> int:
         publish(
             text, f"finetune_{name}", update_docs=args.update_docs, docs=args.docs, report_file=output / "report.md"
         )
-        results.append((name, task, steps, batch, rows))
+        variants = [v for v in args.preset_override if v.split(":", 1)[0] == task]
+        records.append(result_record(name, task, steps, batch, rows, command, variants))
+        save_result(Path(args.output), records[-1])
+    measured = {(r["set"], r["steps"]) for r in records}
+    records += [r for r in earlier if (r["set"], r["steps"]) not in measured]
     publish(
-        summary(results, command, args.seeds, args.preset_override),
+        summary(records, command, args.preset_override),
         "finetune",
         update_docs=args.update_docs,
         docs=args.docs,
