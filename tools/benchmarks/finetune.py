@@ -186,7 +186,7 @@ def summary(records: list[dict], command: str, variants: list[str]) -> str:
         reference, preset = statistics.mean(rows[0][1]), statistics.mean(rows[1][1])
         target, metric = TARGETS[task]
         ratio, met = (
-            (f"{preset / reference:.2f}x", "yes" if preset / reference >= target else "no")
+            (f"{preset / reference:.3f}x", "yes" if preset / reference >= target else "no")
             if reference
             else ("n/a", "n/a")
         )
