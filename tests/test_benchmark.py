@@ -189,7 +189,7 @@ def test_finetune_benchmark_measures_every_set_of_a_folder(tmp_path, tiny_cls_ro
     comparison, writes each set's section and a summary against the targets into the docs file."""
     import shutil
 
-    from tools.benchmarks.finetune import TARGETS, find_sets, main
+    from tools.benchmarks.finetune import DEFAULT_STEPS, TARGETS, find_sets, main, set_section
     from vision_mnv2.data.checks import DatasetError
     from vision_mnv2.models import mobilenet_v2
 
@@ -223,9 +223,11 @@ def test_finetune_benchmark_measures_every_set_of_a_folder(tmp_path, tiny_cls_ro
         main([*argv, "--preset-override", "detector:data.batch_size=4"])
     assert main([*argv, "--update-docs", "--docs", str(docs)]) == 0
     text = docs.read_text()
-    for section in ("finetune", "finetune_sky", "finetune_pets", "finetune_roos"):
+    # Sections named by set, and by budget where it is not the task's default.
+    for section in ("finetune", "finetune_sky_2steps", "finetune_pets_1steps", "finetune_roos_1steps"):
         assert text.count(f"<!-- benchmark:{section} -->") == 1
     assert "finetune_cards" not in text, "only the named sets"
+    assert set_section("sky", "classification", DEFAULT_STEPS["classification"]) == "finetune_sky"
     summary = text.split("<!-- benchmark:finetune -->")[1].split("<!-- /")[0]
     rows = _table_rows(summary)
     assert [(r[0], r[1], r[3], r[7]) for r in rows] == [
@@ -254,7 +256,9 @@ def test_finetune_benchmark_measures_every_set_of_a_folder(tmp_path, tiny_cls_ro
     first = _command_of(summary)
     again = ["--init", str(ckpt), "--data", str(data), "--sets", "sky", "--output", str(tmp_path / "out")]
     assert main([*again, "--classification-steps", "3", "--update-docs", "--docs", str(docs)]) == 0
-    summary = docs.read_text().split("<!-- benchmark:finetune -->")[1].split("<!-- /")[0]
+    text = docs.read_text()
+    assert "<!-- benchmark:finetune_sky_3steps -->" in text and "<!-- benchmark:finetune_sky_2steps -->" in text
+    summary = text.split("<!-- benchmark:finetune -->")[1].split("<!-- /")[0]
     assert [(r[0], r[2]) for r in _table_rows(summary)] == [
         ("pets", "1 steps of 8"),
         ("sky", "2 steps of 16"),

@@ -18,7 +18,8 @@ Each set's task follows from its layout:
 The per-task benchmarks (finetune_classification.py, finetune_segmentation.py,
 finetune_detection.py) do the work; --preset-override TASK:KEY=VALUE measures a variant of a
 task's preset, named in the tables. Each set's report replaces its own section of
-docs/BENCHMARKS.md (``finetune_<set>``), and a summary table (``finetune``) holds every set of
+docs/BENCHMARKS.md (``finetune_<set>``; ``finetune_<set>_<N>steps`` at a budget other than the
+task's default), and a summary table (``finetune``) holds every set of
 this run against the targets of issue 25.
 
 The summary also holds the sets of earlier runs into the same ``--output`` folder (each run keeps
@@ -84,6 +85,12 @@ def find_sets(data: Path, names: list[str] | None = None) -> dict[str, tuple[str
     if not sets:
         raise DatasetError(f"{data} holds no photo set in a layout this benchmark knows (see --help)")
     return sets
+
+
+def set_section(name: str, task: str, steps: int) -> str:
+    """A set's section of the docs: ``finetune_<set>`` at its task's default budget,
+    ``finetune_<set>_<steps>steps`` at another, so that a run at 3x the budget keeps the first."""
+    return f"finetune_{name}" if steps == DEFAULT_STEPS[task] else f"finetune_{name}_{steps}steps"
 
 
 def _measure(task: str, parts: dict[str, Path], args, steps: int, output: Path, command: str):
@@ -229,11 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for name, (task, parts) in sets.items():
         steps = getattr(args, f"{task}_steps")
-        output = Path(args.output) / name
+        section = set_section(name, task, steps)
+        output = Path(args.output) / section.removeprefix("finetune_")
         text, rows, batch = _measure(task, parts, args, steps, output, command)
-        publish(
-            text, f"finetune_{name}", update_docs=args.update_docs, docs=args.docs, report_file=output / "report.md"
-        )
+        publish(text, section, update_docs=args.update_docs, docs=args.docs, report_file=output / "report.md")
         variants = [v for v in args.preset_override if v.split(":", 1)[0] == task]
         records.append(result_record(name, task, steps, batch, rows, command, variants))
         save_result(Path(args.output), records[-1])
