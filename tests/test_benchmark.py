@@ -247,6 +247,7 @@ def test_finetune_benchmark_measures_every_set_of_a_folder(tmp_path, tiny_cls_ro
         high = (preset + 5e-4) / (reference - 5e-4) if reference else float("inf")
         assert low - 0.005 <= float(ratio[:-1]) <= high + 0.005
         assert met == ("yes" if float(ratio[:-1]) >= float(row[7][:-1]) else "no")
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d, ([0-9a-f]{7,}(\+changes)?|unknown)", row[9]), "date, commit"
     assert "2 steps of 16" in summary and "1 steps of 8" in summary and "1 steps of 4" in summary
     assert "experiment=finetune_ssdlite_custom data.batch_size=4 data.image_size=128" in text, "the variant, named"
     assert "Preset variants measured: `detection:data.batch_size=4`, `detection:data.image_size=128`." in summary

@@ -19,8 +19,8 @@ The per-task benchmarks (finetune_classification.py, finetune_segmentation.py,
 finetune_detection.py) do the work; --preset-override TASK:KEY=VALUE measures a variant of a
 task's preset, named in the tables. Each set's report replaces its own section of
 docs/BENCHMARKS.md (``finetune_<set>``; ``finetune_<set>_<N>steps`` at a budget other than the
-task's default), and a summary table (``finetune``) holds every set of
-this run against the targets of issue 25.
+task's default), and a summary table (``finetune``) holds every set of this run against the
+targets of issue 25.
 
 The summary also holds the sets of earlier runs into the same ``--output`` folder (each run keeps
 its sets' results in ``<output>/results/<set>-<steps>steps.json``) that measured the same preset
