@@ -71,7 +71,7 @@ def test_finetune_classification_benchmark_runs_as_documented(tmp_path, tiny_cls
     argv = ["--init", str(ckpt), "--folder", str(tiny_cls_root), "--steps", "2", "--output", str(out)]
     assert main([*argv, "--from-scratch"]) == 0
     text = (out / "finetune_classification.md").read_text()
-    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    rows = _table_rows(text)
     assert [name.strip() for name, _, _ in rows] == [
         "torchvision transfer-learning tutorial",
         "experiment=finetune_classification_custom",
@@ -99,7 +99,7 @@ def test_finetune_segmentation_benchmark_runs_as_documented(tmp_path, seg_root):
     argv = ["--init", str(ckpt), "--root", str(seg_root), "--steps", "2", "--crop", "64", "--seeds", "2"]
     assert main([*argv, "--preset-override", "module.backbone_lr_mult=0.5", "--output", str(out)]) == 0
     text = (out / "finetune_segmentation.md").read_text()
-    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    rows = _table_rows(text)
     assert [name.strip() for name, _, _ in rows] == [
         "torchvision segmentation reference (DeepLabHead)",
         "experiment=finetune_deeplabv3_custom module.backbone_lr_mult=0.5",  # a variant, as measured
@@ -160,7 +160,7 @@ def test_finetune_detection_benchmark_runs_as_documented(tmp_path, det_root):
     argv += ["--preset-override", "data.batch_size=4"]
     assert main([*argv, "--output", str(out)]) == 0
     text = (out / "finetune_detection.md").read_text()
-    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    rows = _table_rows(text)
     assert [name.strip() for name, _, _ in rows] == [
         "torchvision SSD reference (ssdlite320 recipe)",
         "experiment=finetune_ssdlite_custom data.image_size=128 data.batch_size=4",
