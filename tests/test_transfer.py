@@ -192,7 +192,7 @@ def test_finetune_presets_compose(tmp_path):
         tmp_path,
     )
     assert det.module.init_from == "IMAGENET1K_V1" and det.model.freeze_backbone == 2 and det.model.frozen_bn
-    assert det.module.backbone_lr_mult == 0.15 and det.model.num_classes == 3 and det.data.image_size == 320
+    assert det.module.backbone_lr_mult == 0.1 and det.model.num_classes == 3 and det.data.image_size == 320
     seg = compose_config(
         "train", ["experiment=finetune_deeplabv3_custom", "data.root=/x", "data.num_classes=4"], tmp_path
     )
