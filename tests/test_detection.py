@@ -63,9 +63,9 @@ def test_finetune_preset_zooms_out_to_at_most_twice_the_side(tmp_path):
 
 def test_finetune_preset_crops_half_the_photos(tmp_path):
     """The detection fine-tuning preset's IoU crop cuts about half the photos (torchvision's SSD
-    recipe: every photo, but for the 1 in 7 draws that keep the whole image); crops of any overlap
-    cut objects to slivers that keep the whole object's label, which cost the cards 12 points of
-    mAP (docs/BENCHMARKS.md)."""
+    recipe: every photo, but for the 1 in 7 draws that keep the whole image). Crops enlarge the
+    objects past the sizes of whole photos; cropping every photo cost the cards 12 points of mAP
+    in a few hundred steps (docs/BENCHMARKS.md)."""
     cfg = compose_config(
         "train", ["experiment=finetune_ssdlite_custom", "data.root=/nowhere", "data.num_classes=2"], tmp_path
     )
