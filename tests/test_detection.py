@@ -44,15 +44,20 @@ def _sample(image, boxes):
     }
 
 
-def test_finetune_preset_zooms_out_to_at_most_twice_the_side(tmp_path):
-    """The detection fine-tuning preset's data module builds a zoom-out that, half the time, puts
-    the photo on a canvas of 1x to 2x its side, never more (4x cost cards their ranks:
-    docs/BENCHMARKS.md)."""
+def _finetune_preset_transform(tmp_path) -> SSDTrainTransform:
+    """The training augmentation the detection fine-tuning preset's data module configures."""
     cfg = compose_config(
         "train", ["experiment=finetune_ssdlite_custom", "data.root=/nowhere", "data.num_classes=2"], tmp_path
     )
     data = instantiate(cfg.data)
-    transform = SSDTrainTransform(data.image_size, **data.augment)
+    return SSDTrainTransform(data.image_size, **data.augment)
+
+
+def test_finetune_preset_zooms_out_to_at_most_twice_the_side(tmp_path):
+    """The detection fine-tuning preset's data module builds a zoom-out that, half the time, puts
+    the photo on a canvas of 1x to 2x its side, never more (4x cost cards their ranks:
+    docs/BENCHMARKS.md)."""
+    transform = _finetune_preset_transform(tmp_path)
     image = _white_boxes_image(BOXES)
     torch.manual_seed(0)
     ratios = np.array([transform.zoom_out(_sample(image, BOXES))["image"].shape[-1] / 160 for _ in range(400)])
@@ -66,11 +71,7 @@ def test_finetune_preset_crops_half_the_photos(tmp_path):
     recipe: every photo, but for the 1 in 7 draws that keep the whole image). Crops enlarge the
     objects past the sizes of whole photos; cropping every photo cost the cards 12 points of mAP
     in a few hundred steps (docs/BENCHMARKS.md)."""
-    cfg = compose_config(
-        "train", ["experiment=finetune_ssdlite_custom", "data.root=/nowhere", "data.num_classes=2"], tmp_path
-    )
-    data = instantiate(cfg.data)
-    preset = SSDTrainTransform(data.image_size, **data.augment)
+    preset = _finetune_preset_transform(tmp_path)
     image = _white_boxes_image(BOXES)
 
     def cropped_fraction(transform):
@@ -80,7 +81,7 @@ def test_finetune_preset_crops_half_the_photos(tmp_path):
 
     # 0.5 x 6/7 = 0.43 expected (sd 0.025 over 400 photos); the recipe's default, 6/7 = 0.86.
     assert 0.33 < cropped_fraction(preset) < 0.53
-    assert cropped_fraction(SSDTrainTransform(data.image_size)) > 0.75
+    assert cropped_fraction(SSDTrainTransform(preset.image_size)) > 0.75
 
 
 def test_finetune_preset_learning_rates(tmp_path):
